@@ -1,0 +1,1 @@
+"""Applications: the live camera app and the accuracy/latency benchmark."""

@@ -1,0 +1,1 @@
+"""ONNX export, INT8 quantization and TensorRT engines."""

@@ -1,0 +1,219 @@
+"""``python -m distill.data``: look at datasets and convert between layouts.
+
+    info PATH [--json]          layout, counts, label-length and image-size statistics, skipped samples
+    pack SRC OUT                image folder with labels.tsv -> STR lmdb
+    degrade SRC OUT --seed S    STR lmdb (or image folder) of HR crops -> TextZoom-layout pair lmdb
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from runtime.datasets import (
+    CorruptSample,
+    DataError,
+    LabelPolicy,
+    decode_image,
+    open_dataset,
+)
+
+from .degrade import LEVELS, degrade, strength_for
+from .lmdb_writer import LmdbWriter
+
+__all__ = ["DatasetInfo", "dataset_info", "pack_folder", "degrade_lmdb", "main"]
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {}
+    a = np.asarray(values, dtype=np.float64)
+    return {"min": float(a.min()), "median": float(np.median(a)), "mean": round(float(a.mean()), 2),
+            "p95": float(np.percentile(a, 95)), "max": float(a.max())}
+
+
+@dataclass
+class DatasetInfo:
+    path: str
+    layout: str
+    declared: int
+    kept: int
+    filtered_empty: int
+    filtered_too_long: int
+    bad_labels: int
+    skipped_images: int
+    skipped_keys: list[str] = field(default_factory=list)
+    bad_label_keys: list[str] = field(default_factory=list)
+    label_length: dict = field(default_factory=dict)
+    label_length_histogram: dict = field(default_factory=dict)
+    characters: dict = field(default_factory=dict)  # character -> count, most common first
+    image_height: dict = field(default_factory=dict)
+    image_width: dict = field(default_factory=dict)
+    lr_height: dict = field(default_factory=dict)
+    lr_width: dict = field(default_factory=dict)
+
+    def to_text(self) -> str:
+        lines = [f"path:        {self.path}", f"layout:      {self.layout}",
+                 f"samples:     {self.kept} kept of {self.declared} declared",
+                 f"filtered:    {self.filtered_empty} empty labels, {self.filtered_too_long} too long, "
+                 f"{self.bad_labels} missing/undecodable labels",
+                 f"skipped:     {self.skipped_images} undecodable images"]
+        if self.skipped_keys:
+            lines.append("             " + ", ".join(self.skipped_keys[:10]) + (" ..." if len(self.skipped_keys) > 10 else ""))
+        if self.bad_label_keys:
+            lines.append("bad labels:  " + ", ".join(self.bad_label_keys[:10]) + (" ..." if len(self.bad_label_keys) > 10 else ""))
+
+        def fmt(d: dict) -> str:
+            return "  ".join(f"{k} {v:g}" for k, v in d.items()) if d else "-"
+
+        lines.append(f"label len:   {fmt(self.label_length)}")
+        if self.label_length_histogram:
+            lines.append("             " + " ".join(f"{k}:{v}" for k, v in self.label_length_histogram.items()))
+        lines.append(f"{'HR ' if self.layout == 'textzoom' else ''}height:   {fmt(self.image_height)}")
+        lines.append(f"{'HR ' if self.layout == 'textzoom' else ''}width:    {fmt(self.image_width)}")
+        if self.lr_height:
+            lines.append(f"LR height:   {fmt(self.lr_height)}")
+            lines.append(f"LR width:    {fmt(self.lr_width)}")
+        chars = "".join(self.characters)
+        lines.append(f"characters:  {len(chars)} distinct: {chars[:120]}")
+        return "\n".join(lines)
+
+
+def dataset_info(path: str | Path, policy: LabelPolicy | None = None, images: bool = True,
+                 progress: bool = True) -> DatasetInfo:
+    """Scan a dataset: labels always, every image when ``images`` (the only way to count corrupt ones)."""
+    reader = open_dataset(path, policy or LabelPolicy(normalize="none", max_len=0))
+    st = reader.stats
+    hs, ws, lhs, lws = [], [], [], []
+    if images:
+        for s in tqdm(reader.iter_valid(), total=len(reader), desc="info", unit="img", disable=not progress, leave=False):
+            hs.append(s.image.shape[0])
+            ws.append(s.image.shape[1])
+            if s.lr is not None:
+                lhs.append(s.lr.shape[0])
+                lws.append(s.lr.shape[1])
+    lengths = [len(lb) for lb in reader.labels]
+    hist = dict(sorted(Counter(lengths).items()))
+    chars = dict(Counter("".join(reader.labels)).most_common())
+    info = DatasetInfo(str(path), reader.layout, st.total, st.kept, st.filtered_empty, st.filtered_too_long,
+                       len(st.bad_labels), len(st.skipped_images), list(st.skipped_images), list(st.bad_labels),
+                       _stats(lengths), hist, chars, _stats(hs), _stats(ws), _stats(lhs), _stats(lws))
+    reader.close()
+    return info
+
+
+def pack_folder(src: str | Path, out: str | Path, overwrite: bool = False, progress: bool = True) -> tuple[int, list[str]]:
+    """Image folder (labels.tsv) -> STR lmdb with the original encoded bytes. Returns (written, skipped keys)."""
+    reader = open_dataset(src, LabelPolicy(normalize="none", max_len=0), layout="folder")
+    skipped = [f"{k}" for k in reader.stats.bad_labels]
+    n = 0
+    with LmdbWriter(out, overwrite=overwrite) as w:
+        for i in tqdm(range(len(reader)), desc="pack", unit="img", disable=not progress, leave=False):
+            rel = reader.keys[i]
+            p = reader.path / rel
+            try:
+                buf = p.read_bytes()
+                decode_image(buf, rel)  # refuse to pack what no reader can decode
+            except (OSError, CorruptSample) as e:
+                skipped.append(f"{rel}: {e}")
+                continue
+            n += 1
+            w.put(b"image-%09d" % n, buf)
+            w.put(b"label-%09d" % n, reader.raw_labels[i])
+        w.finish(n)
+    return n, skipped
+
+
+def degrade_lmdb(src: str | Path, out: str | Path, seed: int, level: str = "mixed", overwrite: bool = False,
+                 progress: bool = True) -> tuple[int, list[str]]:
+    """HR crops -> TextZoom-layout pairs by the camera-chain degradation. HR bytes are re-encoded losslessly (PNG).
+    Returns (written, skipped keys)."""
+    if level not in LEVELS:
+        raise ValueError(f"--level: expected one of {sorted(LEVELS)}, got {level!r}")
+    reader = open_dataset(src, LabelPolicy(normalize="none", max_len=0))
+    if reader.layout == "textzoom":
+        raise DataError(f"{src}: already a TextZoom-layout pair lmdb; degrade takes HR crops (STR lmdb or image folder)")
+    skipped = list(reader.stats.bad_labels)
+    n = 0
+    with LmdbWriter(out, overwrite=overwrite) as w:
+        for i in tqdm(range(len(reader)), desc="degrade", unit="img", disable=not progress, leave=False):
+            try:
+                s = reader[i]
+            except CorruptSample as e:
+                skipped.append(str(e))
+                continue
+            rng = np.random.default_rng([seed, i])  # per sample: the same output for a seed, whatever the order
+            _, lr_jpeg, _ = degrade(s.image, rng, strength_for(level, rng))
+            ok, hr_png = cv2.imencode(".png", cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+            if not ok:
+                skipped.append(f"{s.key}: PNG encoding failed")
+                continue
+            n += 1
+            w.put(b"image_hr-%09d" % n, hr_png.tobytes())
+            w.put(b"image_lr-%09d" % n, lr_jpeg)
+            w.put(b"label-%09d" % n, reader.raw_labels[i])
+        w.finish(n)
+    reader.close()
+    return n, skipped
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="python -m distill.data", description="Look at datasets and convert layouts.",
+                                formatter_class=fmt)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("info", help="print layout, counts, label and image statistics", formatter_class=fmt)
+    i.add_argument("path", help="TextZoom lmdb, STR lmdb or image folder with labels.tsv")
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    i.add_argument("--normalize", choices=["none", "textzoom"], default="none",
+                   help="label normalisation before statistics (textzoom: lowercase, [0-9a-z] only)")
+    i.add_argument("--max-len", type=int, default=0, help="filter labels longer than this (0: no limit)")
+    i.add_argument("--no-images", action="store_true", help="skip decoding images (no size stats, no skip count)")
+    k = sub.add_parser("pack", help="pack an image folder (labels.tsv) into an STR lmdb", formatter_class=fmt)
+    k.add_argument("src", help="folder holding labels.tsv")
+    k.add_argument("out", help="output lmdb directory")
+    k.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    d = sub.add_parser("degrade", help="make a TextZoom-layout pair lmdb from HR crops", formatter_class=fmt)
+    d.add_argument("src", help="STR lmdb or image folder of HR crops")
+    d.add_argument("out", help="output lmdb directory")
+    d.add_argument("--seed", type=int, default=0, help="random seed of the degradation")
+    d.add_argument("--level", choices=sorted(LEVELS), default="mixed", help="degradation strength range")
+    d.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    for sp in (i, k, d):
+        sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "info":
+            info = dataset_info(args.path, LabelPolicy(args.normalize, args.max_len), not args.no_images,
+                                not args.no_progress)
+            print(json.dumps(asdict(info), indent=2) if args.json else info.to_text())
+        elif args.cmd == "pack":
+            n, skipped = pack_folder(args.src, args.out, args.overwrite, not args.no_progress)
+            print(f"pack: wrote {n} samples to {args.out}; skipped {len(skipped)}")
+            for s in skipped[:20]:
+                print(f"  skipped {s}")
+        elif args.cmd == "degrade":
+            n, skipped = degrade_lmdb(args.src, args.out, args.seed, args.level, args.overwrite, not args.no_progress)
+            print(f"degrade: wrote {n} HR/LR pairs to {args.out} (level {args.level}, seed {args.seed}); "
+                  f"skipped {len(skipped)}")
+            for s in skipped[:20]:
+                print(f"  skipped {s}")
+    except (DataError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Named, deterministic low-resolution conditions, one definition for the whole project.
+
+Evaluation (``distill.evaluate --lr-from-hr``) and the benchmark (``apps.benchmark --lr-from-hr``) make LR
+inputs from HR crops with these, so figures from different commands are comparable:
+
+* ``lr16``: area resize of the original crop to 64x16 (W x H).
+* ``lr16blur``: Gaussian blur with sigma 1 on the original crop (7x7 kernel, reflect-101 border), area resize to
+  64x16, then a JPEG round trip at quality 50 (OpenCV's encoder, 4:2:0).
+* ``hr``: the original crop, unchanged.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from .preprocess import LR_SIZE
+
+__all__ = ["CONDITIONS", "apply_condition", "jpeg_roundtrip", "LR_SIZE"]
+
+
+def jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
+    """RGB uint8 -> JPEG at ``quality`` -> RGB uint8."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("OpenCV could not JPEG-encode the image")
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _lr16(img: np.ndarray) -> np.ndarray:
+    return cv2.resize(img, (LR_SIZE[1], LR_SIZE[0]), interpolation=cv2.INTER_AREA)
+
+
+def _lr16blur(img: np.ndarray) -> np.ndarray:
+    blurred = cv2.GaussianBlur(img, (7, 7), sigmaX=1.0, sigmaY=1.0, borderType=cv2.BORDER_REFLECT_101)
+    return jpeg_roundtrip(_lr16(blurred), 50)
+
+
+CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "hr": lambda img: img,
+    "lr16": _lr16,
+    "lr16blur": _lr16blur,
+}
+
+
+def apply_condition(name: str, img: np.ndarray) -> np.ndarray:
+    if name not in CONDITIONS:
+        raise ValueError(f"unknown LR condition {name!r}; expected one of {sorted(CONDITIONS)}")
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"condition {name!r}: expected an RGB uint8 HxWx3 image, got {img.dtype} {img.shape}")
+    return CONDITIONS[name](img)

@@ -1,0 +1,108 @@
+"""distill.data info/pack/degrade and the torch dataset wrappers."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import jpeg_bytes, png_bytes, run_module, str_items, write_lmdb
+from distill.data import dataset_info, degrade_lmdb, main as data_main, pack_folder
+from distill.datasets import PairDataset, WeightedConcat, collate
+from runtime.datasets import LabelPolicy, open_dataset
+
+
+def test_info_json_on_real_set(shared_real):
+    r = run_module(["distill.data", "info", str(shared_real / "svt_train"), "--json", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["layout"] == "str" and info["kept"] == 257 and info["skipped_images"] == 0
+    assert info["label_length"]["min"] == 3 and info["image_height"]["median"] > 20
+    assert sum(info["label_length_histogram"].values()) == 257
+
+
+def test_info_reports_skipped_keys(tmp_path, capsys):
+    items = str_items(["a", "b", "c"])
+    items[b"image-000000002"] = jpeg_bytes()[:100]
+    p = write_lmdb(tmp_path / "x", items)
+    info = dataset_info(p, progress=False)
+    assert info.skipped_images == 1 and info.skipped_keys == ["image-000000002"] and info.kept == 3
+    assert data_main(["info", str(p), "--no-progress"]) == 0
+    assert "image-000000002" in capsys.readouterr().out
+    assert data_main(["info", str(tmp_path / "missing")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_pack_then_degrade_roundtrip(tmp_path):
+    src = tmp_path / "folder"
+    (src / "i").mkdir(parents=True)
+    labels = ["Alpha", "beta", "GAMMA9"]
+    lines = []
+    for k, lb in enumerate(labels):
+        (src / "i" / f"{k}.png").write_bytes(png_bytes(40, 120, seed=k))
+        lines.append(f"i/{k}.png\t{lb}")
+    (src / "i" / "bad.png").write_bytes(b"broken")
+    lines.append("i/bad.png\tbad")
+    (src / "labels.tsv").write_text("\n".join(lines) + "\n")
+
+    n, skipped = pack_folder(src, tmp_path / "str", progress=False)
+    assert n == 3 and len(skipped) == 1 and "bad.png" in skipped[0]
+    r = open_dataset(tmp_path / "str")
+    assert r.layout == "str" and r.labels == labels
+
+    n2, _ = degrade_lmdb(tmp_path / "str", tmp_path / "tz", seed=3, progress=False)
+    tz = open_dataset(tmp_path / "tz")
+    assert tz.layout == "textzoom" and n2 == 3 and tz.labels == labels
+    s = tz[0]
+    assert s.image.shape == (40, 120, 3) and s.lr.shape[0] < 20
+    # deterministic for a seed
+    degrade_lmdb(tmp_path / "str", tmp_path / "tz2", seed=3, progress=False)
+    assert np.array_equal(open_dataset(tmp_path / "tz2")[0].lr, s.lr)
+    with pytest.raises(FileExistsError):
+        degrade_lmdb(tmp_path / "str", tmp_path / "tz", seed=3, progress=False)
+
+
+def test_degrade_cli_refuses_pairs(tmp_path):
+    from conftest import textzoom_items
+
+    p = write_lmdb(tmp_path / "tz", textzoom_items(["a"]))
+    r = run_module(["distill.data", "degrade", str(p), str(tmp_path / "out")])
+    assert r.returncode == 2 and "already a TextZoom-layout" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_pair_dataset_skips_corrupt_images_in_worker_processes(tmp_path):
+    items = str_items([f"w{i}" for i in range(12)])
+    items[b"image-000000005"] = jpeg_bytes()[:120]
+    ds = PairDataset(str(write_lmdb(tmp_path / "s", items)), seed=1)
+    assert ds.lr_mode == "degrade"
+    loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate)
+    batches = list(loader)
+    assert sum(len(b["label"]) for b in batches) == 12
+    b = batches[0]
+    assert b["hr"].shape == (4, 3, 32, 128) and b["lr"].shape == (4, 3, 16, 64)
+    assert b["hr"].min() >= -1 and b["hr"].max() <= 1
+    labels = [lb for b in batches for lb in b["label"]]
+    assert "w4" not in labels and labels.count("w5") == 2  # the bad sample was replaced by its neighbour
+
+
+def test_lr_changes_per_epoch_but_is_reproducible(tmp_path):
+    p = write_lmdb(tmp_path / "s", str_items(["abc"]))
+    ds = PairDataset(str(p), seed=1)
+    a = ds[0]["lr"]
+    assert torch.equal(a, PairDataset(str(p), seed=1)[0]["lr"])
+    ds.set_epoch(1)
+    assert not torch.equal(a, ds[0]["lr"])
+
+
+def test_weighted_concat(tmp_path):
+    a = PairDataset(str(write_lmdb(tmp_path / "a", str_items(["a"] * 5))))
+    b = PairDataset(str(write_lmdb(tmp_path / "b", str_items(["b"] * 50))))
+    wc = WeightedConcat([a, b], weights=[3, 1], length=400, seed=0)
+    labels = [wc[i]["label"] for i in range(400)]
+    assert 0.65 < labels.count("a") / 400 < 0.85
+    first = wc._which.copy()
+    wc.set_epoch(1)
+    assert not np.array_equal(first, wc._which)
+    with pytest.raises(ValueError, match="weights"):
+        WeightedConcat([a, b], weights=[1])
