@@ -1,0 +1,211 @@
+"""Training configuration: YAML files validated into dataclasses, with ``--set key=value`` overrides.
+
+Unknown keys and wrongly typed values are errors that name the key, so a typo never silently trains the wrong
+thing."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Config", "load_config", "apply_overrides", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelCfg:
+    name: str = "parseq-tiny"  # registry name: parseq-tiny, parseq-small, cnn-attn, cnn-ctc
+    charset: str = "36"  # 36, 62, 94 or a literal string
+    max_len: int = 25
+    kwargs: dict = field(default_factory=dict)  # architecture overrides, e.g. {depth: 2}
+
+
+@dataclass
+class SourceCfg:
+    path: str = ""
+    weight: float = 1.0
+    lr_mode: str = "auto"  # auto | stored | degrade (STR lmdbs and folders degrade on the fly)
+    level: str = "mixed"  # degradation strength range when lr_mode is degrade
+
+
+@dataclass
+class SynthCfg:
+    """The embedded default: synthesize TextZoom-style data into ``dir`` if it does not exist yet."""
+
+    n: int = 0  # 0: no synthetic data
+    dir: str = ""  # default: <out_dir>/../synth-<n>-<seed>
+    seed: int = 0
+    weight: float = 1.0
+    split_sizes: str = "train=0.85,val=0.05,test=0.1"
+
+
+@dataclass
+class DataCfg:
+    train: list = field(default_factory=list)  # of SourceCfg
+    val: str = ""  # a TextZoom-layout or STR lmdb; default: the synthetic val split
+    synth: SynthCfg = field(default_factory=SynthCfg)
+    batch_size: int = 64
+    workers: int = 2
+    epoch_size: int = 0  # samples per epoch of the weighted mix; 0: sum of the sources
+    augment: bool = True
+    max_val_samples: int = 2000
+
+
+@dataclass
+class OptimCfg:
+    lr: float = 7e-4
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    steps: int = 10000
+    warmup_pct: float = 0.075
+    clip_grad: float = 20.0
+
+
+@dataclass
+class TermCfg:
+    enabled: bool = True
+    weight: float = 1.0
+
+
+@dataclass
+class DistillCfg:
+    """KD-LTR defaults from the paper's code."""
+
+    method: str = "kdltr"
+    visual: TermCfg = field(default_factory=lambda: TermCfg(True, 4.0))
+    semantic: TermCfg = field(default_factory=lambda: TermCfg(True, 2.0))
+    logits: TermCfg = field(default_factory=lambda: TermCfg(True, 20.0))
+    ce: TermCfg = field(default_factory=lambda: TermCfg(True, 0.025))
+    tau: float = 0.1
+    temperature: float = 4.0
+    beam: int = 3
+    alpha: float = 0.2
+    min_p: float = 0.1
+
+
+@dataclass
+class TrainCfg:
+    stage: str = "teacher"  # teacher | student | baseline
+    out_dir: str = "runs/default"
+    teacher_ckpt: str = ""  # student/baseline: the frozen HR teacher (and the student's initialisation)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
+    compile: bool = False
+    channels_last: bool = True  # CNNs on GPU
+    val_every: int = 500
+    log_every: int = 20
+    ckpt_every: int = 500
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    distill: DistillCfg = field(default_factory=DistillCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> "Config":
+        t = self.train
+        if t.stage not in ("teacher", "student", "baseline"):
+            raise ConfigError(f"train.stage: expected teacher, student or baseline, got {t.stage!r}")
+        if t.stage in ("student", "baseline") and not t.teacher_ckpt:
+            raise ConfigError(f"train.teacher_ckpt: stage {t.stage!r} needs a teacher checkpoint")
+        if t.amp not in ("auto", "bf16", "off"):
+            raise ConfigError(f"train.amp: expected auto, bf16 or off, got {t.amp!r}")
+        if self.optim.steps <= 0:
+            raise ConfigError(f"optim.steps: must be > 0, got {self.optim.steps}")
+        if self.data.batch_size <= 0:
+            raise ConfigError(f"data.batch_size: must be > 0, got {self.data.batch_size}")
+        if not self.data.train and self.data.synth.n <= 0:
+            raise ConfigError("data: no training data (give data.train sources or data.synth.n > 0)")
+        for i, s in enumerate(self.data.train):
+            if not s.path:
+                raise ConfigError(f"data.train[{i}].path: empty")
+            if s.lr_mode not in ("auto", "stored", "degrade"):
+                raise ConfigError(f"data.train[{i}].lr_mode: expected auto, stored or degrade, got {s.lr_mode!r}")
+        if self.distill.method not in ("kdltr",):
+            raise ConfigError(f"distill.method: unknown {self.distill.method!r}")
+        return self
+
+
+def _build(cls, data: Any, where: str):
+    """dict -> dataclass ``cls``, recursively, rejecting unknown keys and wrong types."""
+    if dataclasses.is_dataclass(cls):
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{where + '.' if where else ''}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+        kwargs = {k: _build(hints[k], v, f"{where + '.' if where else ''}{k}") for k, v in data.items()}
+        return cls(**kwargs)
+    if cls is list and where.endswith("train"):
+        if not isinstance(data, list):
+            raise ConfigError(f"{where}: expected a list of sources")
+        return [_build(SourceCfg, d if isinstance(d, dict) else {"path": d}, f"{where}[{i}]") for i, d in enumerate(data)]
+    if cls is float and isinstance(data, int) and not isinstance(data, bool):
+        return float(data)
+    if cls is float and isinstance(data, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(data)
+        except ValueError:
+            pass
+    if cls is tuple and isinstance(data, (list, tuple)):
+        return tuple(data)
+    if cls in (int, float, str, bool, dict, list) and not isinstance(data, cls) or (cls is int and isinstance(data, bool)):
+        raise ConfigError(f"{where}: expected {cls.__name__}, got {data!r}")
+    return data
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    for ov in overrides:
+        key, sep, raw = ov.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {ov!r}: expected key=value, e.g. optim.lr=3e-4")
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = d
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {} if node.get(p) is None else node[p]
+                if not isinstance(node[p], dict):
+                    raise ConfigError(f"--set {key}: {p} is not a section")
+            node = node[p]
+        node[parts[-1]] = value
+    return d
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    raw: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config {p}: no such file")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+    raw = apply_overrides(raw, overrides or [])
+    return _build(Config, raw, "").validate()
+
+
+def config_from_dict(d: dict) -> Config:
+    return _build(Config, d, "")

@@ -1,0 +1,132 @@
+"""Model registry: a name and its arguments rebuild a model, so checkpoints carry everything export needs."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from runtime.charset import resolve_charset
+
+from .cnn import CNNAttn, CNNCTC
+from .parseq import PARSeq, RecOut, gen_tgt_perms
+
+__all__ = ["MODELS", "build_model", "model_spec", "make_student", "load_official_parseq", "RecOut", "gen_tgt_perms",
+           "HR_SIZE", "LR_SIZE"]
+
+HR_SIZE, LR_SIZE = (32, 128), (16, 64)
+
+_PARSEQ_SIZES = {
+    "tiny": dict(dim=192, depth=12, heads=3, dec_heads=6),
+    "small": dict(dim=384, depth=12, heads=6, dec_heads=12),
+}
+
+
+def _parseq(size: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int, max_len: int, lr: bool, **kw: Any) -> nn.Module:
+        args = dict(_PARSEQ_SIZES[size])
+        args.update(kw)
+        img, patch = (LR_SIZE, (2, 4)) if lr else (HR_SIZE, (4, 8))
+        return PARSeq(num_classes, max_len, img_size=img, patch_size=patch, **args)
+
+    return build
+
+
+def _cnn(cls) -> Callable[..., nn.Module]:
+    def build(num_classes: int, max_len: int, lr: bool, **kw: Any) -> nn.Module:
+        return cls(num_classes, max_len, img_size=LR_SIZE if lr else HR_SIZE, lr=lr, **kw)
+
+    return build
+
+
+# name -> (builder, tokenizer kind)
+MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
+    "parseq-tiny": (_parseq("tiny"), "attn"),
+    "parseq-small": (_parseq("small"), "attn"),
+    "cnn-attn": (_cnn(CNNAttn), "attn"),
+    "cnn-ctc": (_cnn(CNNCTC), "ctc"),
+}
+
+
+_CLASSES = {"parseq-tiny": PARSeq, "parseq-small": PARSeq, "cnn-attn": CNNAttn, "cnn-ctc": CNNCTC}
+_SET_BY_BUILDER = {"self", "num_classes", "max_len", "img_size", "patch_size", "lr"}
+
+
+def _resolved_kwargs(name: str, kwargs: dict) -> dict:
+    """Every architecture argument spelled out, so a checkpoint rebuilds its model even if defaults change."""
+    sig = inspect.signature(_CLASSES[name].__init__)
+    known = {k for k in sig.parameters if k not in _SET_BY_BUILDER}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"model.kwargs: {name} has no argument(s) {unknown}; known: {sorted(known)}")
+    full = {k: p.default for k, p in sig.parameters.items() if k in known}
+    if name.startswith("parseq-"):
+        full.update(_PARSEQ_SIZES[name.split("-", 1)[1]])
+    full.update(kwargs)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()}
+
+
+def model_spec(name: str, charset: str = "36", max_len: int = 25, lr: bool = False, **kwargs: Any) -> dict:
+    if name not in MODELS:
+        raise ValueError(f"model: unknown name {name!r}; known: {sorted(MODELS)}")
+    return {"name": name, "charset": resolve_charset(charset), "max_len": int(max_len), "lr": bool(lr),
+            "kwargs": _resolved_kwargs(name, kwargs), "tokenizer": MODELS[name][1]}
+
+
+def num_classes(spec: dict) -> int:
+    n = len(spec["charset"])
+    return n + 3 if spec["tokenizer"] == "attn" else n + 1
+
+
+def build_model(spec: dict) -> nn.Module:
+    builder, _ = MODELS[spec["name"]]
+    return builder(num_classes(spec), spec["max_len"], spec["lr"], **spec.get("kwargs", {}))
+
+
+def make_student(teacher_spec: dict, teacher_state: dict | None = None) -> tuple[dict, nn.Module, list[str]]:
+    """The LR twin of a teacher: same architecture on 16x64 input; starts from the teacher's weights except where
+    shapes differ (the PARSeq patch embedding). Returns (spec, model, keys not copied)."""
+    spec = dict(teacher_spec, lr=True, kwargs=dict(teacher_spec.get("kwargs", {})))
+    student = build_model(spec)
+    skipped: list[str] = []
+    if teacher_state is not None:
+        own = student.state_dict()
+        take = {}
+        for k, v in teacher_state.items():
+            if k in own and own[k].shape == v.shape:
+                take[k] = v
+            else:
+                skipped.append(k)
+        student.load_state_dict(take, strict=False)
+    return spec, student, skipped
+
+
+def load_official_parseq(path_or_state: str | dict, size: str = "small", charset: str = "94", max_len: int = 25,
+                         **kw: Any) -> tuple[dict, nn.Module]:
+    """Load a checkpoint of the official PARSeq release (its state-dict names) as an HR teacher.
+
+    Accepts a raw state dict, a Lightning checkpoint (``state_dict`` inside) and keys with or without the
+    ``model.`` prefix. Any missing, unexpected or mis-shaped tensor is an error listing them."""
+    src = path_or_state
+    if isinstance(src, str):
+        src = torch.load(src, map_location="cpu", weights_only=True)
+    state = src.get("state_dict", src) if isinstance(src, dict) else src
+    state = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in state.items()}
+    spec = model_spec(f"parseq-{size}", charset, max_len, lr=False, **kw)
+    model = build_model(spec)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        lines = [f"not an official PARSeq-{size} checkpoint for charset of {len(spec['charset'])} characters:"]
+        if missing:
+            lines.append(f"  missing ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        lines += [f"  shape {s}" for s in shapes[:8]]
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(state)
+    return spec, model

@@ -1,0 +1,60 @@
+"""Batched prediction and scoring of a PyTorch recognizer (the torch twin of runtime's Recognizer)."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from runtime.charset import Decoded, Tokenizer
+from runtime.metrics import SplitResult, score_split
+from runtime.preprocess import normalize, resize, to_chw
+
+__all__ = ["predict", "predict_arrays", "score_samples"]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, tok: Tokenizer, x: torch.Tensor) -> list[Decoded]:
+    """Images (B, 3, H, W) in [-1, 1] -> decoded strings with confidences."""
+    dev = next(model.parameters()).device
+    probs = model.decode_logits(x.to(dev), early_stop=True).float().softmax(-1)
+    return tok.decode(probs.cpu().numpy())
+
+
+def _to_tensor(imgs: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([to_chw(normalize(resize(im, size))) for im in imgs]))
+
+
+def predict_arrays(model: nn.Module, tok: Tokenizer, imgs: list[np.ndarray], batch: int = 64) -> list[Decoded]:
+    """RGB uint8 crops of any size -> predictions (resized to the model's input as in training)."""
+    size = tuple(model.img_size)
+    out: list[Decoded] = []
+    for i in range(0, len(imgs), batch):
+        out += predict(model, tok, _to_tensor(imgs[i : i + batch], size))
+    return out
+
+
+def score_samples(model: nn.Module, tok: Tokenizer, samples: Iterable[tuple[np.ndarray, str]], split: str,
+                  batch: int = 64, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> SplitResult:
+    """Word accuracy / NED (TextZoom protocol) over (image, label) pairs; ``transform`` maps each image first
+    (an LR condition, bicubic upsampling...)."""
+    preds: list[str] = []
+    confs: list[float] = []
+    gts: list[str] = []
+    imgs: list[np.ndarray] = []
+
+    def flush() -> None:
+        for d in predict_arrays(model, tok, imgs, batch):
+            preds.append(d.text)
+            confs.append(d.confidence)
+        imgs.clear()
+
+    for img, label in samples:
+        imgs.append(transform(img) if transform else img)
+        gts.append(label)
+        if len(imgs) >= batch:
+            flush()
+    if imgs:
+        flush()
+    return score_split(split, preds, gts, confs)

@@ -1,0 +1,360 @@
+"""``python -m distill.train --config configs/NAME.yaml [--set key=value ...] [--resume]``
+
+Stages (``train.stage``):
+  teacher   supervised recognizer on HR (32x128) images
+  student   KD-LTR: the LR (16x64) twin of a frozen teacher checkpoint learns from it on LR/HR pairs
+  baseline  the same LR student trained on LR images alone, from the same initialisation (the reference)
+
+Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m distill.train ...`` (DDP; gloo on CPU, NCCL on GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from runtime.charset import make_tokenizer
+from runtime.datasets import DataError, LabelPolicy, open_dataset
+from runtime.metrics import score_split
+
+from .augment import text_augment
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import Config, ConfigError, load_config
+from .datasets import PairDataset, WeightedConcat, collate
+from .models import build_model, make_student, model_spec
+from .predict import predict
+from .system import TrainingSystem
+
+__all__ = ["main", "train", "ResumableSampler", "prepare_synth"]
+
+
+class ResumableSampler(Sampler[int]):
+    """A per-epoch permutation fixed by (seed, epoch), sharded across DDP ranks, that can start mid-epoch."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.epoch, self.start = 0, 0
+        self.per_rank = n // world  # drop the remainder so every rank takes the same number of steps
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch)
+        order = torch.randperm(self.n, generator=g)[: self.per_rank * self.world]
+        mine = order[self.rank :: self.world].tolist()
+        return iter(mine[self.start :])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+def prepare_synth(cfg: Config, rank: int = 0) -> Path | None:
+    """The embedded default: synthesize the configured TextZoom-style set once (rank 0), reuse it afterwards."""
+    s = cfg.data.synth
+    if s.n <= 0:
+        return None
+    d = Path(s.dir) if s.dir else Path(cfg.train.out_dir).parent / f"synth-{s.n}-{s.seed}"
+    if rank == 0 and not (d / "synth.json").exists():
+        from .synth.generate import main as synth_main
+
+        print(f"train: synthesizing {s.n} pairs into {d}")
+        synth_main(["--out", str(d), "--n", str(s.n), "--seed", str(s.seed), "--split-sizes", s.split_sizes,
+                    "--overwrite", "--no-progress", "--workers", str(max(1, min(os.cpu_count() or 1, 4)))])
+    if dist.is_initialized():
+        dist.barrier()
+    return d
+
+
+def build_datasets(cfg: Config, synth_dir: Path | None, policy: LabelPolicy):
+    aug = text_augment if cfg.data.augment else None
+    sources, weights = [], []
+    if synth_dir is not None:
+        sources.append(PairDataset(str(synth_dir / "train"), policy=policy, seed=cfg.train.seed))
+        weights.append(cfg.data.synth.weight)
+    for i, s in enumerate(cfg.data.train):
+        ds = PairDataset(s.path, lr_mode=s.lr_mode, level=s.level, seed=cfg.train.seed + 1 + i, policy=policy,
+                         augment=aug if s.lr_mode != "stored" else None)
+        sources.append(ds)
+        weights.append(s.weight)
+    train = WeightedConcat(sources, weights, cfg.data.epoch_size or None, seed=cfg.train.seed)
+    val_path = cfg.data.val or (str(synth_dir / "val") if synth_dir else "")
+    val = open_dataset(val_path, policy) if val_path else None
+    return train, val
+
+
+@torch.no_grad()
+def validate(model, tok, reader, stage: str, device, batch: int, max_samples: int) -> float:
+    """Word accuracy (%) on the val split: HR input for teachers, LR for students (stored or lr16blur-made)."""
+    from runtime.conditions import apply_condition
+
+    from .datasets import image_to_tensor
+
+    model.eval()
+    size = tuple(model.img_size)
+    preds, gts, imgs = [], [], []
+    n = len(reader) if not max_samples else min(len(reader), max_samples)
+    for s in reader.iter_valid():
+        if len(gts) >= n:
+            break
+        img = s.image if stage == "teacher" else (s.lr if s.lr is not None else apply_condition("lr16blur", s.image))
+        imgs.append(image_to_tensor(img, size))
+        gts.append(s.label)
+        if len(imgs) == batch:
+            preds += [d.text for d in predict(model, tok, torch.stack(imgs).to(device))]
+            imgs = []
+    if imgs:
+        preds += [d.text for d in predict(model, tok, torch.stack(imgs).to(device))]
+    model.train()
+    return score_split("val", preds, gts).accuracy
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def train(cfg: Config, resume: str | None = None) -> dict:
+    # -- distributed setup (torchrun sets these variables; a plain run is rank 0 of 1) ------------------------------
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if cfg.train.device == "auto" else cfg.train.device == "cuda"
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # Ampere+: TF32 matmuls where bf16 autocast does not reach
+        torch.backends.cudnn.allow_tf32 = True
+    master = rank == 0
+    out = Path(cfg.train.out_dir)
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+
+    # -- seeds: every rank starts from the same weights; data shards differ by rank ------------------------------
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+
+    # -- model(s) ------------------------------------------------------------------------------------------------
+    teacher = None
+    if cfg.train.stage == "teacher":
+        spec = model_spec(cfg.model.name, cfg.model.charset, cfg.model.max_len, lr=False, **cfg.model.kwargs)
+        model = build_model(spec)
+    else:
+        tck = load_checkpoint(cfg.train.teacher_ckpt)
+        tspec = tck["model_spec"]
+        if tspec["lr"]:
+            raise ConfigError(f"train.teacher_ckpt {cfg.train.teacher_ckpt}: is an LR model; the teacher must be HR")
+        # The student is the teacher's LR twin and starts from its weights (both stages: equal initialisation).
+        spec, model, not_copied = make_student(tspec, tck["model"])
+        if master:
+            print(f"train: student initialised from {cfg.train.teacher_ckpt} except {not_copied or 'nothing'}")
+        if cfg.train.stage == "student":
+            teacher = build_model(tspec)
+            teacher.load_state_dict(tck["model"])
+    tok = make_tokenizer(spec["tokenizer"], spec["charset"])
+    system = TrainingSystem(model, tok, cfg.train.stage, cfg.distill, teacher, cfg.train.seed).to(device)
+    if use_cuda and cfg.train.channels_last and spec["name"].startswith("cnn"):
+        system.student.to(memory_format=torch.channels_last)  # cuDNN convs prefer NHWC under bf16
+
+    # -- data ----------------------------------------------------------------------------------------------------
+    synth_dir = prepare_synth(cfg, rank)
+    norm = "textzoom" if spec["charset"] == "0123456789abcdefghijklmnopqrstuvwxyz" else "none"
+    policy = LabelPolicy(normalize=norm, max_len=spec["max_len"])
+    train_ds, val_reader = build_datasets(cfg, synth_dir, policy)
+    bs = cfg.data.batch_size
+    sampler = ResumableSampler(len(train_ds), cfg.train.seed, rank, world)
+    steps_per_epoch = len(sampler) // bs
+    if steps_per_epoch == 0:
+        raise ConfigError(f"data: {len(sampler)} samples per rank is less than one batch of {bs}")
+
+    def loader_for(epoch: int, start_batch: int) -> DataLoader:
+        train_ds.set_epoch(epoch)
+        sampler.set_epoch(epoch, start_batch * bs)
+        # A dedicated generator: worker seeding must not consume the global RNG, or resumed runs would diverge.
+        return DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=cfg.data.workers, collate_fn=collate,
+                          pin_memory=use_cuda, drop_last=True, persistent_workers=False,
+                          generator=torch.Generator().manual_seed(cfg.train.seed + epoch))
+
+    # -- optimiser: AdamW + one-cycle, as PARSeq trains ------------------------------------------------------------
+    params = [p for p in system.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.optim.lr, total_steps=cfg.optim.steps,
+                                                pct_start=cfg.optim.warmup_pct, cycle_momentum=False)
+    step, best, epoch, batch_in_epoch = 0, -1.0, 0, 0
+    if resume:
+        ck = load_checkpoint(resume)
+        system.student.load_state_dict(ck["model"])
+        if system.projector is not None and ck.get("projector"):
+            system.projector.load_state_dict(ck["projector"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        step, best = ck["step"], ck.get("best_acc", -1.0)
+        epoch, batch_in_epoch = ck["epoch"], ck["batch_in_epoch"]
+        _set_rng_state(ck["rng"])
+        if master:
+            print(f"train: resumed from {resume} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
+
+    net = DDP(system, device_ids=[local_rank] if use_cuda else None) if world > 1 else system
+    fwd = torch.compile(net) if cfg.train.compile else net
+    amp = use_cuda and cfg.train.amp in ("auto", "bf16")
+
+    def checkpoint(name: str, val_acc: float | None = None) -> None:
+        if not master:
+            return
+        save_checkpoint(out / name, {
+            "model_spec": spec, "model": system.student.state_dict(), "charset": spec["charset"],
+            "tokenizer": spec["tokenizer"], "config": cfg.to_dict(), "stage": cfg.train.stage,
+            "projector": system.projector.state_dict() if system.projector is not None else None,
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch, "rng": _rng_state(), "best_acc": best, "val_acc": val_acc,
+            "teacher_ckpt": cfg.train.teacher_ckpt,
+        })
+
+    log_path = out / "log.csv"
+    writer = None
+    if master:
+        new = not log_path.exists() or not resume
+        logf = open(log_path, "w" if new else "a", newline="")
+        log = csv.writer(logf)
+        if new:
+            log.writerow(["step", "epoch", "loss", "lr", "images_per_s", "val_acc", "parts"])
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
+
+            writer = SummaryWriter(str(out / "tb"))
+        except Exception:
+            writer = None
+        print(f"train: stage={cfg.train.stage} model={spec['name']}{' (LR)' if spec['lr'] else ''} "
+              f"params={sum(p.numel() for p in system.student.parameters()) / 1e6:.2f}M device={device} world={world} "
+              f"steps={cfg.optim.steps} batch={bs}x{world} train_samples={len(train_ds)}")
+
+    # -- the loop --------------------------------------------------------------------------------------------------
+    system.train()
+    bar = tqdm(total=cfg.optim.steps, initial=step, disable=not (master and cfg.train.progress), desc=cfg.train.stage,
+               dynamic_ncols=True)
+    t0, seen = time.perf_counter(), 0
+    val_acc = None
+    while step < cfg.optim.steps:
+        for batch in loader_for(epoch, batch_in_epoch):
+            batch["hr"] = batch["hr"].to(device, non_blocking=True)
+            batch["lr"] = batch["lr"].to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                loss, parts = fwd(batch, step)
+            if not torch.isfinite(loss):
+                bar.close()
+                raise FloatingPointError(
+                    f"train: loss is {loss.item()} at step {step} (parts {parts}); stopping. The last good checkpoint "
+                    f"is {out / 'last.pt'}; lower optim.lr or check the data.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
+            opt.step()
+            sched.step()
+            step += 1
+            batch_in_epoch += 1
+            seen += len(batch["label"]) * world
+            bar.update(1)
+            if step % cfg.train.log_every == 0 or step == cfg.optim.steps:
+                ips = seen / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{ips:.0f}")
+                if master:
+                    log.writerow([step, epoch, f"{loss.item():.5f}", f"{sched.get_last_lr()[0]:.3e}", f"{ips:.1f}", "",
+                                  " ".join(f"{k}={v:.4f}" for k, v in parts.items())])
+                    logf.flush()
+                    if writer:
+                        writer.add_scalar("loss/total", loss.item(), step)
+                        for k, v in parts.items():
+                            writer.add_scalar(f"loss/{k}", v, step)
+                        writer.add_scalar("images_per_s", ips, step)
+                t0, seen = time.perf_counter(), 0
+            if val_reader is not None and (step % cfg.train.val_every == 0 or step == cfg.optim.steps):
+                val_acc = validate(system.student, tok, val_reader, cfg.train.stage, device, 128,
+                                   cfg.data.max_val_samples) if master else 0.0
+                if master:
+                    log.writerow([step, epoch, "", "", "", f"{val_acc:.2f}", ""])
+                    logf.flush()
+                    if writer:
+                        writer.add_scalar("val/accuracy", val_acc, step)
+                    bar.write(f"step {step}: val accuracy {val_acc:.2f}% (best {max(best, val_acc):.2f}%)")
+                    if val_acc > best:
+                        best = val_acc
+                        checkpoint("best.pt", val_acc)
+            if step % cfg.train.ckpt_every == 0 or step == cfg.optim.steps:
+                checkpoint("last.pt", val_acc)
+            if step >= cfg.optim.steps:
+                break
+        else:
+            epoch += 1
+            batch_in_epoch = 0
+    bar.close()
+    if master:
+        logf.close()
+        if writer:
+            writer.close()
+        if not (out / "best.pt").exists():
+            checkpoint("best.pt", val_acc)
+        print(f"train: done at step {step}; best val accuracy {best:.2f}%; checkpoints in {out}")
+    if dist.is_initialized():
+        dist.barrier()
+    return {"step": step, "best_acc": best, "out_dir": str(out)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m distill.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML config (dataclass defaults when omitted)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from a checkpoint; without a value: <out_dir>/last.pt")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        resume = args.resume
+        if resume == "auto":
+            resume = str(Path(cfg.train.out_dir) / "last.pt")
+        train(cfg, resume)
+    except (ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(str(e), file=sys.stderr)
+        return 3
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
