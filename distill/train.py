@@ -220,6 +220,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         if master:
             print(f"train: resumed from {resume} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
 
+    if world > 1 and use_cuda:
+        system = torch.nn.SyncBatchNorm.convert_sync_batchnorm(system)  # BN statistics over the global batch
     net = DDP(system, device_ids=[local_rank] if use_cuda else None) if world > 1 else system
     fwd = torch.compile(net) if cfg.train.compile else net
     amp = use_cuda and cfg.train.amp in ("auto", "bf16")
@@ -305,6 +307,11 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                     if val_acc > best:
                         best = val_acc
                         checkpoint("best.pt", val_acc)
+            if world > 1 and step == cfg.optim.steps:
+                # DDP syncs BN running statistics at the start of each forward; after the last step, do it once
+                # more so every rank (and the checkpoint) ends with the same buffers.
+                for buf in system.student.buffers():
+                    dist.broadcast(buf, 0)
             if step % cfg.train.ckpt_every == 0 or step == cfg.optim.steps:
                 checkpoint("last.pt", val_acc)
             if step >= cfg.optim.steps:
@@ -322,7 +329,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         print(f"train: done at step {step}; best val accuracy {best:.2f}%; checkpoints in {out}")
     if dist.is_initialized():
         dist.barrier()
-    return {"step": step, "best_acc": best, "out_dir": str(out)}
+    return {"step": step, "best_acc": best, "out_dir": str(out), "model": system.student}
 
 
 def build_parser() -> argparse.ArgumentParser:

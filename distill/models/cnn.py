@@ -17,14 +17,15 @@ __all__ = ["ResNetBackbone", "CNNAttn", "CNNCTC"]
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: tuple[int, int]) -> None:
+    def __init__(self, cin: int, cout: int, stride: tuple[int, int], project: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.down = None
-        if stride != (1, 1) or cin != cout:
+        # ``project``: the HR twin of this block strides, so keep its shortcut projection (weights stay shareable).
+        if project or stride != (1, 1) or cin != cout:
             self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -39,6 +40,7 @@ class ResNetBackbone(nn.Module):
     def __init__(self, widths=(16, 32, 64, 96, 128), blocks=(1, 1, 2, 1, 1), strides=(2, 1, 2, 1, 1),
                  lr: bool = False) -> None:
         super().__init__()
+        nominal = list(strides)
         strides = list(strides)
         if lr:
             first = next((i for i, s in enumerate(strides) if s == 2), None)
@@ -47,8 +49,8 @@ class ResNetBackbone(nn.Module):
             strides[first] = 1
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         layers, cin = [], widths[0]
-        for w, n, s in zip(widths, blocks, strides):
-            stage = [BasicBlock(cin, w, (s, s))] + [BasicBlock(w, w, (1, 1)) for _ in range(n - 1)]
+        for w, n, s, s0 in zip(widths, blocks, strides, nominal):
+            stage = [BasicBlock(cin, w, (s, s), project=s0 != 1)] + [BasicBlock(w, w, (1, 1)) for _ in range(n - 1)]
             layers.append(nn.Sequential(*stage))
             cin = w
         self.stages = nn.Sequential(*layers)

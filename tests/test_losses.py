@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from distill import losses as L
+
+
+def test_visual_focus():
+    f = torch.randn(2, 16, 8, 32)
+    assert L.visual_focus_loss(f, f).item() == pytest.approx(0.0, abs=1e-5)
+    # z-scoring per channel: a per-channel affine change of the teacher's features costs nothing
+    g = f * torch.rand(1, 16, 1, 1).add(0.5) + torch.randn(1, 16, 1, 1)
+    assert L.visual_focus_loss(g, f).item() == pytest.approx(0.0, abs=1e-4)
+    assert L.visual_focus_loss(torch.randn_like(f), f).item() > 0.5
+    # the mask decides where it counts
+    s = f.clone()
+    s[..., :16] = torch.randn(2, 16, 8, 16)
+    mask = torch.zeros(2, 8, 32)
+    mask[..., 16:] = 1
+    assert L.visual_focus_loss(s, f, mask.flatten(1)).item() < 0.2 < L.visual_focus_loss(s, f).item()
+    with pytest.raises(ValueError, match="grid"):
+        L.visual_focus_loss(torch.randn(2, 16, 4, 16), f)
+
+
+def test_attention_mask_uses_valid_steps_only():
+    attn = torch.zeros(1, 3, 2, 2)
+    attn[0, 0, 0, 0] = 1.0
+    attn[0, 2, 1, 1] = 1.0  # a step after EOS: ignored
+    m = L.attention_mask(attn, torch.tensor([[True, True, False]]))
+    assert m.tolist() == [[1.0, 0.0, 0.0, 0.0]]
+
+
+def test_semantic_contrastive_prefers_aligned_characters():
+    torch.manual_seed(0)
+    proj = L.SemanticProjector(32)
+    ft = torch.randn(4, 6, 32)
+    valid = torch.ones(4, 6, dtype=torch.bool)
+    valid[:, 4:] = False
+    aligned = L.semantic_contrastive_loss(proj, ft + 0.01 * torch.randn_like(ft), ft, valid)
+    shuffled = L.semantic_contrastive_loss(proj, ft[torch.randperm(4)], ft, valid)
+    assert aligned < shuffled
+    assert proj.rnn.hidden_size == 256 and proj.rnn.bidirectional
+
+
+def test_beam_best_path_ends_at_eos():
+    # step 0: a 0.6 / b 0.4; step 1: EOS 0.9 after anything; greedy = beam here, the path stops at EOS
+    p = torch.tensor([[[0.0, 0.6, 0.4], [0.9, 0.05, 0.05], [0.2, 0.5, 0.3]]])
+    path, prob = L.beam_best_path(p.log(), eos_id=0, width=3)
+    assert path[0].tolist() == [1, 0, 0] and prob.item() == pytest.approx(0.54, rel=1e-4)
+    # a path that has ended stays ended: its probability is not multiplied by later steps
+    assert path[0, 2].item() == 0
+
+
+def test_soft_logits_loss():
+    t = torch.randn(3, 5, 11)
+    valid = torch.ones(3, 5, dtype=torch.bool)
+    assert L.soft_logits_loss(t, t, valid, alpha=0.0).item() == pytest.approx(0.0, abs=1e-5)
+    s = torch.randn(3, 5, 11)
+    plain = L.soft_logits_loss(s, t, valid, alpha=0.0).item()
+    mixed = L.soft_logits_loss(s, t, valid, alpha=0.2, min_p=0.0).item()
+    assert plain > 0 and mixed != pytest.approx(plain)
+    # min_p above any path's probability disables the mixing
+    assert L.soft_logits_loss(s, t, valid, alpha=0.2, min_p=1.1).item() == pytest.approx(plain, rel=1e-5)
+    assert L.frame_kl_loss(t, t).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_ctc_and_ce():
+    logits = torch.randn(2, 32, 37, requires_grad=True)
+    loss = L.ctc_loss(logits, torch.tensor([1, 2, 3, 4]), torch.tensor([3, 1]))
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad.abs().sum() > 0
+    s, n = L.ce_loss(torch.randn(2, 4, 10), torch.tensor([[1, 2, 0, 9], [3, 9, 9, 9]]), pad_id=9)
+    assert int(n) == 4 and s.item() > 0

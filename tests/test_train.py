@@ -1,0 +1,142 @@
+"""distill.train: smoke runs of every family and stage, exact resume after a kill, NaN stop, DDP, kd_gain."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from distill.checkpoint import load_checkpoint, load_model
+from distill.config import load_config
+from distill.synth.generate import main as synth_main
+from distill.train import train
+
+TINY = {
+    "parseq-tiny": "{depth: 1, dim: 48, heads: 2, dec_heads: 2}",
+    "cnn-attn": "{widths: [8, 8, 16, 16, 16]}",
+    "cnn-ctc": "{widths: [8, 8, 16, 16, 16], hidden: 32}",
+}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synth")
+    synth_main(["--out", str(d), "--n", "160", "--seed", "2", "--workers", "1", "--no-progress",
+                "--split-sizes", "train=100,val=20,test=40", "--overwrite"])
+    return d
+
+
+def overrides(synth: Path, out: Path, model: str, *extra: str) -> list[str]:
+    return [f"model.name={model}", f"model.kwargs={TINY[model]}", "model.max_len=12",
+            f"data.synth.dir={synth}", "data.synth.n=160", "data.batch_size=8", "data.workers=0",
+            "data.max_val_samples=16", "optim.steps=4", "train.val_every=2", "train.ckpt_every=2", "train.log_every=1",
+            "train.progress=false", f"train.out_dir={out}", *extra]
+
+
+@pytest.mark.parametrize("model", sorted(TINY))
+def test_teacher_student_baseline(model, synth, tmp_path):
+    t = train(load_config("configs/smoke.yaml", overrides(synth, tmp_path / "t", model)))
+    assert t["step"] == 4
+    ck = load_checkpoint(tmp_path / "t" / "last.pt")
+    assert ck["model_spec"]["name"] == model and not ck["model_spec"]["lr"]
+    assert ck["config"]["model"]["name"] == model and ck["charset"] == "0123456789abcdefghijklmnopqrstuvwxyz"
+    for stage in ("student", "baseline"):
+        train(load_config("configs/smoke.yaml", overrides(synth, tmp_path / stage, model, f"train.stage={stage}",
+                                                          f"train.teacher_ckpt={tmp_path / 't' / 'last.pt'}")))
+        m, tok, ck = load_model(tmp_path / stage / "best.pt")
+        assert ck["model_spec"]["lr"] and tuple(m.img_size) == (16, 64) and ck["stage"] == stage
+        rows = (tmp_path / stage / "log.csv").read_text().splitlines()
+        parts = " ".join(rows[1:])
+        if stage == "student":
+            assert "logits=" in parts and "visual=" in parts
+            if model != "cnn-ctc":
+                assert "semantic=" in parts
+        else:
+            assert "logits=" not in parts and "visual=" not in parts
+
+
+def test_config_errors_name_the_key(synth, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "distill.train", "--config", "configs/smoke.yaml", "--set",
+                        "optim.lrr=1"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "optim.lrr: unknown key" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "distill.train", "--config", "configs/smoke.yaml", "--set",
+                        "train.stage=student"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "train.teacher_ckpt" in r.stderr
+
+
+def test_resume_after_kill_is_exact(synth, tmp_path):
+    ov = lambda out: overrides(synth, out, "parseq-tiny", "optim.steps=12", "train.ckpt_every=3", "train.val_every=6")
+    train(load_config("configs/smoke.yaml", ov(tmp_path / "straight")))
+    # a second run, killed with SIGKILL once its first checkpoint exists, then resumed
+    args = [sys.executable, "-m", "distill.train", "--config", "configs/smoke.yaml"]
+    for o in ov(tmp_path / "killed"):
+        args += ["--set", o]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = load_checkpoint(last)["step"]
+    assert step_at_kill < 12, "the run finished before it could be killed"
+    r = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"resumed from {last} at step {step_at_kill}" in r.stdout
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(last)
+    assert a["step"] == b["step"] == 12
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(synth, tmp_path, monkeypatch):
+    from distill import system as S
+
+    real = S.TrainingSystem.forward
+
+    def poisoned(self, batch, step):
+        loss, parts = real(self, batch, step)
+        return (loss * float("nan") if step >= 3 else loss), parts
+
+    monkeypatch.setattr(S.TrainingSystem, "forward", poisoned)
+    cfg = load_config("configs/smoke.yaml", overrides(synth, tmp_path, "cnn-ctc", "optim.steps=6", "train.ckpt_every=1"))
+    with pytest.raises(FloatingPointError, match="loss is nan at step 3"):
+        train(cfg)
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3  # steps 0..2 done, the poisoned step never applied
+
+
+def test_ddp_two_cpu_processes_end_identical(synth, tmp_path):
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+            "tests/ddp_driver.py", "configs/smoke.yaml"]
+    args += overrides(synth, tmp_path, "cnn-attn", "optim.steps=3", "train.val_every=100")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "world=2" in r.stdout
+    w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    saved = load_checkpoint(tmp_path / "last.pt")
+    assert saved["step"] == 3
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k  # parameters and BN buffers alike
+        assert torch.equal(w0[k], saved["model"][k]), k
+
+
+def test_kd_gain_tiny(synth, tmp_path, shared_real):
+    t = tmp_path / "t"
+    train(load_config("configs/smoke.yaml", overrides(synth, t, "cnn-ctc")))
+    r = subprocess.run([sys.executable, "-m", "distill.kd_gain", "--minutes", "0.01", "--out", str(tmp_path / "g"),
+                        "--teacher", str(t / "last.pt"), "--max-samples", "12", "--min-steps", "3",
+                        *sum([["--set", o] for o in overrides(synth, t, "cnn-ctc")[:-1]], [])],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "g" / "kd_gain.json").read_text())
+    names = [row["contender"] for row in res["rows"]]
+    assert names == ["teacher (HR input, reference)", "teacher on bicubic(LR)", "baseline student (LR only)", "KD-LTR student"]
+    assert set(res["ahead"]) == {"easy", "medium", "hard", "svt_test_lr16", "svt_test_lr16blur"}
+    assert "| KD-LTR student |" in (tmp_path / "g" / "kd_gain.md").read_text()
