@@ -1,0 +1,192 @@
+"""``python -m compress.export --ckpt CKPT --out DIR [--opset N] [--no-simplify] [--parity-data PATH]``
+
+Exports the inference graph of a distill checkpoint to ONNX: images (N, 3, H, W) float32 in [-1, 1] in, per-step
+probabilities (N, T, C) out; decoding stays outside, in ``runtime``. The graph is loop-free (PARSeq's
+autoregressive decoder is unrolled to its maximum length without early exit), uses float attention masks, and
+has a dynamic batch (traced with batch 2, checked at batch 1 and > 1). It is simplified with onnxslim, checked
+by the ONNX checker, and gated on parity with PyTorch on real images before it is renamed into place.
+Everything ``runtime`` needs to run it is in ``metadata_props``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill.checkpoint import CheckpointError, load_model
+from runtime.preprocess import MEAN, STD
+
+from .parity import ParityError, parity_check, parity_images
+
+__all__ = ["export_onnx", "model_metadata", "main"]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_metadata(spec: dict, ckpt_path: str, precision: str = "fp32") -> dict[str, str]:
+    h, w = (16, 64) if spec["lr"] else (32, 128)
+    return {
+        "tinytext.model_name": spec["name"],
+        "tinytext.decoder": spec["tokenizer"],  # attn (EOS = class 0) or ctc (blank = class 0)
+        "tinytext.charset": spec["charset"],
+        "tinytext.max_len": str(spec["max_len"]),
+        "tinytext.input_height": str(h),
+        "tinytext.input_width": str(w),
+        "tinytext.channel_order": "RGB",
+        "tinytext.layout": "NCHW",
+        "tinytext.resize": "stretch-bicubic",
+        "tinytext.mean": str(MEAN),
+        "tinytext.std": str(STD),
+        "tinytext.output": "probs",
+        "tinytext.precision": precision,
+        "tinytext.lr": str(spec["lr"]).lower(),
+        "tinytext.source_checkpoint": Path(ckpt_path).name,
+        "tinytext.source_sha256": sha256_file(ckpt_path),
+    }
+
+
+def set_metadata(model, meta: dict[str, str]) -> None:
+    import onnx
+
+    keep = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def export_onnx(ckpt: str, out_dir: str, opset: int = 17, simplify: bool = True, parity_data: str | None = None,
+                parity_n: int = 64, atol: float = 1e-3, min_agree: float = 0.99) -> Path:
+    import onnx
+
+    model, tok, ck = load_model(ckpt)
+    spec = ck["model_spec"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / (Path(ckpt).stem + ".onnx")
+    tmp = out / f".{final.name}.tmp-{os.getpid()}"
+    h, w = tuple(model.img_size)
+    example = torch.randn(2, 3, h, w)  # batch 2: a batch-1 example can freeze the batch dimension
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints in shapes are expected here
+        torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=["probs"],
+                          dynamic_axes={"images": {0: "batch"}, "probs": {0: "batch"}}, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+    m = onnx.load(str(tmp))
+    if simplify:
+        m = _simplify(m)
+    set_metadata(m, model_metadata(spec, ckpt))
+    onnx.checker.check_model(m)
+    onnx.save(m, str(tmp))
+    try:
+        imgs = parity_images(parity_data, spec["lr"], parity_n)
+        rep = parity_check(model, tok, str(tmp), imgs, atol=atol, min_agree=min_agree)
+        print(f"export: parity with PyTorch on {rep['n']} real images: max |diff| {rep['max_abs_diff']:.2e}, "
+              f"strings agree {100 * rep['agreement']:.1f}% (batch 1 and {rep['batch']})")
+    except ParityError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final)
+    return final
+
+
+def _simplify(m):
+    try:
+        import onnxslim
+
+        return onnxslim.slim(m)
+    except ImportError:
+        pass
+    try:
+        import onnxsim
+
+        s, ok = onnxsim.simplify(m)
+        return s if ok else m
+    except ImportError:
+        print("export: neither onnxslim nor onnxsim installed; graph left unsimplified", file=sys.stderr)
+        return m
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m compress.export", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="distill checkpoint (.pt)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim/onnxsim")
+    p.add_argument("--parity-data", default=None,
+                   help="lmdb/folder of real crops for the parity gate (default: ../shared/data/real/svt_test, else noise)")
+    p.add_argument("--parity-n", type=int, default=64, help="images in the parity gate")
+    p.add_argument("--atol", type=float, default=1e-3, help="max |prob difference| allowed by the parity gate")
+    p.add_argument("--batch-dynamic", action="store_true", default=True, help="dynamic batch axis (always on)")
+    p.add_argument("--fp16", action="store_true", help="also write an FP16 ONNX (float32 I/O) for GPU targets")
+    p.add_argument("--int8", action="store_true", help="also write an INT8 Q/DQ ONNX (needs --calib)")
+    p.add_argument("--calib", default=None, help="calibration data: TextZoom/STR lmdb, folder or synthetic root")
+    p.add_argument("--calib-n", type=int, default=512, help="calibration images")
+    p.add_argument("--calibrator", default="minmax", choices=["minmax", "entropy", "percentile"], help="INT8 calibrator")
+    p.add_argument("--quantize-head", action="store_true", help="quantize the output head too (default: float)")
+    p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val split)")
+    p.add_argument("--gate-n", type=int, default=1000, help="validation samples in the accuracy gate")
+    p.add_argument("--budget", type=float, default=1.0, help="max accuracy points INT8/FP16 may lose vs FP32")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .calibration import CalibrationError, calibration_tensors
+    from .gate import evaluate_onnx, gate_table
+    from .quantize import convert_fp16, quantize_int8
+    from .trt_check import check_trt_buildable
+
+    args = build_parser().parse_args(argv)
+    if args.int8 and not args.calib:
+        print("error: --int8 needs --calib DATA (TextZoom/STR lmdb, folder or synthetic root)", file=sys.stderr)
+        return 2
+    try:
+        path = export_onnx(args.ckpt, args.out, args.opset, not args.no_simplify, args.parity_data, args.parity_n,
+                           args.atol)
+        print(f"export: wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        made = [path]
+        if args.fp16:
+            made.append(convert_fp16(str(path), str(path.with_suffix(".fp16.onnx"))))
+            print(f"export: wrote {made[-1]} ({made[-1].stat().st_size / 1e6:.2f} MB)")
+        if args.int8:
+            from runtime.recognizer import OnnxRecognizer
+
+            info = OnnxRecognizer(str(path)).info
+            x = calibration_tensors(args.calib, (info.height, info.width), info.lr, args.calib_n, 16, path.parent)
+            q = quantize_int8(str(path), str(path.with_suffix(".int8.onnx")), x, args.calibrator, not args.quantize_head)
+            made.append(q)
+            print(f"export: wrote {q} ({q.stat().st_size / 1e6:.2f} MB, {args.calibrator}, {len(x)} calibration images)")
+            print(check_trt_buildable(str(q), require_qdq=True))
+    except (CheckpointError, ParityError, CalibrationError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    gate_data = args.gate_data or args.calib
+    if gate_data and len(made) > 1:
+        rows = [evaluate_onnx(str(m), gate_data, args.gate_n) for m in made]
+        print(gate_table(rows))
+        base = rows[0].result.accuracy
+        over = [r for r in rows[1:] if base - r.result.accuracy > args.budget]
+        if over:
+            print(f"error: accuracy gate: {', '.join(r.artifact for r in over)} lose more than {args.budget} points "
+                  f"against FP32", file=sys.stderr)
+            return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

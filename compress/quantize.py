@@ -1,0 +1,109 @@
+"""INT8 (explicit Q/DQ) and FP16 ONNX from a float ONNX model.
+
+INT8: ONNX Runtime static quantization in QDQ format, symmetric activations (zero point 0) and per-channel
+symmetric weights: the form ONNX Runtime runs on CPU and TensorRT 8.6/10/11 builds as an explicitly quantized
+network. Softmax and layer norm stay in float (only Conv/MatMul/Gemm are quantized), and so does the output
+head by default (``keep_head_float``), where quantization costs the most accuracy.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["quantize_int8", "convert_fp16", "head_nodes", "CALIBRATORS"]
+
+CALIBRATORS = ("minmax", "entropy", "percentile")
+
+
+def head_nodes(model) -> list[str]:
+    """Names of the nodes that compute the logits: the MatMul/Gemm (and bias Add) feeding the final Softmax."""
+    by_output = {o: n for n in model.graph.node for o in n.output}
+    out_name = model.graph.output[0].name
+    node = by_output.get(out_name)
+    names = []
+    # walk back from the output through Softmax / Add / reshapes to the first MatMul or Gemm
+    for _ in range(6):
+        if node is None:
+            break
+        if node.op_type in ("MatMul", "Gemm"):
+            names.append(node.name)
+            break
+        if node.op_type == "Add":
+            names.append(node.name)
+        node = next((by_output[i] for i in node.input if i in by_output), None)
+    return names
+
+
+class _Reader:
+    def __init__(self, name: str, x: np.ndarray, batch: int) -> None:
+        self.name, self.x, self.batch, self.i = name, x, batch, 0
+
+    def get_next(self):
+        if self.i >= len(self.x):
+            return None
+        b = self.x[self.i : self.i + self.batch]
+        self.i += self.batch
+        return {self.name: b}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str = "minmax",
+                  keep_head_float: bool = True, batch: int = 16) -> Path:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in CALIBRATORS:
+        raise ValueError(f"--calibrator: expected one of {CALIBRATORS}, got {method!r}")
+    cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+          "percentile": CalibrationMethod.Percentile}[method]
+    out = Path(out_path)
+    with tempfile.TemporaryDirectory() as td:
+        pre = os.path.join(td, "pre.onnx")
+        quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
+        m = onnx.load(pre)
+        exclude = head_nodes(m) if keep_head_float else []
+        name = m.graph.input[0].name
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        quantize_static(pre, str(tmp), _Reader(name, calib, batch), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        calibrate_method=cm, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                        nodes_to_exclude=exclude,
+                        # QuantizeBias off: int32 bias Q/DQ is not something TensorRT builds; biases stay float.
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                                       "CalibMovingAverage": method == "minmax"})
+    q = onnx.load(str(tmp))
+    src = onnx.load(fp32_path, load_external_data=False)
+    meta = {p.key: p.value for p in src.metadata_props}
+    meta["tinytext.precision"] = "int8"
+    meta["tinytext.int8_calibrator"] = method
+    meta["tinytext.int8_head_float"] = str(keep_head_float).lower()
+    del q.metadata_props[:]
+    for k, v in meta.items():
+        e = q.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(q, str(tmp))
+    os.replace(tmp, out)
+    return out
+
+
+def convert_fp16(fp32_path: str, out_path: str) -> Path:
+    """FP16 weights and compute with float32 inputs and outputs (keep_io_types), for GPU targets."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m = onnx.load(fp32_path)
+    h = convert_float_to_float16(m, keep_io_types=True, op_block_list=["Softmax", "LayerNormalization"])
+    for p in h.metadata_props:
+        if p.key == "tinytext.precision":
+            p.value = "fp16"
+    out = Path(out_path)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    onnx.save(h, str(tmp))
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,96 @@
+"""A recognizer opened from a model file, torch-free: ONNX Runtime for ``.onnx`` (CPU, or CUDA/TensorRT execution
+providers when that build of onnxruntime is installed). Everything it needs (charset, input size, normalisation,
+decoder type) comes from the file's metadata."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .charset import Decoded, Tokenizer, make_tokenizer
+from .preprocess import normalize, resize, to_chw
+
+__all__ = ["ModelInfo", "OnnxRecognizer", "open_recognizer", "read_onnx_metadata"]
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    decoder: str
+    charset: str
+    height: int
+    width: int
+    mean: float
+    std: float
+    precision: str
+    lr: bool
+
+
+def read_onnx_metadata(path: str) -> dict[str, str]:
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    return {p.key: p.value for p in m.metadata_props}
+
+
+def _info(meta: dict[str, str], path: str) -> ModelInfo:
+    need = ["tinytext.decoder", "tinytext.charset", "tinytext.input_height", "tinytext.input_width"]
+    missing = [k for k in need if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: metadata lacks {missing}; export it with python -m compress.export")
+    return ModelInfo(meta.get("tinytext.model_name", "?"), meta["tinytext.decoder"], meta["tinytext.charset"],
+                     int(meta["tinytext.input_height"]), int(meta["tinytext.input_width"]),
+                     float(meta.get("tinytext.mean", 0.5)), float(meta.get("tinytext.std", 0.5)),
+                     meta.get("tinytext.precision", "fp32"), meta.get("tinytext.lr", "false") == "true")
+
+
+class OnnxRecognizer:
+    """N RGB uint8 crops in, N decoded strings with confidences out."""
+
+    def __init__(self, path: str, providers: Sequence[str] | None = None, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.path = str(path)
+        if not Path(self.path).is_file():
+            raise FileNotFoundError(f"{self.path}: no such model file")
+        self.info = _info(self._metadata(), self.path)
+        so = ort.SessionOptions()
+        if self.info.precision == "fp16" and "CPUExecutionProvider" == (providers or ["CPUExecutionProvider"])[-1] \
+                and "CUDAExecutionProvider" not in ort.get_available_providers():
+            # ONNX Runtime's CPU graph optimiser has crashed (SIGSEGV) on FP16 transformer graphs here; FP16 is a GPU
+            # format, on CPU we only need it to run correctly, so run it unoptimised.
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if threads:
+            so.intra_op_num_threads = threads
+        avail = ort.get_available_providers()
+        providers = [p for p in (providers or ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                               "CPUExecutionProvider"]) if p in avail]
+        self.session = ort.InferenceSession(self.path, so, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_type = self.session.get_inputs()[0].type  # tensor(float) or tensor(float16)
+        self.tokenizer: Tokenizer = make_tokenizer(self.info.decoder, self.info.charset)
+
+    def _metadata(self) -> dict[str, str]:
+        return read_onnx_metadata(self.path)
+
+    def preprocess(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        size = (self.info.height, self.info.width)
+        x = np.stack([to_chw(normalize(resize(c, size), self.info.mean, self.info.std)) for c in crops])
+        return x.astype(np.float16 if "float16" in self.input_type else np.float32)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
+
+    def __call__(self, crops: Sequence[np.ndarray], batch: int = 32) -> list[Decoded]:
+        out: list[Decoded] = []
+        for i in range(0, len(crops), batch):
+            out += self.tokenizer.decode(self.run(self.preprocess(crops[i : i + batch])))
+        return out
+
+
+def open_recognizer(path: str, **kw) -> OnnxRecognizer:
+    if str(path).endswith(".onnx"):
+        return OnnxRecognizer(path, **kw)
+    raise ValueError(f"{path}: unsupported model file (expected .onnx; .engine needs the TensorRT backend)")

@@ -1,0 +1,232 @@
+"""compress: ONNX export with metadata and parity, INT8 Q/DQ with calibration cache, FP16, TensorRT paths."""
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import ROOT
+from distill.config import load_config
+from distill.synth.generate import main as synth_main
+from distill.train import train
+
+TINY_CTC = ["model.name=cnn-ctc", "model.kwargs={widths: [8, 8, 16, 16, 16], hidden: 32}", "model.max_len=12",
+            "data.batch_size=8", "data.workers=0", "data.max_val_samples=8", "optim.steps=2", "train.val_every=2",
+            "train.ckpt_every=2", "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("compress")
+    synth_main(["--out", str(d / "synth"), "--n", "120", "--seed", "4", "--workers", "1", "--no-progress",
+                "--split-sizes", "train=80,val=20,test=20"])
+    ov = TINY_CTC + [f"data.synth.dir={d / 'synth'}", "data.synth.n=120"]
+    train(load_config("configs/smoke.yaml", ov + [f"train.out_dir={d / 't'}"]))
+    train(load_config("configs/smoke.yaml", ov + [f"train.out_dir={d / 's'}", "train.stage=student",
+                                                  f"train.teacher_ckpt={d / 't' / 'last.pt'}"]))
+    return d
+
+
+def test_export_metadata_batches_and_parity(trained, tmp_path):
+    from compress.export import export_onnx
+    from runtime.recognizer import OnnxRecognizer
+
+    p = export_onnx(str(trained / "s" / "last.pt"), str(tmp_path))
+    meta = {m.key: m.value for m in onnx.load(str(p)).metadata_props}
+    assert meta["tinytext.decoder"] == "ctc" and meta["tinytext.input_height"] == "16"
+    assert meta["tinytext.charset"] == "0123456789abcdefghijklmnopqrstuvwxyz" and len(meta["tinytext.source_sha256"]) == 64
+    rec = OnnxRecognizer(str(p))
+    crops = [np.full((20, 70, 3), v, np.uint8) for v in (0, 128, 255)]
+    a = rec(crops)
+    b = rec(crops[:1])
+    assert len(a) == 3 and a[0].text == b[0].text
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+    dim = s.get_inputs()[0].shape[0]
+    assert isinstance(dim, str)  # dynamic batch survived tracing and simplification
+
+
+def test_parity_gate_fails_on_a_different_model(trained, tmp_path):
+    from compress.export import export_onnx
+    from compress.parity import ParityError, parity_check, parity_images
+    from distill.checkpoint import load_model
+
+    p = export_onnx(str(trained / "s" / "last.pt"), str(tmp_path))
+    teacher_as_student, tok, _ = load_model(trained / "t" / "last.pt")
+    other, _, _ = load_model(trained / "s" / "last.pt")
+    for prm in other.parameters():
+        prm.data.add_(0.5)
+    with pytest.raises(ParityError, match="parity failed"):
+        parity_check(other, tok, str(p), parity_images(None, True, 16))
+
+
+def test_int8_qdq_calibration_cache_and_trt_static_check(trained, tmp_path, capsys):
+    from compress.calibration import CalibrationError, calibration_tensors
+    from compress.export import export_onnx
+    from compress.quantize import quantize_int8
+    from compress.trt_check import check_trt_buildable
+    from runtime.recognizer import OnnxRecognizer
+
+    p = export_onnx(str(trained / "s" / "last.pt"), str(tmp_path))
+    x = calibration_tensors(str(trained / "synth"), (16, 64), True, 64, 8, tmp_path)
+    assert x.shape == (64, 3, 16, 64)
+    cache = list(tmp_path.glob("calib-*.npy"))
+    assert len(cache) == 1
+    assert "warning: only 64 images" in capsys.readouterr().err
+    np.save(cache[0], x[:32])  # the cache, not the data, is read the second time
+    assert len(calibration_tensors(str(trained / "synth"), (16, 64), True, 64, 8, tmp_path)) == 32
+    with pytest.raises(CalibrationError, match="fewer than the batch size"):
+        calibration_tensors(str(trained / "synth"), (16, 64), True, 4, 8, tmp_path)
+    q = quantize_int8(str(p), str(tmp_path / "m.int8.onnx"), x)
+    m = onnx.load(str(q))
+    ops = {n.op_type for n in m.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and not ops & {"QLinearConv", "ConvInteger"}
+    chk = check_trt_buildable(str(q), require_qdq=True)
+    assert chk.ok, str(chk)
+    assert OnnxRecognizer(str(q)).info.precision == "int8"
+    assert OnnxRecognizer(str(q))([np.zeros((16, 64, 3), np.uint8)])[0] is not None
+
+
+def test_trt_check_rejects_qoperator_and_asymmetric(trained, tmp_path):
+    from compress.export import export_onnx
+    from compress.trt_check import check_trt_buildable
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    p = export_onnx(str(trained / "s" / "last.pt"), str(tmp_path))
+
+    class R:
+        def __init__(self):
+            self.d = [{"images": np.random.default_rng(0).uniform(-1, 1, (4, 3, 16, 64)).astype(np.float32)}]
+
+        def get_next(self):
+            return self.d.pop() if self.d else None
+
+    quantize_static(str(p), str(tmp_path / "qop.onnx"), R(), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8)
+    chk = check_trt_buildable(str(tmp_path / "qop.onnx"))
+    assert not chk.ok and any("QLinearConv" in pr for pr in chk.problems)
+    quantize_static(str(p), str(tmp_path / "asym.onnx"), R(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8)
+    chk = check_trt_buildable(str(tmp_path / "asym.onnx"))
+    assert not chk.ok and any("zero point" in pr for pr in chk.problems)
+
+
+def test_fp16_export_runs(trained, tmp_path):
+    from compress.export import export_onnx
+    from compress.quantize import convert_fp16
+    from runtime.recognizer import OnnxRecognizer
+
+    p = export_onnx(str(trained / "t" / "last.pt"), str(tmp_path))
+    h = convert_fp16(str(p), str(tmp_path / "m.fp16.onnx"))
+    rec = OnnxRecognizer(str(h))
+    assert rec.info.precision == "fp16" and rec.input_type == "tensor(float)"  # keep_io_types
+    assert Path(h).stat().st_size < 0.7 * Path(p).stat().st_size
+    rec([np.zeros((32, 128, 3), np.uint8)])
+
+
+def test_build_engine_without_tensorrt_writes_qdq_and_says_so(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here: this test covers machines without it")
+    except ImportError:
+        pass
+    r = subprocess.run([sys.executable, "-m", "compress.build_engine", "--ckpt", str(trained / "s" / "last.pt"),
+                        "--int8", "--calib", str(trained / "synth"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 4, r.stderr
+    assert "TensorRT is not installed" in r.stderr and "build the engine on the target" in r.stderr
+    qdq = list(tmp_path.glob("*.int8.onnx")) + list((trained / "s").glob("*.int8.onnx"))
+    assert qdq, "the calibrated Q/DQ ONNX must be written even without TensorRT"
+
+
+def test_build_engine_code_path_with_a_fake_tensorrt(trained, tmp_path):
+    """TensorRT cannot be installed here; a fake module stands in for it so the code around it is exercised."""
+    from compress.build_engine import build_engine
+    from compress.export import export_onnx
+
+    p = export_onnx(str(trained / "s" / "last.pt"), str(tmp_path))
+    calls = {}
+
+    class Obj:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, net, log):
+            pass
+
+        def parse(self, data):
+            calls["parsed"] = len(data)
+            return True
+
+    class Profile:
+        def set_shape(self, name, a, b, c):
+            calls["profile"] = (name, a, b, c)
+
+    class Config:
+        def set_memory_pool_limit(self, pool, n):
+            calls["workspace"] = n
+
+        def add_optimization_profile(self, p):
+            pass
+
+        def create_timing_cache(self, b):
+            return Obj(serialize=lambda: b"cache-bytes")
+
+        def set_timing_cache(self, c, ignore_mismatch):
+            self.cache = c
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Builder:
+        def __init__(self, log):
+            pass
+
+        def create_network(self, flags):
+            calls["flags"] = flags
+            return Obj(get_input=lambda i: Obj(name="images", shape=(-1, 3, 16, 64)))
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, net, cfg):
+            return b"engine-bytes"
+
+    fake = types.SimpleNamespace(Logger=type("L", (), {"WARNING": 2, "__init__": lambda s, lv: None}),
+                                 Builder=Builder, OnnxParser=Parser,
+                                 NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=5),
+                                 MemoryPoolType=types.SimpleNamespace(WORKSPACE=0))
+    eng = build_engine(str(p), str(tmp_path / "m.engine"), 1, 8, 32, 256, trt=fake)
+    assert eng.read_bytes() == b"engine-bytes"
+    assert (tmp_path / "m.timing.cache").read_bytes() == b"cache-bytes"
+    assert calls["flags"] == 1 << 5 and calls["profile"] == ("images", (1, 3, 16, 64), (8, 3, 16, 64), (32, 3, 16, 64))
+    assert calls["workspace"] == 256 << 20
+
+
+def test_tensorrt_real_build_when_available(trained, tmp_path):
+    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (CPU-only machine); engines are built on the target")
+    from compress.build_engine import build_engine
+    from compress.export import export_onnx
+
+    p = export_onnx(str(trained / "s" / "last.pt"), str(tmp_path))
+    assert build_engine(str(p), str(tmp_path / "m.engine")).stat().st_size > 0
+
+
+def test_export_cli_gate(trained, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "compress.export", "--ckpt", str(trained / "s" / "last.pt"), "--out",
+                        str(tmp_path), "--int8", "--fp16", "--calib", str(trained / "synth"), "--calib-n", "32",
+                        "--budget", "100"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "| artifact | precision |" in r.stdout and "int8" in r.stdout and "TensorRT static check: OK" in r.stdout
