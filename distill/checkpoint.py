@@ -13,7 +13,7 @@ from runtime.charset import Tokenizer, make_tokenizer
 
 from .models import build_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "strip_checkpoint", "CheckpointError"]
 
 
 class CheckpointError(ValueError):
@@ -57,5 +57,14 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit model {spec['name']}: {e}") from None
-    tok = make_tokenizer(spec["tokenizer"], spec["charset"])
+    tok = make_tokenizer(spec["tokenizer"], spec["charset"]) if spec["tokenizer"] in ("attn", "ctc") else None
     return model.to(device).eval(), tok, ckpt
+
+
+def strip_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """A shippable copy: model spec, weights, charset, config and provenance; no optimizer or RNG state."""
+    ck = load_checkpoint(src)
+    keep = {k: ck.get(k) for k in ("model_spec", "model", "charset", "tokenizer", "config", "stage", "step",
+                                   "val_acc", "best_acc")}
+    keep["teacher_ckpt"] = Path(ck["teacher_ckpt"]).name if ck.get("teacher_ckpt") else ""
+    return save_checkpoint(dst, keep)

@@ -75,10 +75,39 @@ class TermCfg:
 
 
 @dataclass
+class ClipOcrCfg:
+    """CLIP-OCR defaults from the method's public code: (student block, CLIP block) pairs."""
+
+    enc_pairs: list = field(default_factory=lambda: [[3, 3], [6, 6], [9, 9]])
+    dec_pairs: list = field(default_factory=lambda: [[1, 9], [2, 6], [3, 3]])  # the text encoder reversed
+    tau: float = 0.03
+    w_ce: float = 0.1
+    w_gram: float = 5.0
+    weight: float = 1.0  # on each SDS pair's LCL
+    word_weight: float = 1.0
+
+
+@dataclass
+class ClipCfg:
+    """Architecture of the CLIP trained from scratch by ``--stage clip`` (OpenAI key layout, smaller widths)."""
+
+    embed_dim: int = 256
+    image_resolution: int = 128
+    vision_layers: int = 9
+    vision_width: int = 256
+    vision_patch: int = 16
+    context_length: int = 32
+    vocab_size: int = 49408
+    text_width: int = 256
+    text_heads: int = 4
+    text_layers: int = 9
+
+
+@dataclass
 class DistillCfg:
     """KD-LTR defaults from the paper's code."""
 
-    method: str = "kdltr"
+    method: str = "kdltr"  # kdltr | clipocr | kdltr+clipocr
     visual: TermCfg = field(default_factory=lambda: TermCfg(True, 4.0))
     semantic: TermCfg = field(default_factory=lambda: TermCfg(True, 2.0))
     logits: TermCfg = field(default_factory=lambda: TermCfg(True, 20.0))
@@ -88,13 +117,15 @@ class DistillCfg:
     beam: int = 3
     alpha: float = 0.2
     min_p: float = 0.1
+    clipocr: ClipOcrCfg = field(default_factory=ClipOcrCfg)
 
 
 @dataclass
 class TrainCfg:
-    stage: str = "teacher"  # teacher | student | baseline
+    stage: str = "teacher"  # teacher | student | baseline | clip
     out_dir: str = "runs/default"
     teacher_ckpt: str = ""  # student/baseline: the frozen HR teacher (and the student's initialisation)
+    clip_ckpt: str = ""  # CLIP-OCR: a --stage clip checkpoint or an OpenAI-layout ViT CLIP state dict
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
@@ -113,14 +144,18 @@ class Config:
     optim: OptimCfg = field(default_factory=OptimCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
+    clip: ClipCfg = field(default_factory=ClipCfg)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def validate(self) -> "Config":
         t = self.train
-        if t.stage not in ("teacher", "student", "baseline"):
-            raise ConfigError(f"train.stage: expected teacher, student or baseline, got {t.stage!r}")
+        if t.stage not in ("teacher", "student", "baseline", "clip"):
+            raise ConfigError(f"train.stage: expected teacher, student, baseline or clip, got {t.stage!r}")
+        if t.stage == "student" and "clipocr" in self.distill.method and not t.clip_ckpt:
+            raise ConfigError(f"train.clip_ckpt: distill.method {self.distill.method!r} needs a CLIP checkpoint "
+                              "(train one with train.stage=clip, or give an OpenAI ViT CLIP file)")
         if t.stage in ("student", "baseline") and not t.teacher_ckpt:
             raise ConfigError(f"train.teacher_ckpt: stage {t.stage!r} needs a teacher checkpoint")
         if t.amp not in ("auto", "bf16", "off"):
@@ -136,7 +171,7 @@ class Config:
                 raise ConfigError(f"data.train[{i}].path: empty")
             if s.lr_mode not in ("auto", "stored", "degrade"):
                 raise ConfigError(f"data.train[{i}].lr_mode: expected auto, stored or degrade, got {s.lr_mode!r}")
-        if self.distill.method not in ("kdltr",):
+        if self.distill.method not in ("kdltr", "clipocr", "kdltr+clipocr"):
             raise ConfigError(f"distill.method: unknown {self.distill.method!r}")
         return self
 

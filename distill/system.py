@@ -20,8 +20,9 @@ __all__ = ["TrainingSystem"]
 
 
 class TrainingSystem(nn.Module):
-    def __init__(self, student: nn.Module, tokenizer: Tokenizer, stage: str, distill: DistillCfg,
-                 teacher: nn.Module | None = None, seed: int = 0) -> None:
+    def __init__(self, student: nn.Module, tokenizer: Tokenizer | None, stage: str, distill: DistillCfg,
+                 teacher: nn.Module | None = None, seed: int = 0, clip: nn.Module | None = None,
+                 clip_norm: str = "ours") -> None:
         super().__init__()
         self.student = student
         self.tok = tokenizer
@@ -29,14 +30,45 @@ class TrainingSystem(nn.Module):
         self.cfg = distill
         self.seed = seed
         self.ctc = isinstance(tokenizer, CTCTokenizer)
-        # The teacher is frozen and not a submodule: DDP must not sync it, checkpoints must not carry it.
+        self.clip_norm = clip_norm
+        # Frozen teachers are not submodules: DDP must not sync them, checkpoints must not carry them.
         object.__setattr__(self, "teacher", teacher)
-        if teacher is not None:
-            teacher.eval().requires_grad_(False)
+        object.__setattr__(self, "clip", clip)
+        for t in (teacher, clip):
+            if t is not None:
+                t.eval().requires_grad_(False)
+        self.kdltr = stage == "student" and "kdltr" in distill.method and teacher is not None
         self.projector = None
-        if stage == "student" and distill.semantic.enabled and not self.ctc:
-            dim = self._char_dim()
-            self.projector = L.SemanticProjector(dim)
+        if self.kdltr and distill.semantic.enabled and not self.ctc:
+            self.projector = L.SemanticProjector(self._char_dim())
+        self.clip_heads = None
+        if stage == "student" and "clipocr" in distill.method:
+            self.clip_heads = self._make_clip_heads(student, clip, distill)
+
+    @staticmethod
+    def _make_clip_heads(student: nn.Module, clip: nn.Module | None, distill: DistillCfg):
+        from .clipocr import ClipOcrHeads
+
+        c = distill.clipocr
+        enc = getattr(student, "encoder", None)
+        if clip is None:
+            raise ValueError("CLIP-OCR needs a CLIP teacher (train.clip_ckpt)")
+        if enc is None or enc.cls_token is None:
+            raise ValueError("CLIP-OCR needs a PARSeq-family student with a class token (model.kwargs.class_token: true)")
+        depth, dec_depth = len(enc.blocks), len(student.decoder.layers)
+        if max(s for s, _ in c.enc_pairs) > depth:
+            raise ValueError(f"distill.clipocr.enc_pairs {c.enc_pairs}: the encoder has only {depth} blocks")
+        if max(s for s, _ in c.dec_pairs) >= dec_depth:
+            raise ValueError(f"distill.clipocr.dec_pairs {c.dec_pairs}: the decoder needs more than "
+                             f"{max(s for s, _ in c.dec_pairs)} layers (model.kwargs.dec_depth), has {dec_depth}")
+        n_clip = len(clip.visual.transformer.resblocks), len(clip.transformer.resblocks)
+        if max(t for _, t in c.enc_pairs) > n_clip[0] or max(t for _, t in c.dec_pairs) > n_clip[1]:
+            raise ValueError(f"distill.clipocr pairs name CLIP blocks beyond its {n_clip[0]}/{n_clip[1]} layers")
+        p = clip.visual.patch
+        img_tokens = 1 + (32 // p) * (128 // p)  # class token + the patch rows a 32x128 HR image covers
+        txt_tokens = min(student.max_len + 2, clip.context_length)
+        return ClipOcrHeads(enc.pos_embed.shape[-1], enc.pos_embed.shape[1], student.max_len + 1, clip, img_tokens,
+                            txt_tokens, c.enc_pairs, c.dec_pairs)
 
     def _char_dim(self) -> int:
         s = self.student
@@ -44,23 +76,29 @@ class TrainingSystem(nn.Module):
             return s.head.in_features
         return s.cls.in_features
 
-    def to(self, *args, **kwargs):  # the teacher is not a submodule: move it too
+    def to(self, *args, **kwargs):  # the teachers are not submodules: move them too
         super().to(*args, **kwargs)
-        if self.teacher is not None:
-            self.teacher.to(*args, **kwargs)
+        for t in (self.teacher, self.clip):
+            if t is not None:
+                t.to(*args, **kwargs)
         return self
 
     def forward(self, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
-        x = batch["hr"] if self.stage == "teacher" else batch["lr"]
+        x = batch["hr"] if self.stage in ("teacher", "clip") else batch["lr"]
         labels = batch["label"]
         dev = x.device
         parts: dict[str, Tensor] = {}
+        if self.stage == "clip":  # the offline CLIP of CLIP-OCR: symmetric InfoNCE between word images and labels
+            from .clipocr import clip_contrastive_loss
+
+            loss = clip_contrastive_loss(self.student, x, labels, self.clip_norm)
+            return loss, {"clip": float(loss.detach())}
         if self.ctc:
             flat, lengths = self.tok.encode(labels)
             flat, lengths = torch.from_numpy(flat).to(dev), torch.from_numpy(lengths).to(dev)
             out: RecOut = self.student.forward_train(x)
             parts["ce"] = L.ctc_loss(out.logits[0], flat, lengths)
-            if self.stage == "student":
+            if self.kdltr:
                 with torch.no_grad():
                     tout = self.teacher.forward_train(batch["hr"])
                 if self.cfg.logits.enabled:
@@ -69,20 +107,28 @@ class TrainingSystem(nn.Module):
                     parts["visual"] = L.visual_focus_loss(out.visual, tout.visual)
         else:
             assert isinstance(self.tok, AttnTokenizer)
-            tgt = torch.from_numpy(self.tok.encode(labels)).to(dev)
+            # CLIP-OCR's token mixers need a fixed decoder length: pad targets to max_len then.
+            fixed = self.student.max_len if self.clip_heads is not None else None
+            tgt = torch.from_numpy(self.tok.encode(labels, max_len=fixed)).to(dev)
             perms = None
             if hasattr(self.student, "perm_num"):
                 # Teacher and student share the permutations; seeded by step so a resumed run draws the same.
                 g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
                 perms = gen_tgt_perms(tgt.shape[1] - 2, self.student.perm_num, g, dev)
-            out = self.student.forward_train(x, tgt, perms)
+            taps = tuple(s for s, _ in self.cfg.clipocr.enc_pairs) if self.clip_heads is not None else ()
+            out = self.student.forward_train(x, tgt, perms, enc_taps=taps) if taps else \
+                self.student.forward_train(x, tgt, perms)
             pad = self.student.pad_id
             ce_sum, n = 0.0, 0
             for lg, tg in zip(out.logits, out.targets):
                 s, k = L.ce_loss(lg, tg, pad)
                 ce_sum, n = ce_sum + s, n + k
             parts["ce"] = ce_sum / max(int(n), 1)
-            if self.stage == "student":
+            if self.clip_heads is not None:
+                c = self.cfg.clipocr
+                parts.update(self.clip_heads.losses(out, self.clip, batch["hr"], labels, self.clip_norm, c.tau,
+                                                    c.w_ce, c.w_gram))
+            if self.kdltr:
                 with torch.no_grad():
                     tout = self.teacher.forward_train(batch["hr"], tgt, perms)
                 valids = [tg != pad for tg in out.targets]
@@ -99,8 +145,11 @@ class TrainingSystem(nn.Module):
                                            self.cfg.beam, self.student.eos_id)
                         for ls, lt, v in zip(out.logits, tout.logits, valids)) / len(valids)
         if self.stage == "student":
-            weights = {"ce": self.cfg.ce.weight if self.cfg.ce.enabled else 0.0, "visual": self.cfg.visual.weight,
-                       "semantic": self.cfg.semantic.weight, "logits": self.cfg.logits.weight}
+            # KD-LTR weighs CE lightly (0.025) against its KL term; CLIP-OCR alone trains on CE + word + LCLs.
+            ce_w = (self.cfg.ce.weight if self.cfg.ce.enabled else 0.0) if self.kdltr else 1.0
+            weights = {"ce": ce_w, "visual": self.cfg.visual.weight, "semantic": self.cfg.semantic.weight,
+                       "logits": self.cfg.logits.weight, "word": self.cfg.clipocr.word_weight}
+            weights.update({k: self.cfg.clipocr.weight for k in parts if k.startswith("sds_")})
         else:
             weights = {"ce": 1.0}
         total = sum(weights[k] * v for k, v in parts.items())

@@ -96,6 +96,47 @@ def build_datasets(cfg: Config, synth_dir: Path | None, policy: LabelPolicy):
     return train, val
 
 
+def load_clip(path: str):
+    """(CLIP, input normalisation): a --stage clip checkpoint of ours, or an OpenAI-layout ViT CLIP file."""
+    from .models.clip import load_openai_clip
+
+    try:
+        ck = load_checkpoint(path)
+    except CheckpointError:
+        try:
+            return load_openai_clip(path), "openai"
+        except (ValueError, RuntimeError, OSError) as e:
+            raise ConfigError(f"train.clip_ckpt {path}: neither a distill CLIP checkpoint nor an OpenAI CLIP ({e})")
+    if ck["model_spec"]["name"] != "clip":
+        raise ConfigError(f"train.clip_ckpt {path}: a {ck['model_spec']['name']} checkpoint, not a CLIP")
+    m = build_model(ck["model_spec"])
+    m.load_state_dict(ck["model"])
+    return m, "ours"
+
+
+@torch.no_grad()
+def validate_clip(clip, reader, device, batch: int, max_samples: int) -> float:
+    """Image -> label retrieval accuracy (%) within chunks of ``batch`` val samples."""
+    from .clipocr import clip_input
+    from .datasets import image_to_tensor
+    from .models.clip import char_tokens
+
+    clip.eval()
+    hits = n = 0
+    imgs, labels = [], []
+    samples = [s for _, s in zip(range(max_samples or len(reader)), reader.iter_valid())]
+    for k in range(0, len(samples), batch):
+        chunk = samples[k : k + batch]
+        x = torch.stack([image_to_tensor(s.image, (32, 128)) for s in chunk]).to(device)
+        lab = [s.label for s in chunk]
+        i, t = clip(clip_input(x, "ours"), char_tokens(lab, clip.context_length).to(device))
+        pred = (i @ t.t()).argmax(1).tolist()
+        hits += sum(lab[p].lower() == lab[j].lower() for j, p in enumerate(pred))
+        n += len(chunk)
+    clip.train()
+    return 100.0 * hits / max(n, 1)
+
+
 @torch.no_grad()
 def validate(model, tok, reader, stage: str, device, batch: int, max_samples: int) -> float:
     """Word accuracy (%) on the val split: HR input for teachers, LR for students (stored or lr16blur-made)."""
@@ -161,8 +202,11 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     random.seed(cfg.train.seed)
 
     # -- model(s) ------------------------------------------------------------------------------------------------
-    teacher = None
-    if cfg.train.stage == "teacher":
+    teacher, clip, clip_norm = None, None, "ours"
+    if cfg.train.stage == "clip":
+        spec = model_spec("clip", cfg.model.charset, cfg.model.max_len, lr=False, **asdict(cfg.clip))
+        model = build_model(spec)
+    elif cfg.train.stage == "teacher":
         spec = model_spec(cfg.model.name, cfg.model.charset, cfg.model.max_len, lr=False, **cfg.model.kwargs)
         model = build_model(spec)
     else:
@@ -174,11 +218,17 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         spec, model, not_copied = make_student(tspec, tck["model"])
         if master:
             print(f"train: student initialised from {cfg.train.teacher_ckpt} except {not_copied or 'nothing'}")
-        if cfg.train.stage == "student":
+        if cfg.train.stage == "student" and "kdltr" in cfg.distill.method:
             teacher = build_model(tspec)
             teacher.load_state_dict(tck["model"])
-    tok = make_tokenizer(spec["tokenizer"], spec["charset"])
-    system = TrainingSystem(model, tok, cfg.train.stage, cfg.distill, teacher, cfg.train.seed).to(device)
+        if cfg.train.stage == "student" and "clipocr" in cfg.distill.method:
+            clip, clip_norm = load_clip(cfg.train.clip_ckpt)
+    tok = make_tokenizer(spec["tokenizer"], spec["charset"]) if spec["tokenizer"] in ("attn", "ctc") else None
+    try:
+        system = TrainingSystem(model, tok, cfg.train.stage, cfg.distill, teacher, cfg.train.seed, clip, clip_norm)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    system.to(device)
     if use_cuda and cfg.train.channels_last and spec["name"].startswith("cnn"):
         system.student.to(memory_format=torch.channels_last)  # cuDNN convs prefer NHWC under bf16
 
@@ -212,6 +262,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         system.student.load_state_dict(ck["model"])
         if system.projector is not None and ck.get("projector"):
             system.projector.load_state_dict(ck["projector"])
+        if system.clip_heads is not None and ck.get("clip_heads"):
+            system.clip_heads.load_state_dict(ck["clip_heads"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         step, best = ck["step"], ck.get("best_acc", -1.0)
@@ -233,6 +285,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             "model_spec": spec, "model": system.student.state_dict(), "charset": spec["charset"],
             "tokenizer": spec["tokenizer"], "config": cfg.to_dict(), "stage": cfg.train.stage,
             "projector": system.projector.state_dict() if system.projector is not None else None,
+            "clip_heads": system.clip_heads.state_dict() if system.clip_heads is not None else None,
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "epoch": epoch,
             "batch_in_epoch": batch_in_epoch, "rng": _rng_state(), "best_acc": best, "val_acc": val_acc,
             "teacher_ckpt": cfg.train.teacher_ckpt,
@@ -252,7 +305,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             writer = SummaryWriter(str(out / "tb"))
         except Exception:
             writer = None
-        print(f"train: stage={cfg.train.stage} model={spec['name']}{' (LR)' if spec['lr'] else ''} "
+        print(f"train: stage={cfg.train.stage} method={cfg.distill.method if cfg.train.stage == 'student' else '-'} "
+              f"model={spec['name']}{' (LR)' if spec['lr'] else ''} "
               f"params={sum(p.numel() for p in system.student.parameters()) / 1e6:.2f}M device={device} world={world} "
               f"steps={cfg.optim.steps} batch={bs}x{world} train_samples={len(train_ds)}")
 
@@ -296,8 +350,13 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                         writer.add_scalar("images_per_s", ips, step)
                 t0, seen = time.perf_counter(), 0
             if val_reader is not None and (step % cfg.train.val_every == 0 or step == cfg.optim.steps):
-                val_acc = validate(system.student, tok, val_reader, cfg.train.stage, device, 128,
-                                   cfg.data.max_val_samples) if master else 0.0
+                if not master:
+                    val_acc = 0.0
+                elif cfg.train.stage == "clip":
+                    val_acc = validate_clip(system.student, val_reader, device, 64, cfg.data.max_val_samples)
+                else:
+                    val_acc = validate(system.student, tok, val_reader, cfg.train.stage, device, 128,
+                                       cfg.data.max_val_samples)
                 if master:
                     log.writerow([step, epoch, "", "", "", f"{val_acc:.2f}", ""])
                     logf.flush()

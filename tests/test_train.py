@@ -1,4 +1,5 @@
 """distill.train: smoke runs of every family and stage, exact resume after a kill, NaN stop, DDP, kd_gain."""
+import importlib.util
 import json
 import os
 import signal
@@ -45,6 +46,9 @@ def test_teacher_student_baseline(model, synth, tmp_path):
     ck = load_checkpoint(tmp_path / "t" / "last.pt")
     assert ck["model_spec"]["name"] == model and not ck["model_spec"]["lr"]
     assert ck["config"]["model"]["name"] == model and ck["charset"] == "0123456789abcdefghijklmnopqrstuvwxyz"
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert any((tmp_path / "t" / "tb").iterdir()), "TensorBoard events expected"
+    assert (tmp_path / "t" / "log.csv").read_text().startswith("step,epoch,loss")
     for stage in ("student", "baseline"):
         train(load_config("configs/smoke.yaml", overrides(synth, tmp_path / stage, model, f"train.stage={stage}",
                                                           f"train.teacher_ckpt={tmp_path / 't' / 'last.pt'}")))

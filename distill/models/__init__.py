@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from runtime.charset import resolve_charset
 
+from .clip import CLIP
 from .cnn import CNNAttn, CNNCTC
 from .parseq import PARSeq, RecOut, gen_tgt_perms
 
@@ -41,7 +42,12 @@ def _cnn(cls) -> Callable[..., nn.Module]:
 
 
 # name -> (builder, tokenizer kind)
+def _clip(num_classes: int, max_len: int, lr: bool, **kw: Any) -> nn.Module:
+    return CLIP(**kw)
+
+
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
+    "clip": (_clip, "clip"),
     "parseq-tiny": (_parseq("tiny"), "attn"),
     "parseq-small": (_parseq("small"), "attn"),
     "cnn-attn": (_cnn(CNNAttn), "attn"),
@@ -49,7 +55,7 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
 }
 
 
-_CLASSES = {"parseq-tiny": PARSeq, "parseq-small": PARSeq, "cnn-attn": CNNAttn, "cnn-ctc": CNNCTC}
+_CLASSES = {"clip": CLIP, "parseq-tiny": PARSeq, "parseq-small": PARSeq, "cnn-attn": CNNAttn, "cnn-ctc": CNNCTC}
 _SET_BY_BUILDER = {"self", "num_classes", "max_len", "img_size", "patch_size", "lr"}
 
 
@@ -76,7 +82,7 @@ def model_spec(name: str, charset: str = "36", max_len: int = 25, lr: bool = Fal
 
 def num_classes(spec: dict) -> int:
     n = len(spec["charset"])
-    return n + 3 if spec["tokenizer"] == "attn" else n + 1
+    return {"attn": n + 3, "ctc": n + 1}.get(spec["tokenizer"], 0)
 
 
 def build_model(spec: dict) -> nn.Module:

@@ -28,6 +28,7 @@ class RecOut:
     visual: Tensor  # encoder features: (B, N, D) tokens or (B, C, H, W) maps
     attn: Tensor | None = None  # (B, T, H, W) attention maps where the decoder has them
     targets: list[Tensor] | None = None  # (B, T) target ids per permutation (PAD where ignored)
+    extra: dict | None = None  # CLIP-OCR taps: {"enc": {block: (B, N, D)}, "dec": [(B, T, D) per layer]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,16 +81,22 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, img_size, patch_size, dim: int, depth: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, img_size, patch_size, dim: int, depth: int, heads: int, mlp_ratio: float,
+                 class_token: bool = False) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed(img_size, patch_size, dim)
         n = self.patch_embed.grid[0] * self.patch_embed.grid[1]
-        self.pos_embed = nn.Parameter(torch.randn(1, n, dim) * 0.02)
+        # CLIP-OCR's recognizer summarises the word in a class token (timm's name and place: first token)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.randn(1, n + int(class_token), dim) * 0.02)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
 
     def forward(self, x: Tensor, return_blocks: tuple[int, ...] = ()) -> Tensor | tuple[Tensor, list[Tensor]]:
-        x = self.patch_embed(x) + self.pos_embed
+        x = self.patch_embed(x)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1)
+        x = x + self.pos_embed
         taps = []
         for i, blk in enumerate(self.blocks, 1):
             x = blk(x)
@@ -135,10 +142,13 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(dim, heads, ff, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, query, content, memory, query_mask=None, content_mask=None, pad=None) -> Tensor:
+    def forward(self, query, content, memory, query_mask=None, content_mask=None, pad=None,
+                taps: list | None = None) -> Tensor:
         for i, layer in enumerate(self.layers):
             query, content = layer(query, content, memory, query_mask, content_mask, pad,
                                    update_content=i < len(self.layers) - 1)
+            if taps is not None:
+                taps.append(query)  # per-layer query stream (CLIP-OCR pairs decoder layers with CLIP text blocks)
         return self.norm(query)
 
 
@@ -198,14 +208,14 @@ class PARSeq(nn.Module):
     def __init__(self, num_classes: int, max_len: int = 25, img_size=(32, 128), patch_size=(4, 8), dim: int = 192,
                  depth: int = 12, heads: int = 3, mlp_ratio: float = 4.0, dec_heads: int = 6, dec_mlp_ratio: int = 4,
                  dec_depth: int = 1, dropout: float = 0.1, decode_ar: bool = True, refine_iters: int = 1,
-                 perm_num: int = 6) -> None:
+                 perm_num: int = 6, class_token: bool = False) -> None:
         super().__init__()
         self.max_len = max_len
         self.num_tokens = num_classes  # EOS + charset + BOS + PAD
         self.eos_id, self.bos_id, self.pad_id = 0, num_classes - 2, num_classes - 1
         self.img_size = tuple(img_size)
         self.decode_ar, self.refine_iters, self.perm_num = decode_ar, refine_iters, perm_num
-        self.encoder = Encoder(img_size, patch_size, dim, depth, heads, mlp_ratio)
+        self.encoder = Encoder(img_size, patch_size, dim, depth, heads, mlp_ratio, class_token)
         self.decoder = Decoder(dim, dec_heads, dim * dec_mlp_ratio, dec_depth, dropout)
         self.head = nn.Linear(dim, num_classes - 2)  # BOS and PAD are never predicted
         self.text_embed = TokenEmbedding(num_classes, dim)
@@ -232,14 +242,15 @@ class PARSeq(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         return self.encoder(x)
 
-    def decode(self, tgt: Tensor, memory: Tensor, tgt_mask=None, pad=None, query=None, query_mask=None) -> Tensor:
+    def decode(self, tgt: Tensor, memory: Tensor, tgt_mask=None, pad=None, query=None, query_mask=None,
+               taps: list | None = None) -> Tensor:
         N, L = tgt.shape
         null_ctx = self.text_embed(tgt[:, :1])
         emb = self.pos_queries[:, : L - 1] + self.text_embed(tgt[:, 1:])
         emb = self.dropout(torch.cat([null_ctx, emb], 1))
         if query is None:
             query = self.pos_queries[:, :L].expand(N, -1, -1)
-        return self.decoder(self.dropout(query), emb, memory, query_mask, tgt_mask, pad)
+        return self.decoder(self.dropout(query), emb, memory, query_mask, tgt_mask, pad, taps)
 
     # -- inference (export-friendly: fixed number of steps, no data-dependent break, float masks) ------------
     def forward(self, x: Tensor) -> Tensor:
@@ -288,9 +299,17 @@ class PARSeq(nn.Module):
 
     # -- training: permutation language modelling ---------------------------------------------------------------
     def forward_train(self, x: Tensor, tgt: Tensor, perms: Tensor | None = None,
-                      generator: torch.Generator | None = None) -> RecOut:
-        """``tgt``: (B, L+2) BOS chars EOS PAD ids. ``perms``: shared with a teacher for distillation."""
-        memory = self.encode(x)
+                      generator: torch.Generator | None = None, enc_taps: tuple[int, ...] = ()) -> RecOut:
+        """``tgt``: (B, L+2) BOS chars EOS PAD ids. ``perms``: shared with a teacher for distillation.
+        ``enc_taps``: encoder blocks whose outputs go to ``RecOut.extra`` (with the decoder's per-layer outputs
+        for the canonical order), for CLIP-OCR."""
+        extra: dict = {}
+        if enc_taps:
+            memory, taps = self.encoder(x, enc_taps)
+            extra["enc"] = dict(zip(enc_taps, taps))
+            extra["dec"] = []
+        else:
+            memory = self.encode(x)
         if perms is None:
             perms = gen_tgt_perms(tgt.shape[1] - 2, self.perm_num, generator, tgt.device)
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
@@ -299,10 +318,11 @@ class PARSeq(nn.Module):
         logits, feats, targets = [], [], []
         for i, perm in enumerate(perms):
             tgt_mask, query_mask = perm_masks(perm)
-            out = self.decode(tgt_in, memory, tgt_mask, pad_f, query_mask=query_mask)
+            out = self.decode(tgt_in, memory, tgt_mask, pad_f, query_mask=query_mask,
+                              taps=extra["dec"] if (enc_taps and i == 0) else None)
             feats.append(out)
             logits.append(self.head(out))
             targets.append(tgt_out)
             if i == 1:  # after the canonical order and its mirror, EOS is no longer a target (as in PARSeq)
                 tgt_out = torch.where(tgt_out == self.eos_id, torch.full_like(tgt_out, self.pad_id), tgt_out)
-        return RecOut(logits, feats, memory, None, targets)
+        return RecOut(logits, feats, memory, None, targets, extra)
