@@ -65,7 +65,11 @@ def gain_table(synth_reports: list[EvalReport], real_reports: list[EvalReport], 
     contenders = [("teacher (HR input, reference)", "teacher", "HR", "HR"),
                   ("teacher on bicubic(LR)", "teacher", "bicubic(LR)", "bicubic({c})"),
                   ("baseline student (LR only)", "baseline", "LR", "{c}"),
-                  ("KD-LTR student", "student", "LR", "{c}")]
+                  ("KD-LTR student", "student", "LR", "{c}"),
+                  ("CLIP-OCR student", "clipocr", "LR", "{c}"),
+                  ("KD-LTR + CLIP-OCR student", "kdltr+clipocr", "LR", "{c}")]
+    present = {r.model for r in synth_reports + real_reports}
+    contenders = [c for c in contenders if c[1] in present]
     conds = sorted({r.condition for r in real_reports if r.model == "student"})
     head = ["contender", "easy", "medium", "hard", "synthetic avg"] + [f"{real_name} {c}" for c in conds]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -101,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", default="../shared/data/real/svt_test", help="real HR crops evaluated under lr16/lr16blur")
     p.add_argument("--max-samples", type=int, default=0, help="per evaluation split; 0 = all")
     p.add_argument("--min-steps", type=int, default=10, help="lower bound on the derived step count")
+    p.add_argument("--contenders", default="kdltr,baseline",
+                   help="comma list from kdltr, baseline, clipocr, kdltr+clipocr (clipocr needs a PARSeq teacher with "
+                        "a class token and a 4+ layer decoder)")
+    p.add_argument("--clip", default=None, help="CLIP checkpoint for the clipocr contenders; default: train one "
+                                                "(train.stage=clip) with the same step count")
     return p
 
 
@@ -120,24 +129,42 @@ def main(argv: list[str] | None = None) -> int:
         sec = measure_step_time(base, teacher)
         steps = max(args.min_steps, int(args.minutes * 60 / sec))
         print(f"kd_gain: KD student step {sec * 1000:.0f} ms -> {steps} steps per contender for {args.minutes} min")
+        wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
+        bad = sorted(set(wanted) - {"kdltr", "baseline", "clipocr", "kdltr+clipocr"})
+        if bad or "kdltr" not in wanted or "baseline" not in wanted:
+            raise ConfigError(f"--contenders: need kdltr and baseline, may add clipocr, kdltr+clipocr; got {wanted}")
+        clip_ckpt = args.clip
+        if any("clipocr" in c for c in wanted) and clip_ckpt is None:
+            ccfg = copy.deepcopy(base)
+            ccfg.train.stage, ccfg.train.out_dir, ccfg.optim.steps = "clip", str(out / "clip"), steps
+            ccfg.train.val_every = ccfg.train.ckpt_every = max(1, steps // 4)
+            print(f"kd_gain: no --clip; training one offline ({steps} steps)")
+            train(ccfg)
+            clip_ckpt = str(out / "clip" / "last.pt")
         ckpts = {}
-        for stage in ("student", "baseline"):
+        for name in wanted:
             cfg = copy.deepcopy(base)
+            stage = "baseline" if name == "baseline" else "student"
             cfg.train.stage, cfg.train.teacher_ckpt = stage, teacher
-            cfg.train.out_dir = str(out / stage)
+            if stage == "student":
+                cfg.distill.method = name
+                cfg.train.clip_ckpt = clip_ckpt or ""
+            key = "student" if name == "kdltr" else name
+            cfg.train.out_dir = str(out / key)
             cfg.optim.steps = steps
             cfg.train.val_every = cfg.train.ckpt_every = max(1, steps // 4)
             cfg.train.log_every = max(1, steps // 20)
             t0 = time.perf_counter()
             train(cfg)
-            print(f"kd_gain: {stage} trained in {time.perf_counter() - t0:.0f}s")
-            ckpts[stage] = str(out / stage / "best.pt")
+            print(f"kd_gain: {name} trained in {time.perf_counter() - t0:.0f}s")
+            ckpts[key] = str(out / key / "best.pt")
+        extra = {k: v for k, v in ckpts.items() if k != "student"}
         synth_dir = prepare_synth(base)
         synth = evaluate_models(ckpts["student"], [str(synth_dir)] if synth_dir else [], teacher,
-                                max_samples=args.max_samples, extra_students={"baseline": ckpts["baseline"]})
+                                max_samples=args.max_samples, extra_students=extra)
         real_name = Path(args.real).name
         real = evaluate_models(ckpts["student"], [args.real], teacher, lr_from_hr=True, max_samples=args.max_samples,
-                               extra_students={"baseline": ckpts["baseline"]}) if Path(args.real).exists() else []
+                               extra_students=extra) if Path(args.real).exists() else []
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -114,3 +114,23 @@ def test_clipocr_needs_class_token_and_clip(setup):
         "model.kwargs={depth: 1, dim: 32, heads: 2, dec_heads: 2}"])
     with pytest.raises(ConfigError, match="class token"):
         train(bad)
+
+
+def test_kd_gain_has_clipocr_rows(setup, tmp_path, shared_real):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    d, base = setup
+    sets = sum([["--set", o] for o in base], [])
+    r = subprocess.run([sys.executable, "-m", "distill.kd_gain", "--config", "configs/clipocr_smoke.yaml", "--minutes",
+                        "0.001", "--min-steps", "2", "--out", str(tmp_path), "--teacher", str(d / "teacher" / "last.pt"),
+                        "--clip", str(d / "clip" / "last.pt"), "--contenders", "kdltr,baseline,clipocr,kdltr+clipocr",
+                        "--max-samples", "8", *sets], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "kd_gain.json").read_text())["rows"]
+    names = [row["contender"] for row in rows]
+    assert "CLIP-OCR student" in names and "KD-LTR + CLIP-OCR student" in names
+    assert all(row["easy"] is not None for row in rows)

@@ -1,0 +1,50 @@
+"""``python -m compress.ship --teacher T.pt --student S.pt --out weights --calib DATA``
+
+Prepares the shipped default weights: checkpoints stripped of optimizer/RNG state (a few MB), the student exported
+to FP32 and INT8 ONNX (parity- and accuracy-gated by the same code as ``compress.export``)."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from distill.checkpoint import strip_checkpoint
+
+from .calibration import calibration_tensors
+from .export import export_onnx
+from .gate import evaluate_onnx, gate_table
+from .quantize import quantize_int8
+from .trt_check import check_trt_buildable
+
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m compress.ship", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--teacher", required=True, help="HR teacher checkpoint")
+    p.add_argument("--student", required=True, help="LR student checkpoint")
+    p.add_argument("--out", default=str(DEFAULT_DIR), help="weights directory")
+    p.add_argument("--name", default="ctc", help="file name stem: <name>-teacher-hr.pt, <name>-student-lr.*")
+    p.add_argument("--calib", required=True, help="INT8 calibration data (synthetic root or lmdb)")
+    p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t = strip_checkpoint(args.teacher, out / f"{args.name}-teacher-hr.pt")
+    s = strip_checkpoint(args.student, out / f"{args.name}-student-lr.pt")
+    onnx_path = export_onnx(str(s), str(out))
+    x = calibration_tensors(args.calib, (16, 64), True, 512, 16, out / ".calib-cache")
+    q = quantize_int8(str(onnx_path), str(out / f"{args.name}-student-lr.int8.onnx"), x)
+    shutil.rmtree(out / ".calib-cache", ignore_errors=True)  # a cache, not an artifact to commit
+    print(check_trt_buildable(str(q), require_qdq=True))
+    rows = [evaluate_onnx(str(m), args.gate_data or args.calib) for m in (onnx_path, q)]
+    print(gate_table(rows))
+    for f in (t, s, onnx_path, q):
+        print(f"ship: {f} ({f.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
