@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from distill.checkpoint import CheckpointError, load_model
@@ -59,7 +57,6 @@ def model_metadata(spec: dict, ckpt_path: str, precision: str = "fp32") -> dict[
 
 
 def set_metadata(model, meta: dict[str, str]) -> None:
-    import onnx
 
     keep = [p for p in model.metadata_props if p.key not in meta]
     del model.metadata_props[:]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
 import random
 import sys
@@ -28,14 +27,13 @@ from tqdm import tqdm
 
 from runtime.charset import make_tokenizer
 from runtime.datasets import DataError, LabelPolicy, open_dataset
-from runtime.metrics import score_split
 
 from .augment import text_augment
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, load_config
 from .datasets import PairDataset, WeightedConcat, collate
 from .models import build_model, make_student, model_spec
-from .predict import predict
+from .predict import score_samples
 from .system import TrainingSystem
 
 __all__ = ["main", "train", "ResumableSampler", "prepare_synth"]
@@ -123,7 +121,6 @@ def validate_clip(clip, reader, device, batch: int, max_samples: int) -> float:
 
     clip.eval()
     hits = n = 0
-    imgs, labels = [], []
     samples = [s for _, s in zip(range(max_samples or len(reader)), reader.iter_valid())]
     for k in range(0, len(samples), batch):
         chunk = samples[k : k + batch]
@@ -142,25 +139,13 @@ def validate(model, tok, reader, stage: str, device, batch: int, max_samples: in
     """Word accuracy (%) on the val split: HR input for teachers, LR for students (stored or lr16blur-made)."""
     from runtime.conditions import apply_condition
 
-    from .datasets import image_to_tensor
-
-    model.eval()
-    size = tuple(model.img_size)
-    preds, gts, imgs = [], [], []
     n = len(reader) if not max_samples else min(len(reader), max_samples)
-    for s in reader.iter_valid():
-        if len(gts) >= n:
-            break
-        img = s.image if stage == "teacher" else (s.lr if s.lr is not None else apply_condition("lr16blur", s.image))
-        imgs.append(image_to_tensor(img, size))
-        gts.append(s.label)
-        if len(imgs) == batch:
-            preds += [d.text for d in predict(model, tok, torch.stack(imgs).to(device))]
-            imgs = []
-    if imgs:
-        preds += [d.text for d in predict(model, tok, torch.stack(imgs).to(device))]
+    samples = ((s.image if stage == "teacher" else s.lr if s.lr is not None else apply_condition("lr16blur", s.image),
+                s.label) for _, s in zip(range(n), reader.iter_valid()))
+    model.eval()
+    acc = score_samples(model, tok, samples, "val", batch).accuracy
     model.train()
-    return score_split("val", preds, gts).accuracy
+    return acc
 
 
 def _rng_state() -> dict:

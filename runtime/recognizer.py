@@ -57,8 +57,7 @@ class OnnxRecognizer:
             raise FileNotFoundError(f"{self.path}: no such model file")
         self.info = _info(self._metadata(), self.path)
         so = ort.SessionOptions()
-        if self.info.precision == "fp16" and "CPUExecutionProvider" == (providers or ["CPUExecutionProvider"])[-1] \
-                and "CUDAExecutionProvider" not in ort.get_available_providers():
+        if self.info.precision == "fp16" and "CUDAExecutionProvider" not in ort.get_available_providers():
             # ONNX Runtime's CPU graph optimiser has crashed (SIGSEGV) on FP16 transformer graphs here; FP16 is a GPU
             # format, on CPU we only need it to run correctly, so run it unoptimised.
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from conftest import jpeg_bytes, png_bytes, run_module, str_items, write_lmdb
 from distill.data import dataset_info, degrade_lmdb, main as data_main, pack_folder
 from distill.datasets import PairDataset, WeightedConcat, collate
-from runtime.datasets import LabelPolicy, open_dataset
+from runtime.datasets import open_dataset
 
 
 def test_info_json_on_real_set(shared_real):

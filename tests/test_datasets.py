@@ -1,5 +1,4 @@
 """Readers on every shared real set and on hostile inputs."""
-from pathlib import Path
 
 import numpy as np
 import pytest

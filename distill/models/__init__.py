@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from runtime.charset import resolve_charset
+from runtime.preprocess import HR_SIZE, LR_SIZE
 
 from .clip import CLIP
 from .cnn import CNNAttn, CNNCTC
@@ -16,7 +17,6 @@ from .parseq import PARSeq, RecOut, gen_tgt_perms
 __all__ = ["MODELS", "build_model", "model_spec", "make_student", "load_official_parseq", "RecOut", "gen_tgt_perms",
            "HR_SIZE", "LR_SIZE"]
 
-HR_SIZE, LR_SIZE = (32, 128), (16, 64)
 
 _PARSEQ_SIZES = {
     "tiny": dict(dim=192, depth=12, heads=3, dec_heads=6),
