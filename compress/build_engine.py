@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from .calibration import add_calibration_args
+
 __all__ = ["build_engine", "import_tensorrt", "TensorRTMissing", "main", "is_qdq"]
 
 
@@ -102,17 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: beside the ONNX)")
     p.add_argument("--fp16", action="store_true", help="build from the FP16 ONNX (made when missing)")
     p.add_argument("--int8", action="store_true", help="build from a Q/DQ INT8 ONNX (calibrated when missing)")
-    p.add_argument("--calib", default=None, help="calibration data for --int8 from a float model")
-    p.add_argument("--calib-n", type=int, default=512, help="calibration images")
-    p.add_argument("--calibrator", default="minmax", choices=["minmax", "entropy", "percentile"], help="INT8 calibrator")
+    add_calibration_args(p, "calibration data for --int8 from a float model")
     p.add_argument("--batch", default="1,16,64", help="optimization profile: min,opt,max batch")
     p.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace limit")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .calibration import CalibrationError, calibration_tensors
-    from .quantize import convert_fp16, quantize_int8
+    from .calibration import CalibrationError
+    from .quantize import convert_fp16, quantize_from_data
     from .trt_check import check_trt_buildable
 
     args = build_parser().parse_args(argv)
@@ -137,12 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.calib:
                 print("error: --int8 from a float model needs --calib DATA", file=sys.stderr)
                 return 2
-            from runtime.recognizer import OnnxRecognizer
-
-            info = OnnxRecognizer(str(onnx_path)).info
-            x = calibration_tensors(args.calib, (info.height, info.width), info.lr, args.calib_n, 16, onnx_path.parent)
-            src = quantize_int8(str(onnx_path), str(onnx_path.with_name(onnx_path.name.replace(".onnx", ".int8.onnx"))),
-                                x, args.calibrator)
+            src, _ = quantize_from_data(str(onnx_path), str(onnx_path.with_name(onnx_path.name.replace(".onnx", ".int8.onnx"))),
+                                        args.calib, args.calib_n, args.calibrator)
             print(f"build_engine: wrote calibrated Q/DQ ONNX {src}")
         elif args.fp16 and not str(onnx_path).endswith(".fp16.onnx"):
             src = convert_fp16(str(onnx_path), str(onnx_path.with_name(onnx_path.name.replace(".onnx", ".fp16.onnx"))))

@@ -17,7 +17,7 @@ from runtime.conditions import apply_condition
 from runtime.datasets import LabelPolicy, open_dataset
 from runtime.preprocess import MEAN, STD, normalize, resize, to_chw
 
-__all__ = ["CalibrationError", "calibration_tensors", "resolve_calib_path"]
+__all__ = ["CalibrationError", "calibration_tensors", "resolve_calib_path", "add_calibration_args"]
 
 PREPROC_VERSION = "stretch-bicubic-v1"
 
@@ -68,3 +68,10 @@ def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512
         print(f"calibration: warning: only {len(x)} images from {data}; 300+ give steadier INT8 ranges",
               file=sys.stderr)
     return x
+
+
+def add_calibration_args(p, calib_help: str) -> None:
+    """The calibration options ``compress.export`` and ``compress.build_engine`` share."""
+    p.add_argument("--calib", default=None, help=calib_help)
+    p.add_argument("--calib-n", type=int, default=512, help="calibration images")
+    p.add_argument("--calibrator", default="minmax", choices=["minmax", "entropy", "percentile"], help="INT8 calibrator")

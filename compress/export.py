@@ -21,6 +21,7 @@ import torch
 from distill.checkpoint import CheckpointError, load_model
 from runtime.preprocess import MEAN, STD
 
+from .calibration import add_calibration_args
 from .parity import ParityError, parity_check, parity_images
 
 __all__ = ["export_onnx", "model_metadata", "main"]
@@ -132,9 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-dynamic", action="store_true", default=True, help="dynamic batch axis (always on)")
     p.add_argument("--fp16", action="store_true", help="also write an FP16 ONNX (float32 I/O) for GPU targets")
     p.add_argument("--int8", action="store_true", help="also write an INT8 Q/DQ ONNX (needs --calib)")
-    p.add_argument("--calib", default=None, help="calibration data: TextZoom/STR lmdb, folder or synthetic root")
-    p.add_argument("--calib-n", type=int, default=512, help="calibration images")
-    p.add_argument("--calibrator", default="minmax", choices=["minmax", "entropy", "percentile"], help="INT8 calibrator")
+    add_calibration_args(p, "calibration data: TextZoom/STR lmdb, folder or synthetic root")
     p.add_argument("--quantize-head", action="store_true", help="quantize the output head too (default: float)")
     p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val split)")
     p.add_argument("--gate-n", type=int, default=1000, help="validation samples in the accuracy gate")
@@ -143,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .calibration import CalibrationError, calibration_tensors
+    from .calibration import CalibrationError
     from .gate import evaluate_onnx, gate_table
-    from .quantize import convert_fp16, quantize_int8
+    from .quantize import convert_fp16, quantize_from_data
     from .trt_check import check_trt_buildable
 
     args = build_parser().parse_args(argv)
@@ -161,13 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             made.append(convert_fp16(str(path), str(path.with_suffix(".fp16.onnx"))))
             print(f"export: wrote {made[-1]} ({made[-1].stat().st_size / 1e6:.2f} MB)")
         if args.int8:
-            from runtime.recognizer import OnnxRecognizer
-
-            info = OnnxRecognizer(str(path)).info
-            x = calibration_tensors(args.calib, (info.height, info.width), info.lr, args.calib_n, 16, path.parent)
-            q = quantize_int8(str(path), str(path.with_suffix(".int8.onnx")), x, args.calibrator, not args.quantize_head)
+            q, n = quantize_from_data(str(path), str(path.with_suffix(".int8.onnx")), args.calib, args.calib_n,
+                                      args.calibrator, not args.quantize_head)
             made.append(q)
-            print(f"export: wrote {q} ({q.stat().st_size / 1e6:.2f} MB, {args.calibrator}, {len(x)} calibration images)")
+            print(f"export: wrote {q} ({q.stat().st_size / 1e6:.2f} MB, {args.calibrator}, {n} calibration images)")
             print(check_trt_buildable(str(q), require_qdq=True))
     except (CheckpointError, ParityError, CalibrationError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["quantize_int8", "convert_fp16", "head_nodes", "CALIBRATORS"]
+__all__ = ["quantize_int8", "quantize_from_data", "convert_fp16", "head_nodes", "CALIBRATORS"]
 
 CALIBRATORS = ("minmax", "entropy", "percentile")
 
@@ -90,6 +90,20 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     onnx.save(q, str(tmp))
     os.replace(tmp, out)
     return out
+
+
+def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, method: str = "minmax",
+                       keep_head_float: bool = True, cache_dir: str | os.PathLike | None = None) -> tuple[Path, int]:
+    """Calibrate on ``calib`` with the model's own input size (from its metadata), then quantize.
+    Returns (Q/DQ path, number of calibration images)."""
+    from runtime.recognizer import model_info
+
+    from .calibration import calibration_tensors
+
+    info = model_info(fp32_path)
+    x = calibration_tensors(calib, (info.height, info.width), info.lr, n, 16,
+                            cache_dir if cache_dir is not None else Path(fp32_path).parent)
+    return quantize_int8(fp32_path, out_path, x, method, keep_head_float), len(x)
 
 
 def convert_fp16(fp32_path: str, out_path: str) -> Path:

@@ -11,10 +11,9 @@ from pathlib import Path
 
 from distill.checkpoint import strip_checkpoint
 
-from .calibration import calibration_tensors
 from .export import export_onnx
 from .gate import evaluate_onnx, gate_table
-from .quantize import quantize_int8
+from .quantize import quantize_from_data
 from .trt_check import check_trt_buildable
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -35,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     t = strip_checkpoint(args.teacher, out / f"{args.name}-teacher-hr.pt")
     s = strip_checkpoint(args.student, out / f"{args.name}-student-lr.pt")
     onnx_path = export_onnx(str(s), str(out))
-    x = calibration_tensors(args.calib, (16, 64), True, 512, 16, out / ".calib-cache")
-    q = quantize_int8(str(onnx_path), str(out / f"{args.name}-student-lr.int8.onnx"), x)
+    q, _ = quantize_from_data(str(onnx_path), str(out / f"{args.name}-student-lr.int8.onnx"), args.calib,
+                              cache_dir=out / ".calib-cache")
     shutil.rmtree(out / ".calib-cache", ignore_errors=True)  # a cache, not an artifact to commit
     print(check_trt_buildable(str(q), require_qdq=True))
     rows = [evaluate_onnx(str(m), args.gate_data or args.calib) for m in (onnx_path, q)]

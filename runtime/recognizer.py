@@ -12,7 +12,7 @@ import numpy as np
 from .charset import Decoded, Tokenizer, make_tokenizer
 from .preprocess import normalize, resize, to_chw
 
-__all__ = ["ModelInfo", "OnnxRecognizer", "open_recognizer", "read_onnx_metadata"]
+__all__ = ["ModelInfo", "OnnxRecognizer", "open_recognizer", "read_onnx_metadata", "model_info"]
 
 
 @dataclass
@@ -44,6 +44,11 @@ def _info(meta: dict[str, str], path: str) -> ModelInfo:
                      int(meta["tinytext.input_height"]), int(meta["tinytext.input_width"]),
                      float(meta.get("tinytext.mean", 0.5)), float(meta.get("tinytext.std", 0.5)),
                      meta.get("tinytext.precision", "fp32"), meta.get("tinytext.lr", "false") == "true")
+
+
+def model_info(path: str) -> ModelInfo:
+    """What an exported model declares about itself, without opening a session."""
+    return _info(read_onnx_metadata(path), path)
 
 
 class OnnxRecognizer:
