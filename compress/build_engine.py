@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .calibration import CalibrationError
-    from .quantize import convert_fp16, quantize_from_data
+    from .quantize import convert_fp16, int8_path, quantize_from_data
     from .trt_check import check_trt_buildable
 
     args = build_parser().parse_args(argv)
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.calib:
                 print("error: --int8 from a float model needs --calib DATA", file=sys.stderr)
                 return 2
-            src, _ = quantize_from_data(str(onnx_path), str(onnx_path.with_name(onnx_path.name.replace(".onnx", ".int8.onnx"))),
-                                        args.calib, args.calib_n, args.calibrator)
+            src, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "tensorrt")),
+                                        args.calib, args.calib_n, args.calibrator, target="tensorrt")
             print(f"build_engine: wrote calibrated Q/DQ ONNX {src}")
         elif args.fp16 and not str(onnx_path).endswith(".fp16.onnx"):
             src = convert_fp16(str(onnx_path), str(onnx_path.with_name(onnx_path.name.replace(".onnx", ".fp16.onnx"))))
@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         chk = check_trt_buildable(str(src), require_qdq=args.int8)
         print(chk)
         if not chk.ok:
+            if any("zero point" in p for p in chk.problems):
+                print(f"build_engine: {src} looks like the CPU INT8 flavour (uint8, asymmetric); give the float ONNX "
+                      f"with --int8 --calib DATA, or export with --int8-target tensorrt", file=sys.stderr)
             return 1
         trt = import_tensorrt()
     except TensorRTMissing as e:

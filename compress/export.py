@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="also write an FP16 ONNX (float32 I/O) for GPU targets")
     p.add_argument("--int8", action="store_true", help="also write an INT8 Q/DQ ONNX (needs --calib)")
     add_calibration_args(p, "calibration data: TextZoom/STR lmdb, folder or synthetic root")
+    p.add_argument("--int8-target", default="cpu", choices=["cpu", "tensorrt"],
+                   help="INT8 flavour: cpu = uint8 activations for ONNX Runtime's fast CPU kernels (<stem>.int8.onnx); "
+                        "tensorrt = symmetric int8 Q/DQ that TensorRT builds (<stem>.int8-trt.onnx)")
     p.add_argument("--quantize-head", action="store_true", help="quantize the output head too (default: float)")
     p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val split)")
     p.add_argument("--gate-n", type=int, default=1000, help="validation samples in the accuracy gate")
@@ -144,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .calibration import CalibrationError
     from .gate import evaluate_onnx, gate_table
-    from .quantize import convert_fp16, quantize_from_data
+    from .quantize import convert_fp16, int8_path, quantize_from_data
     from .trt_check import check_trt_buildable
 
     args = build_parser().parse_args(argv)
@@ -160,11 +163,13 @@ def main(argv: list[str] | None = None) -> int:
             made.append(convert_fp16(str(path), str(path.with_suffix(".fp16.onnx"))))
             print(f"export: wrote {made[-1]} ({made[-1].stat().st_size / 1e6:.2f} MB)")
         if args.int8:
-            q, n = quantize_from_data(str(path), str(path.with_suffix(".int8.onnx")), args.calib, args.calib_n,
-                                      args.calibrator, not args.quantize_head)
+            q, n = quantize_from_data(str(path), str(int8_path(path, args.int8_target)), args.calib, args.calib_n,
+                                      args.calibrator, not args.quantize_head, target=args.int8_target)
             made.append(q)
-            print(f"export: wrote {q} ({q.stat().st_size / 1e6:.2f} MB, {args.calibrator}, {n} calibration images)")
-            print(check_trt_buildable(str(q), require_qdq=True))
+            print(f"export: wrote {q} ({q.stat().st_size / 1e6:.2f} MB, {args.int8_target} flavour, {args.calibrator}, "
+                  f"{n} calibration images)")
+            if args.int8_target == "tensorrt":
+                print(check_trt_buildable(str(q), require_qdq=True))
     except (CheckpointError, ParityError, CalibrationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

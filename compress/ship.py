@@ -13,7 +13,7 @@ from distill.checkpoint import strip_checkpoint
 
 from .export import export_onnx
 from .gate import evaluate_onnx, gate_table
-from .quantize import quantize_from_data
+from .quantize import int8_path, quantize_from_data
 from .trt_check import check_trt_buildable
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -34,13 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     t = strip_checkpoint(args.teacher, out / f"{args.name}-teacher-hr.pt")
     s = strip_checkpoint(args.student, out / f"{args.name}-student-lr.pt")
     onnx_path = export_onnx(str(s), str(out))
-    q, _ = quantize_from_data(str(onnx_path), str(out / f"{args.name}-student-lr.int8.onnx"), args.calib,
-                              cache_dir=out / ".calib-cache")
+    # Both INT8 flavours: uint8 activations for ONNX Runtime on CPUs, symmetric int8 for TensorRT (Jetson).
+    q, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "cpu")), args.calib,
+                              cache_dir=out / ".calib-cache", target="cpu")
+    qt, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "tensorrt")), args.calib,
+                               cache_dir=out / ".calib-cache", target="tensorrt")
     shutil.rmtree(out / ".calib-cache", ignore_errors=True)  # a cache, not an artifact to commit
-    print(check_trt_buildable(str(q), require_qdq=True))
-    rows = [evaluate_onnx(str(m), args.gate_data or args.calib) for m in (onnx_path, q)]
+    print(check_trt_buildable(str(qt), require_qdq=True))
+    rows = [evaluate_onnx(str(m), args.gate_data or args.calib) for m in (onnx_path, q, qt)]
     print(gate_table(rows))
-    for f in (t, s, onnx_path, q):
+    for f in (t, s, onnx_path, q, qt):
         print(f"ship: {f} ({f.stat().st_size / 1e6:.2f} MB)")
     return 0
 

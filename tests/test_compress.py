@@ -81,7 +81,7 @@ def test_int8_qdq_calibration_cache_and_trt_static_check(trained, tmp_path, caps
     assert len(calibration_tensors(str(trained / "synth"), (16, 64), True, 64, 8, tmp_path)) == 32
     with pytest.raises(CalibrationError, match="fewer than the batch size"):
         calibration_tensors(str(trained / "synth"), (16, 64), True, 4, 8, tmp_path)
-    q = quantize_int8(str(p), str(tmp_path / "m.int8.onnx"), x)
+    q = quantize_int8(str(p), str(tmp_path / "m.int8-trt.onnx"), x, target="tensorrt")
     m = onnx.load(str(q))
     ops = {n.op_type for n in m.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and not ops & {"QLinearConv", "ConvInteger"}
@@ -89,6 +89,16 @@ def test_int8_qdq_calibration_cache_and_trt_static_check(trained, tmp_path, caps
     assert chk.ok, str(chk)
     assert OnnxRecognizer(str(q)).info.precision == "int8"
     assert OnnxRecognizer(str(q))([np.zeros((16, 64, 3), np.uint8)])[0] is not None
+    # The CPU flavour: uint8 activations (ONNX Runtime's fast U8S8 kernels), int8 weights; TensorRT refuses it.
+    c = quantize_int8(str(p), str(tmp_path / "m.int8.onnx"), x, target="cpu")
+    from onnx import numpy_helper
+
+    zps = {numpy_helper.to_array(t).dtype for t in onnx.load(str(c)).graph.initializer if t.name.endswith("zero_point")}
+    assert zps == {np.dtype(np.uint8), np.dtype(np.int8)}, zps
+    assert not check_trt_buildable(str(c), require_qdq=True).ok
+    a = OnnxRecognizer(str(c)).run(x[:8])
+    b = OnnxRecognizer(str(p)).run(x[:8])
+    assert np.abs(a - b).max() < 0.5 and (a.argmax(-1) == b.argmax(-1)).mean() > 0.8
 
 
 def test_trt_check_rejects_qoperator_and_asymmetric(trained, tmp_path):
@@ -129,6 +139,8 @@ def test_fp16_export_runs(trained, tmp_path):
 
 
 def test_build_engine_without_tensorrt_writes_qdq_and_says_so(trained, tmp_path):
+    from compress.trt_check import check_trt_buildable
+
     pytest.importorskip("onnxruntime")
     try:
         import tensorrt  # noqa: F401
@@ -141,8 +153,9 @@ def test_build_engine_without_tensorrt_writes_qdq_and_says_so(trained, tmp_path)
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 4, r.stderr
     assert "TensorRT is not installed" in r.stderr and "build the engine on the target" in r.stderr
-    qdq = list(tmp_path.glob("*.int8.onnx")) + list((trained / "s").glob("*.int8.onnx"))
+    qdq = list(tmp_path.glob("*.int8-trt.onnx")) + list((trained / "s").glob("*.int8-trt.onnx"))
     assert qdq, "the calibrated Q/DQ ONNX must be written even without TensorRT"
+    assert check_trt_buildable(str(qdq[0]), require_qdq=True).ok
 
 
 def test_build_engine_code_path_with_a_fake_tensorrt(trained, tmp_path):
@@ -227,6 +240,7 @@ def test_tensorrt_real_build_when_available(trained, tmp_path):
 def test_export_cli_gate(trained, tmp_path):
     r = subprocess.run([sys.executable, "-m", "compress.export", "--ckpt", str(trained / "s" / "last.pt"), "--out",
                         str(tmp_path), "--int8", "--fp16", "--calib", str(trained / "synth"), "--calib-n", "32",
-                        "--budget", "100"], capture_output=True, text=True, cwd=ROOT)
+                        "--budget", "100", "--int8-target", "tensorrt"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "| artifact | precision |" in r.stdout and "int8" in r.stdout and "TensorRT static check: OK" in r.stdout
+    assert (tmp_path / "last.int8-trt.onnx").is_file() and not (tmp_path / "last.int8.onnx").exists()
