@@ -15,11 +15,11 @@ import numpy as np
 
 from runtime.conditions import apply_condition
 from runtime.datasets import LabelPolicy, open_dataset
-from runtime.preprocess import MEAN, STD, normalize, resize, to_chw
+from runtime.preprocess import MEAN, STD, prepare
 
 __all__ = ["CalibrationError", "calibration_tensors", "resolve_calib_path", "add_calibration_args"]
 
-PREPROC_VERSION = "stretch-bicubic-v1"
+PREPROC_VERSION = 2  # 2: runtime.preprocess.prepare (fastpath resampler) instead of PIL
 
 
 class CalibrationError(ValueError):
@@ -52,7 +52,7 @@ def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512
                 img = apply_condition("lr16", s.image)
             else:
                 img = s.image
-            out.append(to_chw(normalize(resize(img, size))))
+            out.append(prepare(img, size))
             if len(out) >= n:
                 break
         reader.close()

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from runtime.conditions import apply_condition
-from runtime.preprocess import normalize, resize, to_chw
+from runtime.preprocess import prepare
 
 __all__ = ["ParityError", "parity_images", "parity_check", "DEFAULT_REAL"]
 
@@ -30,7 +30,7 @@ def parity_images(data: str | None, lr: bool, n: int, size: tuple[int, int] | No
         out = []
         for s in r.iter_valid():
             img = apply_condition("lr16", s.image) if lr else s.image
-            out.append(to_chw(normalize(resize(img, size))))
+            out.append(prepare(img, size))
             if len(out) >= n:
                 break
         r.close()

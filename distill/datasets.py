@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from runtime.datasets import CorruptSample, LabelPolicy, Reader, open_dataset
-from runtime.preprocess import HR_SIZE, LR_SIZE, normalize, resize, to_chw
+from runtime.preprocess import HR_SIZE, LR_SIZE, prepare
 
 from .degrade import degrade, strength_for
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def image_to_tensor(img: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    return torch.from_numpy(to_chw(normalize(resize(img, size))))
+    return torch.from_numpy(prepare(img, size))  # the runtime's preprocessing, byte for byte
 
 
 class PairDataset(Dataset):

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from runtime.charset import Decoded, Tokenizer
 from runtime.metrics import SplitResult, score_split
-from runtime.preprocess import normalize, resize, to_chw
+from runtime.preprocess import prepare_batch
 
 __all__ = ["predict", "predict_arrays", "score_samples"]
 
@@ -23,7 +23,7 @@ def predict(model: nn.Module, tok: Tokenizer, x: torch.Tensor) -> list[Decoded]:
 
 
 def _to_tensor(imgs: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([to_chw(normalize(resize(im, size))) for im in imgs]))
+    return torch.from_numpy(prepare_batch(imgs, size))
 
 
 def predict_arrays(model: nn.Module, tok: Tokenizer, imgs: list[np.ndarray], batch: int = 64) -> list[Decoded]:

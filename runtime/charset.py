@@ -12,6 +12,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from . import fastpath
+
 __all__ = [
     "CHARSETS",
     "resolve_charset",
@@ -129,6 +131,13 @@ class Tokenizer:
     def decode_ids(self, ids: Sequence[int]) -> str:
         raise NotImplementedError
 
+    def _strings(self, d: "fastpath.DecodedBatch") -> list[Decoded]:
+        itos = self.itos
+        out = []
+        for ids, conf, n, seq in zip(d.ids, d.conf, d.lengths.tolist(), d.seq_conf.tolist()):
+            out.append(Decoded("".join([itos[i] for i in ids[:n].tolist()]), seq, conf[:n].tolist()))
+        return out
+
     @staticmethod
     def _check_probs(probs: np.ndarray, num_classes: int) -> np.ndarray:
         probs = np.asarray(probs)
@@ -180,18 +189,8 @@ class AttnTokenizer(Tokenizer):
 
     def decode(self, probs: np.ndarray) -> list[Decoded]:
         probs = self._check_probs(probs, self.num_output_classes)
-        ids = probs.argmax(-1)
-        best = np.take_along_axis(probs, ids[..., None], -1)[..., 0]
-        out = []
-        for row_ids, row_p in zip(ids, best):
-            eos = np.flatnonzero(row_ids == self.eos_id)
-            end = int(eos[0]) if eos.size else len(row_ids)
-            text = "".join(self.itos[i] for i in row_ids[:end])
-            char_conf = [float(p) for p in row_p[:end]]
-            # Sequence confidence includes the EOS decision, as PARSeq does: a string that never ends is unsure.
-            seq_p = row_p[: end + 1] if eos.size else row_p[:end]
-            out.append(Decoded(text, float(np.prod(seq_p, dtype=np.float64)), char_conf))
-        return out
+        # Sequence confidence includes the EOS decision, as PARSeq does: a string that never ends is unsure.
+        return self._strings(fastpath.decode(probs, "eos", self.eos_id))
 
 
 class CTCTokenizer(Tokenizer):
@@ -227,25 +226,9 @@ class CTCTokenizer(Tokenizer):
 
     def decode(self, probs: np.ndarray) -> list[Decoded]:
         probs = self._check_probs(probs, self.num_output_classes)
-        ids = probs.argmax(-1)
-        best = np.take_along_axis(probs, ids[..., None], -1)[..., 0]
-        out = []
-        for row_ids, row_p in zip(ids, best):
-            chars: list[str] = []
-            confs: list[float] = []
-            prev = -1
-            for i, p in zip(row_ids.tolist(), row_p.tolist()):
-                if i != self.blank_id:
-                    if i != prev:
-                        chars.append(self.itos[i])
-                        confs.append(p)
-                    else:  # the same character held over several frames: keep its most confident frame
-                        confs[-1] = max(confs[-1], p)
-                prev = i
-            # An empty read is as sure as its least sure blank frame.
-            seq = float(np.prod(confs, dtype=np.float64)) if confs else float(row_p.min(initial=1.0))
-            out.append(Decoded("".join(chars), seq, confs))
-        return out
+        # A character held over several frames keeps its most confident frame; an empty read is as sure as its
+        # least sure blank frame.
+        return self._strings(fastpath.decode(probs, "ctc", self.blank_id))
 
 
 def make_tokenizer(kind: str, charset: str = "36", unknown: str = "drop") -> Tokenizer:

@@ -1,6 +1,8 @@
 """A recognizer opened from a model file, torch-free: ONNX Runtime for ``.onnx`` (CPU, or CUDA/TensorRT execution
-providers when that build of onnxruntime is installed). Everything it needs (charset, input size, normalisation,
-decoder type) comes from the file's metadata."""
+providers when that build of onnxruntime is installed), TensorRT for ``.engine`` (``runtime.trt_backend``).
+Everything it needs (charset, input size, normalisation, decoder type) comes from the file's metadata (the
+engine's JSON sidecar). Batched: N crops (or N boxes of one frame) in, N (text, confidence, per-character
+confidences) out."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,9 +12,11 @@ from typing import Sequence
 import numpy as np
 
 from .charset import Decoded, Tokenizer, make_tokenizer
-from .preprocess import normalize, resize, to_chw
+from . import fastpath
+from .preprocess import prepare_batch
 
-__all__ = ["ModelInfo", "OnnxRecognizer", "open_recognizer", "read_onnx_metadata", "model_info"]
+__all__ = ["ModelInfo", "Recognizer", "OnnxRecognizer", "open_recognizer", "read_onnx_metadata", "model_info",
+           "info_from_metadata"]
 
 
 @dataclass
@@ -35,7 +39,7 @@ def read_onnx_metadata(path: str) -> dict[str, str]:
     return {p.key: p.value for p in m.metadata_props}
 
 
-def _info(meta: dict[str, str], path: str) -> ModelInfo:
+def info_from_metadata(meta: dict[str, str], path: str) -> ModelInfo:
     need = ["tinytext.decoder", "tinytext.charset", "tinytext.input_height", "tinytext.input_width"]
     missing = [k for k in need if k not in meta]
     if missing:
@@ -48,11 +52,47 @@ def _info(meta: dict[str, str], path: str) -> ModelInfo:
 
 def model_info(path: str) -> ModelInfo:
     """What an exported model declares about itself, without opening a session."""
-    return _info(read_onnx_metadata(path), path)
+    return info_from_metadata(read_onnx_metadata(path), path)
 
 
-class OnnxRecognizer:
-    """N RGB uint8 crops in, N decoded strings with confidences out."""
+class Recognizer:
+    """What every backend shares: preprocessing (the training one), batching and decoding. A backend sets
+    ``info``, ``tokenizer`` and ``input_dtype`` and implements ``run`` ((N, 3, H, W) -> (N, T, C) float32)."""
+
+    info: ModelInfo
+    tokenizer: Tokenizer
+    input_dtype = np.float32
+    max_batch = 64
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.info.height, self.info.width
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def preprocess(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """RGB uint8 crops of any size -> the network's input batch."""
+        return prepare_batch(crops, self.size, self.info.mean, self.info.std, self.input_dtype)
+
+    def __call__(self, crops: Sequence[np.ndarray], batch: int = 32) -> list[Decoded]:
+        out: list[Decoded] = []
+        for i in range(0, len(crops), batch):
+            out += self.tokenizer.decode(self.run(self.preprocess(crops[i : i + batch])))
+        return out
+
+    def read_boxes(self, frame: np.ndarray, boxes, bgr: bool = True) -> list[Decoded]:
+        """Read N boxes ((N, 4) or (N, 4, 2) quads) of one frame: packed straight from the frame by the C path."""
+        x = fastpath.pack(frame, boxes, self.size, self.info.mean, self.info.std, swap_rb=bgr,
+                          dtype=self.input_dtype)
+        out: list[Decoded] = []
+        for i in range(0, len(x), self.max_batch):
+            out += self.tokenizer.decode(self.run(x[i : i + self.max_batch]))
+        return out
+
+
+class OnnxRecognizer(Recognizer):
+    """An exported model through ONNX Runtime."""
 
     def __init__(self, path: str, providers: Sequence[str] | None = None, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -60,7 +100,7 @@ class OnnxRecognizer:
         self.path = str(path)
         if not Path(self.path).is_file():
             raise FileNotFoundError(f"{self.path}: no such model file")
-        self.info = _info(self._metadata(), self.path)
+        self.info = info_from_metadata(self._metadata(), self.path)
         so = ort.SessionOptions()
         if self.info.precision == "fp16" and "CUDAExecutionProvider" not in ort.get_available_providers():
             # ONNX Runtime's CPU graph optimiser has crashed (SIGSEGV) on FP16 transformer graphs here; FP16 is a GPU
@@ -74,27 +114,23 @@ class OnnxRecognizer:
         self.session = ort.InferenceSession(self.path, so, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.input_type = self.session.get_inputs()[0].type  # tensor(float) or tensor(float16)
+        self.input_dtype = np.float16 if "float16" in self.input_type else np.float32
         self.tokenizer: Tokenizer = make_tokenizer(self.info.decoder, self.info.charset)
 
     def _metadata(self) -> dict[str, str]:
         return read_onnx_metadata(self.path)
 
-    def preprocess(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        size = (self.info.height, self.info.width)
-        x = np.stack([to_chw(normalize(resize(c, size), self.info.mean, self.info.std)) for c in crops])
-        return x.astype(np.float16 if "float16" in self.input_type else np.float32)
-
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
-
-    def __call__(self, crops: Sequence[np.ndarray], batch: int = 32) -> list[Decoded]:
-        out: list[Decoded] = []
-        for i in range(0, len(crops), batch):
-            out += self.tokenizer.decode(self.run(self.preprocess(crops[i : i + batch])))
-        return out
+        return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)
 
 
-def open_recognizer(path: str, **kw) -> OnnxRecognizer:
-    if str(path).endswith(".onnx"):
-        return OnnxRecognizer(path, **kw)
-    raise ValueError(f"{path}: unsupported model file (expected .onnx; .engine needs the TensorRT backend)")
+def open_recognizer(path: str, **kw) -> Recognizer:
+    """``.onnx`` -> ONNX Runtime; ``.engine`` / ``.plan`` -> TensorRT (needs its ``.json`` sidecar)."""
+    p = str(path)
+    if p.endswith(".onnx"):
+        return OnnxRecognizer(p, **kw)
+    if p.endswith((".engine", ".plan")):
+        from .trt_backend import TensorRTRecognizer
+
+        return TensorRTRecognizer(p, **kw)
+    raise ValueError(f"{path}: unsupported model file (expected .onnx, or .engine built by compress.build_engine)")

@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
-# Fonts for the synthesizer (Debian packages). Pillow's built-in font is the fallback when apt is unavailable.
-FONT_PKGS="fonts-dejavu-core fonts-liberation fonts-freefont-ttf"
+# Debian packages: fonts for the synthesizer (Pillow's built-in font is the fallback when apt is unavailable) and
+# tesseract-ocr, a peer in apps.benchmark run (optional: its rows say so when it is missing).
+FONT_PKGS="fonts-dejavu-core fonts-liberation fonts-freefont-ttf tesseract-ocr"
 if command -v apt-get >/dev/null 2>&1; then
   missing=""
   for p in $FONT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

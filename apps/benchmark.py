@@ -1,0 +1,450 @@
+"""``python -m apps.benchmark {run,preprocess,pipeline,kd}``: accuracy/latency of models and peers in one table, and
+the sub-benchmarks of the runtime. Every figure is measured in the run that prints it; ratios compare rows of
+the same run on the same machine.
+
+- ``run --models A.pt B.onnx C.int8.onnx [D.engine] ppocr tesseract --data PATH [--lr-from-hr]``: one row per
+  model x backend x precision; each row runs in its own process (peak memory is that process's, a crash is a
+  row with its error).
+- ``preprocess``: C extension vs NumPy twin, packing 16 and 64 boxes of a 1280x720 frame.
+- ``pipeline``: the camera pipeline on a rendered 1280x720 video with 16 moving words: FPS, per-stage ms,
+  end-to-end latency p50/p95, and accuracy of single frames vs fused tracks.
+- ``kd``: delegates to ``python -m distill.kd_gain``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Row", "main", "machine_name", "sigma_clipped_times", "load_crops"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine_name() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = "no GPU"
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                           timeout=10)
+        if r.returncode == 0 and r.stdout.strip():
+            gpu = r.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}"
+
+
+def sigma_clipped_times(fn, warmup: int = 3, runs: int = 30, min_seconds: float = 0.5, max_runs: int = 300) -> list[float]:
+    """Milliseconds per call after a warm-up: at least ``runs`` calls and ``min_seconds``, then 3-sigma clipping."""
+    for _ in range(warmup):
+        fn()
+    t_all, t0 = [], time.perf_counter()
+    while (len(t_all) < runs or time.perf_counter() - t0 < min_seconds) and len(t_all) < max_runs:
+        t = time.perf_counter()
+        fn()
+        t_all.append((time.perf_counter() - t) * 1000)
+    a = np.array(t_all)
+    for _ in range(3):
+        m, s = a.mean(), a.std()
+        keep = np.abs(a - m) <= 3 * s if s > 0 else np.ones_like(a, bool)
+        if keep.all():
+            break
+        a = a[keep]
+    return a.tolist()
+
+
+# -- run ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    model: str
+    format: str = ""
+    precision: str = ""
+    backend: str = ""
+    how: str = ""
+    size_mb: float = float("nan")
+    accuracy: dict[str, float] = field(default_factory=dict)  # per split / condition
+    weighted_accuracy: float = float("nan")
+    ned: float = float("nan")
+    p50_ms: float = float("nan")  # per image at batch 1
+    p95_ms: float = float("nan")
+    throughput: float = float("nan")  # images/s at the largest batch
+    peak_mem_mb: float = float("nan")
+    error: str = ""
+
+
+def load_crops(data: str, lr_from_hr: bool, max_samples: int) -> dict[str, tuple[list[np.ndarray], list[str]]]:
+    """Split name -> (RGB crops, labels). With ``lr_from_hr``: the original crops ("hr") and the named conditions
+    lr16 and lr16blur made from them; otherwise each data path is one split as stored."""
+    from runtime.conditions import apply_condition
+    from runtime.datasets import LabelPolicy, open_dataset
+
+    splits = {}
+    for path in data.split(","):
+        r = open_dataset(path, LabelPolicy(normalize="textzoom", max_len=0))
+        imgs, gts = [], []
+        for s in r.iter_valid():
+            imgs.append(s.image)
+            gts.append(s.label)
+            if max_samples and len(gts) >= max_samples:
+                break
+        r.close()
+        name = Path(path).name
+        if lr_from_hr:
+            splits[f"{name} hr"] = (imgs, gts)
+            for c in ("lr16", "lr16blur"):
+                splits[f"{name} {c}"] = ([apply_condition(c, im) for im in imgs], gts)
+        else:
+            splits[name] = (imgs, gts)
+    return splits
+
+
+def _run_row(spec: str, data: str, lr_from_hr: bool, max_samples: int, batches: list[int], runs: int) -> Row:
+    from runtime.metrics import score_split, weighted_average
+
+    from .readers import open_reader
+
+    row = Row(Path(spec).name)
+    try:
+        rd = open_reader(spec)
+        row.model, row.format, row.precision, row.backend, row.how, row.size_mb = (
+            rd.name, rd.format, rd.precision, rd.backend, rd.how, rd.size_mb)
+        splits = load_crops(data, lr_from_hr, max_samples)
+        results = []
+        for name, (imgs, gts) in splits.items():
+            preds = []
+            bs = max(batches) if spec != "tesseract" else 1
+            for i in range(0, len(imgs), bs):
+                preds += rd.read(imgs[i : i + bs])
+            res = score_split(name, preds, gts)
+            results.append(res)
+            row.accuracy[name] = res.accuracy
+        avg = weighted_average(results)
+        row.weighted_accuracy, row.ned = avg.accuracy, avg.ned
+        # latency on the last split's crops (the hardest condition): batch 1 per image, then the largest batch
+        imgs = list(splits.values())[-1][0]
+        k = iter(range(1 << 30))
+        t1 = sigma_clipped_times(lambda: rd.read([imgs[next(k) % len(imgs)]]), runs=runs if spec != "tesseract" else 10)
+        row.p50_ms, row.p95_ms = float(np.percentile(t1, 50)), float(np.percentile(t1, 95))
+        b = max(batches)
+        if spec != "tesseract":
+            tb = sigma_clipped_times(lambda: rd.read(imgs[:b] if len(imgs) >= b else (imgs * b)[:b]), runs=max(5, runs // 3))
+            row.throughput = b / (statistics.median(tb) / 1000)
+        else:
+            row.throughput = 1000 / row.p50_ms
+    except Exception as e:  # noqa: BLE001 - a model that fails is a row with its error
+        row.error = f"{type(e).__name__}: {e}"
+    row.peak_mem_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return row
+
+
+def _row_subprocess(spec: str, args) -> Row:
+    cmd = [sys.executable, "-m", "apps.benchmark", "_row", "--model", spec, "--data", args.data,
+           "--max-samples", str(args.max_samples), "--batch", args.batch, "--runs", str(args.runs)]
+    if args.lr_from_hr:
+        cmd.append("--lr-from-hr")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in r.stdout.splitlines()[::-1]:
+        if line.startswith("{"):
+            return Row(**json.loads(line))
+    tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+    return Row(Path(spec).name, error=f"process exited {r.returncode}: {tail}")
+
+
+def rows_markdown(rows: list[Row], machine: str) -> str:
+    splits = list(dict.fromkeys(k for r in rows for k in r.accuracy))
+    head = ["model", "format", "precision", "backend", "size MB"] + [f"acc {s}" for s in splits] + \
+           ["acc avg", "NED", "p50 ms", "p95 ms", "img/s", "peak MB"]
+    out = [f"Machine: {machine}", "", "| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(head) - 4)]
+    f = lambda v, d=2: "-" if v != v else f"{v:.{d}f}"  # noqa: E731  (NaN -> "-")
+    for r in rows:
+        if r.error:
+            out.append(f"| {r.model} | {r.format} | {r.precision} | {r.backend} | {f(r.size_mb)} | "
+                       f"error: {r.error} |" + " |" * (len(head) - 6))
+            continue
+        cells = [r.model, r.format, r.precision, r.backend, f(r.size_mb)] + [f(r.accuracy.get(s, float('nan')))
+                                                                             for s in splits]
+        cells += [f(r.weighted_accuracy), f(r.ned, 4), f(r.p50_ms), f(r.p95_ms), f(r.throughput, 0), f(r.peak_mem_mb, 0)]
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    out += [f"- {r.model}: {r.how}" for r in rows if r.how]
+    return "\n".join(out)
+
+
+def _plot(rows: list[Row], path: str) -> None:
+    import cv2
+
+    ok = [r for r in rows if not r.error and r.p50_ms == r.p50_ms]
+    W, H, m = 900, 560, 70
+    img = np.full((H, W, 3), 255, np.uint8)
+    if ok:
+        lat = np.log10([max(r.p50_ms, 1e-3) for r in ok])
+        lo, hi = np.floor(lat.min()), np.ceil(lat.max() + 1e-9)
+        hi = hi if hi > lo else lo + 1
+        cv2.line(img, (m, H - m), (W - 20, H - m), (0, 0, 0), 1)
+        cv2.line(img, (m, 20), (m, H - m), (0, 0, 0), 1)
+        for d in np.arange(lo, hi + 1):
+            x = int(m + (d - lo) / (hi - lo) * (W - m - 40))
+            cv2.putText(img, f"{10 ** d:g} ms", (x - 15, H - m + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+        for a in range(0, 101, 20):
+            y = int(H - m - a / 100 * (H - m - 40))
+            cv2.putText(img, f"{a}%", (m - 40, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+        for i, (r, lx) in enumerate(zip(ok, lat)):
+            x = int(m + (lx - lo) / (hi - lo) * (W - m - 40))
+            y = int(H - m - r.weighted_accuracy / 100 * (H - m - 40))
+            cv2.circle(img, (x, y), 5, (200, 60, 0), -1)
+            dy = -5 - 14 * (i % 3)  # stagger labels: neighbouring points often share an accuracy
+            cv2.line(img, (x, y), (x + 6, y + dy + 3), (150, 150, 150), 1)
+            cv2.putText(img, f"{r.model} {r.precision}", (x + 7, y + dy), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1)
+    cv2.putText(img, "word accuracy (weighted avg) vs latency per image at batch 1 (log)", (m, 14),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    ok_, png = cv2.imencode(".png", img)
+    _atomic(path, png.tobytes())
+
+
+def _atomic(path: str, data: bytes) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, p)
+
+
+def cmd_run(args) -> int:
+    rows = [_row_subprocess(m, args) for m in args.models]
+    machine = machine_name()
+    print(rows_markdown(rows, machine))
+    if args.json:
+        _atomic(args.json, json.dumps({"machine": machine, "data": args.data, "lr_from_hr": args.lr_from_hr,
+                                       "rows": [asdict(r) for r in rows]}, indent=1).encode())
+    if args.csv:
+        tmp = Path(args.csv).with_name(Path(args.csv).name + ".tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            splits = list(dict.fromkeys(k for r in rows for k in r.accuracy))
+            w.writerow(["model", "format", "precision", "backend", "size_mb", *[f"acc {s}" for s in splits],
+                        "acc_avg", "ned", "p50_ms", "p95_ms", "images_per_s", "peak_mem_mb", "error"])
+            for r in rows:
+                w.writerow([r.model, r.format, r.precision, r.backend, r.size_mb, *[r.accuracy.get(s) for s in splits],
+                            r.weighted_accuracy, r.ned, r.p50_ms, r.p95_ms, r.throughput, r.peak_mem_mb, r.error])
+        os.replace(tmp, args.csv)
+    if args.plot:
+        _plot(rows, args.plot)
+    if args.min_acc is not None:
+        bad = [r for r in rows if r.error or not r.weighted_accuracy >= args.min_acc]
+        if bad:
+            print(f"error: below --min-acc {args.min_acc}: {', '.join(r.model for r in bad)}", file=sys.stderr)
+            return 3
+    return 0
+
+
+# -- preprocess --------------------------------------------------------------------------------------------------
+
+def cmd_preprocess(args) -> int:
+    from runtime import _native_py, fastpath
+
+    if not fastpath.native_available():
+        print("error: the C extension runtime._native is not built (pip install -e . with a C compiler)",
+              file=sys.stderr)
+        return 2
+    from runtime import _native
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (720, 1280, 3), np.uint8)
+    print(f"Machine: {machine_name()}; 1280x720 BGR frame -> (N, 3, 16, 64) float32, boxes ~96x28 px\n")
+    print("| boxes | C ms | NumPy ms | C speed-up |\n|---:|---:|---:|---:|")
+    out = {}
+    for n in args.boxes:
+        xy = np.stack([rng.uniform(0, 1150, n), rng.uniform(0, 680, n)], 1)
+        wh = np.stack([rng.uniform(60, 130, n), rng.uniform(18, 36, n)], 1)
+        boxes = np.concatenate([xy, xy + wh], 1)
+        t = {}
+        for name, impl in (("c", _native), ("numpy", _native_py)):
+            fastpath._impl = impl
+            t[name] = statistics.median(sigma_clipped_times(lambda: fastpath.pack(frame, boxes, (16, 64)), runs=args.runs))
+        fastpath._impl = fastpath._load()[0]
+        out[n] = t
+        print(f"| {n} | {t['c']:.3f} | {t['numpy']:.3f} | {t['numpy'] / t['c']:.1f}x |")
+    if args.json:
+        _atomic(args.json, json.dumps({"machine": machine_name(), "ms": out}, indent=1).encode())
+    return 0
+
+
+# -- pipeline ----------------------------------------------------------------------------------------------------
+
+def cmd_pipeline(args) -> int:
+    from runtime.detector import DBDetector
+    from runtime.pipeline import Pipeline
+    from runtime.recognizer import open_recognizer
+    from runtime.tracking import iou_matrix
+
+    from .peers import ppocr_model
+    from .sources import FileReader, parse_source
+    from .synthetic_video import render_video
+
+    det_path = args.detector or ppocr_model("det")
+    if det_path is None:
+        print("error: no detector (give --detector, or pip install rapidocr-onnxruntime)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as td:
+        video = os.path.join(td, "words.mp4")
+        truth = render_video(video, n_words=args.words, size=(720, 1280), frames=args.frames, font_px=args.font_px,
+                             blur=args.blur)
+        # one core each: recognition in the main loop, detection in its thread (2 threads each would fight)
+        rec = open_recognizer(args.model, threads=args.rec_threads)
+        det = DBDetector(str(det_path), max_side=args.det_side, threads=args.det_threads)
+        pipe = Pipeline(rec, det, detect_every=args.detect_every, async_detect=not args.sync_detect)
+        reader = FileReader(parse_source(video))
+        # frames decoded up front: the benchmark measures processing, not this machine's video decoder
+        frames = []
+        while (item := reader.read()) is not None:
+            frames.append(item[2])
+        reader.close()
+        # warm-up: the first frame until its detection has arrived, so the measured frames carry tracked words
+        for _ in range(3000):
+            if pipe.process(frames[0], 0).detected:
+                break
+            time.sleep(0.01)
+        results, warm = [], 1
+        t0 = time.perf_counter()
+        for i, f in enumerate(frames[1:], start=1):
+            results.append(pipe.process(f, i, time.monotonic()))
+            if args.realtime:  # pace like a 30 FPS camera
+                time.sleep(max(0.0, i / 30 - (time.perf_counter() - t0)))
+        wall = time.perf_counter() - t0
+        pipe.close()
+    meas = results
+    fps = len(meas) / wall
+    lat = [r.latency_ms for r in meas]
+    stages = {k: float(np.mean([r.ms[k] for r in meas])) for k in meas[0].ms}
+    tracked = float(np.mean([len(r.words) for r in meas]))
+    # accuracy against the truth: each true word matched to an output box by IoU
+    single = fused = total = 0
+    for r, tr in zip(results, truth[warm:]):
+        if not r.words:
+            total += len(tr)
+            continue
+        iou = iou_matrix(np.array([t["box"] for t in tr]), np.array([w.box for w in r.words]))
+        for i, t in enumerate(tr):
+            total += 1
+            j = int(iou[i].argmax())
+            if iou[i, j] > 0.3:
+                single += r.words[j].frame_text == t["text"]
+                fused += r.words[j].text == t["text"]
+    print(f"Machine: {machine_name()}\nVideo: 1280x720, {args.words} moving words ({args.font_px} px font, blur "
+          f"{args.blur}), {len(frames)} frames; model {Path(args.model).name}; detector {Path(str(det_path)).name} "
+          f"(side {args.det_side}, {'sync every ' + str(args.detect_every) if args.sync_detect else 'async'})\n")
+    print("| FPS | words tracked / frame | e2e p50 ms | e2e p95 ms | " + " | ".join(f"{k} ms" for k in stages) +
+          " | single-frame acc | fused acc |")
+    print("|" + "---:|" * (6 + len(stages)))
+    print(f"| {fps:.1f} | {tracked:.1f} | {np.percentile(lat, 50):.1f} | {np.percentile(lat, 95):.1f} | " +
+          " | ".join(f"{v:.2f}" for v in stages.values()) +
+          f" | {100 * single / max(total, 1):.1f}% | {100 * fused / max(total, 1):.1f}% |")
+    print("\n(detect ms: mean per frame of detection time folded in on that frame; async detection runs beside "
+          "recognition on the same cores)")
+    if args.json:
+        _atomic(args.json, json.dumps({"machine": machine_name(), "fps": fps, "tracked": tracked,
+                                       "latency_p50_ms": float(np.percentile(lat, 50)),
+                                       "latency_p95_ms": float(np.percentile(lat, 95)), "stages_ms": stages,
+                                       "single_frame_acc": single / max(total, 1), "fused_acc": fused / max(total, 1)},
+                                      indent=1).encode())
+    return 0
+
+
+# -- CLI ---------------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m apps.benchmark", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    F = argparse.ArgumentDefaultsHelpFormatter
+
+    def run_args(r):
+        r.add_argument("--data", required=True, help="STR/TextZoom lmdb or folder (comma-separated for several)")
+        r.add_argument("--lr-from-hr", action="store_true", help="also score conditions lr16 and lr16blur made from "
+                                                                 "the original crops")
+        r.add_argument("--max-samples", type=int, default=0, help="crops per data path (0: all)")
+        r.add_argument("--batch", default="1,32", help="batch sizes: latency at 1, throughput at the largest")
+        r.add_argument("--runs", type=int, default=30, help="timed runs (at least; sigma-clipped)")
+
+    r = sub.add_parser("run", help="accuracy/latency table of models and peers", formatter_class=F)
+    r.add_argument("--models", nargs="+", required=True, help=".pt, .onnx, .engine files, 'ppocr', 'tesseract'")
+    run_args(r)
+    r.add_argument("--json", default=None, help="write rows as JSON here (default: none)")
+    r.add_argument("--csv", default=None, help="write rows as CSV here (default: none)")
+    r.add_argument("--plot", default=None, help="write an accuracy-vs-latency PNG here (default: none)")
+    r.add_argument("--min-acc", type=float, default=None, help="exit 3 when a row's average is below (default: off)")
+
+    r = sub.add_parser("_row", help=argparse.SUPPRESS)
+    r.add_argument("--model", required=True)
+    run_args(r)
+
+    r = sub.add_parser("preprocess", help="C extension vs NumPy twin", formatter_class=F)
+    r.add_argument("--boxes", type=int, nargs="+", default=[16, 64], help="box counts")
+    r.add_argument("--runs", type=int, default=50, help="timed runs per case")
+    r.add_argument("--json", default=None, help="write figures as JSON here (default: none)")
+
+    r = sub.add_parser("pipeline", help="camera pipeline on a rendered 1280x720 video", formatter_class=F)
+    r.add_argument("--model", default=str(ROOT / "weights" / "ctc-student-lr.int8.onnx"), help="recognizer")
+    r.add_argument("--detector", default=None, help="detector ONNX (default: PP-OCRv4 det from rapidocr)")
+    r.add_argument("--words", type=int, default=16, help="moving words in the video")
+    r.add_argument("--frames", type=int, default=150, help="frames")
+    r.add_argument("--font-px", type=int, default=18, help="font size")
+    r.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma of the rendered frames")
+    r.add_argument("--det-side", type=int, default=960, help="detector input longest side")
+    r.add_argument("--det-threads", type=int, default=1, help="detector ONNX Runtime threads")
+    r.add_argument("--rec-threads", type=int, default=1, help="recognizer ONNX Runtime threads")
+    r.add_argument("--detect-every", type=int, default=5, help="frames between detections with --sync-detect")
+    r.add_argument("--sync-detect", action="store_true", help="detect inline (default: background thread)")
+    r.add_argument("--realtime", action="store_true", help="pace frames at 30 FPS like a camera (default: as fast "
+                                                           "as processing allows)")
+    r.add_argument("--json", default=None, help="write figures as JSON here (default: none)")
+
+    r = sub.add_parser("kd", help="KD gain table (python -m distill.kd_gain; arguments passed through)",
+                       formatter_class=F)
+    r.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for distill.kd_gain")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "run":
+        return cmd_run(args)
+    if args.cmd == "_row":
+        row = _run_row(args.model, args.data, args.lr_from_hr, args.max_samples,
+                       [int(b) for b in args.batch.split(",")], args.runs)
+        print(json.dumps(asdict(row)))
+        return 0
+    if args.cmd == "preprocess":
+        return cmd_preprocess(args)
+    if args.cmd == "pipeline":
+        return cmd_pipeline(args)
+    if args.cmd == "kd":
+        from distill.kd_gain import main as kd_main
+
+        return kd_main(args.rest)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

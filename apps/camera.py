@@ -1,0 +1,185 @@
+"""``python -m apps.camera --source SRC [--model M] [--roi x,y,w,h ... | --detector D.onnx]``: read small text from
+a live camera (or a file, stream, GStreamer pipeline) in real time.
+
+With a display: overlay (boxes, fused text, confidence), HUD (FPS, per-stage ms); keys q quit, p pause,
+s snapshot (PNG + JSON). ``--headless`` for servers and tests: ``--out annotated.mp4``, ``--jsonl results.jsonl``
+(one line per frame: timestamp, boxes, strings, confidences, per-stage latency), ``--max-frames N``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from runtime.pipeline import FrameResult, Pipeline, parse_roi
+
+from .sources import FileReader, LatestFrameReader, SourceError, parse_source
+
+__all__ = ["main", "default_model", "draw_overlay", "build_parser"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_model() -> str | None:
+    """The shipped INT8 CTC student (ONNX Runtime, CPU flavour) when present."""
+    for name in ("ctc-student-lr.int8.onnx", "ctc-student-lr.onnx"):
+        p = ROOT / "weights" / name
+        if p.is_file():
+            return str(p)
+    return None
+
+
+def draw_overlay(frame: np.ndarray, res: FrameResult, fps: float) -> np.ndarray:
+    out = frame.copy()
+    for w in res.words:
+        x0, y0, x1, y1 = (int(round(v)) for v in w.box)
+        cv2.rectangle(out, (x0, y0), (x1, y1), (0, 200, 0), 1)
+        label = f"{w.text} {w.confidence:.2f}"
+        cv2.putText(out, label, (x0, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 255), 1, cv2.LINE_AA)
+    hud = f"{fps:5.1f} FPS  " + "  ".join(f"{k} {v:.1f}" for k, v in res.ms.items()) + f"  e2e {res.latency_ms:.1f} ms"
+    cv2.rectangle(out, (0, 0), (min(out.shape[1], 8 * len(hud)), 18), (0, 0, 0), -1)
+    cv2.putText(out, hud, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m apps.camera", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--source", required=True,
+                   help="camera index, usb://N, csi://N, rtsp/http URL, GStreamer pipeline, or a video file")
+    p.add_argument("--model", default=None, help="recognizer .onnx or .engine (default: shipped INT8 student)")
+    p.add_argument("--roi", action="append", default=[], help="fixed region x,y,w,h (repeatable)")
+    p.add_argument("--roi-file", default=None, help="file with one x,y,w,h per line")
+    p.add_argument("--detector", default=None,
+                   help="DB-style text detector ONNX (probability-map output); 'ppocr' = the PP-OCRv4 detector "
+                        "of the installed rapidocr-onnxruntime wheel")
+    p.add_argument("--det-side", type=int, default=960, help="detector input: longest side in pixels")
+    p.add_argument("--det-tiles", default="1,1", help="detector tiles rows,cols (full resolution per tile)")
+    p.add_argument("--det-threads", type=int, default=1, help="ONNX Runtime threads of the detector")
+    p.add_argument("--rec-threads", type=int, default=1,
+                   help="ONNX Runtime threads of the recognizer (one core for it, one for the detector thread)")
+    p.add_argument("--detect-every", type=int, default=5, help="frames between detections (synchronous mode)")
+    p.add_argument("--async-detect", action="store_true",
+                   help="run detection in a background thread on the newest frame (default for live sources)")
+    p.add_argument("--sync-detect", action="store_true", help="detect inline every --detect-every frames")
+    p.add_argument("--headless", action="store_true", help="no window (servers, tests)")
+    p.add_argument("--out", default=None, help="write the annotated video here (.mp4)")
+    p.add_argument("--jsonl", default=None, help="write one JSON line per frame here")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: until the source ends)")
+    p.add_argument("--width", type=int, default=1280, help="capture width (cameras)")
+    p.add_argument("--height", type=int, default=720, help="capture height (cameras)")
+    p.add_argument("--fps", type=int, default=30, help="capture frame rate (cameras)")
+    p.add_argument("--realtime", action="store_true", help="treat a file like a live source (drop stale frames)")
+    p.add_argument("--snapshots", default="snapshots", help="directory for the s key's PNG + JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from runtime.detector import DBDetector
+    from runtime.recognizer import open_recognizer
+
+    model = args.model or default_model()
+    if model is None:
+        print("error: --model not given and no shipped weights in weights/", file=sys.stderr)
+        return 2
+    try:
+        rois = [parse_roi(r) for r in args.roi]
+        if args.roi_file:
+            rois += [parse_roi(line) for line in Path(args.roi_file).read_text().splitlines() if line.strip()]
+        tiles = tuple(int(v) for v in args.det_tiles.split(","))
+        if args.detector == "ppocr":
+            from .peers import ppocr_model
+
+            args.detector = str(ppocr_model("det") or "")
+            if not args.detector:
+                raise ValueError("--detector ppocr: rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime)")
+        rec = open_recognizer(model, threads=args.rec_threads) if model.endswith(".onnx") else open_recognizer(model)
+        det = DBDetector(args.detector, max_side=args.det_side, tiles=tiles, threads=args.det_threads) \
+            if args.detector else None
+        spec = parse_source(args.source, args.width, args.height, args.fps)
+        live = spec.live or args.realtime
+        reader = LatestFrameReader(spec) if live else FileReader(spec)
+        pipe = Pipeline(rec, det, rois, args.detect_every,
+                        async_detect=(live or args.async_detect) and not args.sync_detect)
+    except (ValueError, FileNotFoundError, SourceError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    show = not args.headless
+    writer = None
+    jsonl = open(args.jsonl, "w") if args.jsonl else None
+    times: deque[float] = deque(maxlen=30)
+    n, paused, res, frame = 0, False, None, None
+    lat: list[float] = []
+    try:
+        while not args.max_frames or n < args.max_frames:
+            if not paused:
+                item = reader.read()
+                if item is None:
+                    break  # end of file, or a live stream that could not be reopened
+                idx, t_cap, frame = item
+                res = pipe.process(frame, idx, t_cap)
+                times.append(time.monotonic())
+                fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+                lat.append(res.latency_ms)
+                n += 1
+                if jsonl:
+                    rec_json = res.to_json()
+                    rec_json["dropped"] = reader.dropped
+                    jsonl.write(json.dumps(rec_json) + "\n")
+                if args.out or show:
+                    vis = draw_overlay(frame, res, fps)
+                    if args.out:
+                        if writer is None:
+                            writer = cv2.VideoWriter(args.out, cv2.VideoWriter_fourcc(*"mp4v"),
+                                                     getattr(reader, "fps", args.fps) or args.fps,
+                                                     (vis.shape[1], vis.shape[0]))
+                        writer.write(vis)
+                    if show:
+                        cv2.imshow("tinytext", vis)
+            if show:
+                key = cv2.waitKey(1) & 0xFF
+                if key == ord("q"):
+                    break
+                if key == ord("p"):
+                    paused = not paused
+                if key == ord("s") and res is not None and frame is not None:
+                    d = Path(args.snapshots)
+                    d.mkdir(parents=True, exist_ok=True)
+                    stem = d / f"frame{res.frame:06d}"
+                    ok, png = cv2.imencode(".png", frame)
+                    _write_atomic(stem.with_suffix(".png"), png.tobytes())
+                    _write_atomic(stem.with_suffix(".json"), json.dumps(res.to_json(), indent=1).encode())
+                    print(f"camera: snapshot {stem}.png / .json")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pipe.close()
+        reader.close()
+        if writer is not None:
+            writer.release()
+        if jsonl:
+            jsonl.close()
+        if show:
+            cv2.destroyAllWindows()
+    if lat:
+        print(f"camera: {n} frames, {reader.dropped} dropped, {reader.reconnects} reconnects; latency p50 "
+              f"{np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Everything ``apps.benchmark run`` can time and score, behind one call: ``open_reader(spec)`` returns an object with
+``name, format, precision, backend, how, size_mb`` and ``read(list of RGB crops) -> list of strings``.
+
+Specs: ``X.pt`` (PyTorch checkpoint), ``X.onnx`` (ONNX Runtime), ``X.engine`` (TensorRT), ``ppocr`` (the PP-OCRv4
+recognizer of the rapidocr-onnxruntime wheel, run directly with ONNX Runtime the way RapidOCR runs it), and
+``tesseract`` (Tesseract CLI, one word per crop)."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["open_reader", "PPOCRReader", "TesseractReader"]
+
+
+class _Base:
+    name = format = precision = backend = how = ""
+    size_mb = float("nan")
+
+    def read(self, crops: list[np.ndarray]) -> list[str]:
+        raise NotImplementedError
+
+
+class TorchReader(_Base):
+    def __init__(self, path: str) -> None:
+        import torch
+
+        from distill.checkpoint import load_model
+        from distill.predict import predict_arrays
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.model, self.tok, meta = load_model(path)
+        self.model.eval()
+        self._predict = predict_arrays
+        self.name, self.format, self.backend = Path(path).name, "PyTorch", f"torch {torch.__version__} CPU"
+        self.precision, self.size_mb = "fp32", Path(path).stat().st_size / 1e6
+        self.how = f"{meta['model_spec']['name']}, input {getattr(self.model, 'img_size', '?')}"
+
+    def read(self, crops):
+        return [d.text for d in self._predict(self.model, self.tok, crops, batch=len(crops))]
+
+
+class RuntimeReader(_Base):
+    def __init__(self, path: str) -> None:
+        from runtime.recognizer import open_recognizer
+
+        self.rec = open_recognizer(path)
+        self.name = Path(path).name
+        self.format = "TensorRT" if path.endswith((".engine", ".plan")) else "ONNX"
+        self.backend = "TensorRT" if self.format == "TensorRT" else "onnxruntime " + _ort_version()
+        self.precision = self.rec.info.precision
+        self.size_mb = Path(path).stat().st_size / 1e6
+        self.how = f"{self.rec.info.name}, input {self.rec.info.height}x{self.rec.info.width}"
+
+    def read(self, crops):
+        return [d.text for d in self.rec(crops, batch=max(1, len(crops)))]
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+class PPOCRReader(_Base):
+    """PP-OCRv4 mobile recognizer: BGR, height 48, width from the aspect ratio padded to at least 320 (RapidOCR's
+    rule: the batch is padded to max(320, 48 * widest w/h)), (x/255 - 0.5) / 0.5, CTC over the model's own
+    dictionary (``character`` metadata, blank 0, space last)."""
+
+    def __init__(self, path: str | None = None) -> None:
+        import onnxruntime as ort
+
+        from .peers import ppocr_model
+
+        path = path or ppocr_model("rec")
+        if path is None:
+            raise RuntimeError("rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime)")
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        chars = meta["character"].splitlines()
+        self.itos = ["<blank>"] + chars + [" "]
+        self.input_name = self.session.get_inputs()[0].name
+        self.name, self.format, self.backend = "PP-OCRv4 rec (rapidocr)", "ONNX", "onnxruntime " + _ort_version()
+        self.precision, self.size_mb = "fp32", Path(path).stat().st_size / 1e6
+        self.how = "peer: PP-OCRv4 mobile rec via ONNX Runtime, 48 px high, padded to >= 320 px wide"
+
+    def batch(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
+        ratio = max([320 / 48] + [c.shape[1] / max(c.shape[0], 1) for c in crops_rgb])
+        W = int(48 * ratio)
+        x = np.zeros((len(crops_rgb), 3, 48, W), np.float32)
+        for i, c in enumerate(crops_rgb):
+            h, w = c.shape[:2]
+            rw = min(W, int(math.ceil(48 * w / max(h, 1))))
+            img = cv2.resize(c[..., ::-1], (max(rw, 1), 48)).astype(np.float32)
+            x[i, :, :, :rw] = ((img / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
+        return x
+
+    def read(self, crops):
+        from runtime.fastpath import decode
+
+        probs = self.session.run(None, {self.input_name: self.batch(crops)})[0]
+        d = decode(np.ascontiguousarray(probs, np.float32), "ctc", 0)
+        return ["".join(self.itos[i] for i in ids[:n].tolist()) for ids, n in zip(d.ids, d.lengths)]
+
+
+class TesseractReader(_Base):
+    """Tesseract 5 CLI, ``--psm 7`` (a single text line), LSTM engine, English; crops under 32 px high are
+    upscaled x2 (cubic) first, as Tesseract's documentation advises for small text."""
+
+    def __init__(self) -> None:
+        from .peers import tesseract_path
+
+        self.exe = tesseract_path()
+        if self.exe is None:
+            raise RuntimeError("tesseract is not installed (apt install tesseract-ocr)")
+        ver = subprocess.run([self.exe, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+        self.name, self.format, self.backend, self.precision = "Tesseract", "traineddata", ver, "fp32"
+        self.how = "peer: tesseract CLI --psm 7 --oem 1 -l eng, one process per crop, x2 upscale under 32 px"
+        self._tmp = tempfile.mkdtemp(prefix="tess-")
+
+    def read(self, crops):
+        out = []
+        for i, c in enumerate(crops):
+            if c.shape[0] < 32:
+                c = cv2.resize(c, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+            p = os.path.join(self._tmp, f"{i}.png")
+            cv2.imwrite(p, c[..., ::-1])
+            r = subprocess.run([self.exe, p, "stdout", "--psm", "7", "--oem", "1", "-l", "eng"],
+                               capture_output=True, text=True)
+            out.append(r.stdout.strip())
+        return out
+
+
+def open_reader(spec: str) -> _Base:
+    if spec == "ppocr":
+        return PPOCRReader()
+    if spec == "tesseract":
+        return TesseractReader()
+    if not Path(spec).is_file():
+        raise FileNotFoundError(f"{spec}: no such model file")
+    if spec.endswith(".pt"):
+        return TorchReader(spec)
+    if spec.endswith((".onnx", ".engine", ".plan")):
+        return RuntimeReader(spec)
+    raise ValueError(f"{spec}: unknown model kind (expected .pt, .onnx, .engine, 'ppocr' or 'tesseract')")

@@ -1,0 +1,191 @@
+"""The real-time reading pipeline, camera-agnostic: frame in, tracked words with fused strings out.
+
+Per frame: boxes (fixed regions of interest, or tracks predicted between detections) -> one packed batch straight
+from the frame (C path) -> recognizer -> decode -> each track's vote. Detection runs at its own rate: every
+``detect_every`` frames inline, or (``async_detect``) in a background thread on the newest frame, so a slow
+detector never stalls recognition; its results are associated with the tracks when they arrive.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from . import fastpath
+from .detector import DBDetector
+from .recognizer import Recognizer
+from .tracking import Tracker
+
+__all__ = ["Pipeline", "FrameResult", "WordResult", "parse_roi"]
+
+STAGES = ("detect", "pack", "recognize", "decode", "track")
+
+
+@dataclass
+class WordResult:
+    track: int
+    box: list[float]  # x0, y0, x1, y1 in frame pixels
+    text: str  # fused over frames (confidence-weighted vote)
+    confidence: float  # share of the vote the fused text holds
+    frame_text: str  # this frame's reading
+    frame_confidence: float
+
+
+@dataclass
+class FrameResult:
+    frame: int
+    timestamp: float  # capture time, seconds (time.monotonic)
+    words: list[WordResult]
+    ms: dict[str, float] = field(default_factory=dict)  # per-stage milliseconds
+    detected: bool = False  # whether detection results were folded in on this frame
+    latency_ms: float = 0.0  # capture -> result
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["ms"] = {k: round(v, 3) for k, v in self.ms.items()}
+        d["latency_ms"] = round(self.latency_ms, 3)
+        for w in d["words"]:
+            w["box"] = [round(v, 1) for v in w["box"]]
+            w["confidence"] = round(w["confidence"], 4)
+            w["frame_confidence"] = round(w["frame_confidence"], 4)
+        return d
+
+
+def parse_roi(text: str) -> tuple[int, int, int, int]:
+    """``x,y,w,h`` -> ints; a clear error naming the argument otherwise."""
+    try:
+        x, y, w, h = (int(float(v)) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--roi {text!r}: expected x,y,w,h in pixels") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"--roi {text!r}: width and height must be > 0")
+    return x, y, w, h
+
+
+class _AsyncDetector:
+    """Runs the detector in a thread on the newest submitted frame; results are picked up when ready."""
+
+    def __init__(self, detect) -> None:
+        self.detector = detect
+        self._cv = threading.Condition()
+        self._job: tuple[int, np.ndarray] | None = None
+        self._result: tuple[int, list, float] | None = None
+        self._busy = False
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="detector", daemon=True)
+        self._thread.start()
+
+    def submit(self, frame_idx: int, frame: np.ndarray) -> None:
+        with self._cv:
+            if not self._busy and self._job is None:
+                self._job = (frame_idx, frame.copy())
+                self._cv.notify()
+
+    def poll(self):
+        with self._cv:
+            r, self._result = self._result, None
+            return r
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while self._job is None and not self._stop:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                idx, frame = self._job
+                self._job, self._busy = None, True
+            t = time.perf_counter()
+            dets = self.detector(frame)
+            ms = (time.perf_counter() - t) * 1000
+            with self._cv:
+                self._result, self._busy = (idx, dets, ms), False
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=5)
+
+
+class Pipeline:
+    def __init__(self, recognizer: Recognizer, detector: DBDetector | None = None,
+                 rois: Sequence[tuple[int, int, int, int]] = (), detect_every: int = 5, async_detect: bool = False,
+                 tracker: Tracker | None = None, min_box: float = 4.0) -> None:
+        if detector is None and not rois:
+            raise ValueError("pipeline: give regions of interest (--roi) or a detector (--detector)")
+        self.rec, self.detector, self.min_box = recognizer, detector, min_box
+        self.rois = np.array([[x, y, x + w, y + h] for x, y, w, h in rois], np.float64).reshape(-1, 4)
+        self.detect_every = max(1, int(detect_every))
+        self.tracker = tracker or Tracker()
+        self._async = _AsyncDetector(self._detect) if detector is not None and async_detect else None
+        if detector is None:  # fixed regions: one permanent track per region, read every frame
+            self.tracker.update(self.rois, 0)
+            self.tracker.max_misses = 1 << 30
+
+    def _detect(self, frame: np.ndarray) -> list:
+        """The detector on the whole frame, or only inside the regions of interest when both are given."""
+        if not len(self.rois):
+            return self.detector(frame)
+        return [d for x0, y0, x1, y1 in self.rois for d in self.detector(frame, (x0, y0, x1 - x0, y1 - y0))]
+
+    def _fold(self, dets, frame_idx: int) -> None:
+        boxes = np.stack([d.box for d in dets]) if dets else np.zeros((0, 4))
+        quads = np.stack([d.quad for d in dets]) if dets else None
+        self.tracker.update(boxes, frame_idx, quads)
+
+    def process(self, frame: np.ndarray, frame_idx: int, t_capture: float | None = None) -> FrameResult:
+        t_capture = time.monotonic() if t_capture is None else t_capture
+        ms = dict.fromkeys(STAGES, 0.0)
+        detected = False
+        if self.detector is not None:
+            if self._async is not None:
+                got = self._async.poll()
+                if got is not None:
+                    idx, dets, det_ms = got
+                    ms["detect"] = det_ms
+                    t = time.perf_counter()
+                    self._fold(dets, idx)
+                    ms["track"] += (time.perf_counter() - t) * 1000
+                    detected = True
+                self._async.submit(frame_idx, frame)
+            elif frame_idx % self.detect_every == 0:
+                t = time.perf_counter()
+                dets = self._detect(frame)
+                ms["detect"] = (time.perf_counter() - t) * 1000
+                t = time.perf_counter()
+                self._fold(dets, frame_idx)
+                ms["track"] += (time.perf_counter() - t) * 1000
+                detected = True
+        tracks = list(self.tracker.tracks)
+        words: list[WordResult] = []
+        if tracks:
+            H, W = frame.shape[:2]
+            boxes, ok = fastpath.clip_boxes(self.tracker.boxes(frame_idx), W, H, self.min_box)
+            live = [t for t, k in zip(tracks, ok) if k]
+            t = time.perf_counter()
+            x = fastpath.pack(frame, boxes[ok], self.rec.size, self.rec.info.mean, self.rec.info.std,
+                              swap_rb=True, dtype=self.rec.input_dtype)
+            ms["pack"] = (time.perf_counter() - t) * 1000
+            t = time.perf_counter()
+            probs = self.rec.run(x) if len(x) else np.zeros((0, 1, 1), np.float32)
+            ms["recognize"] = (time.perf_counter() - t) * 1000
+            t = time.perf_counter()
+            reads = self.rec.tokenizer.decode(probs) if len(x) else []
+            ms["decode"] = (time.perf_counter() - t) * 1000
+            t = time.perf_counter()
+            for tr, b, r in zip(live, boxes[ok], reads):
+                tr.vote.add(r.text, r.confidence)
+                text, share = tr.vote.best
+                words.append(WordResult(tr.id, [float(v) for v in b], text, share, r.text, r.confidence))
+            ms["track"] += (time.perf_counter() - t) * 1000
+        res = FrameResult(frame_idx, t_capture, words, ms, detected)
+        res.latency_ms = (time.monotonic() - t_capture) * 1000
+        return res
+
+    def close(self) -> None:
+        if self._async is not None:
+            self._async.close()

@@ -1,0 +1,72 @@
+"""apps.benchmark at tiny size: the run table (ours, ONNX INT8, a failing model as an error row, the PP-OCR peer),
+its JSON/CSV/plot outputs and the --min-acc gate; the preprocess sub-benchmark prints a ratio."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SHARED_REAL
+
+W = ROOT / "weights"
+
+
+@pytest.mark.skipif(not (W / "ctc-student-lr.int8.onnx").is_file(), reason="shipped weights missing")
+def test_run_table_json_csv_plot_and_gate(tmp_path):
+    data = SHARED_REAL / "svt_test"
+    if not data.exists():
+        pytest.skip(f"{data} not present")
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    models = [str(W / "ctc-student-lr.pt"), str(W / "ctc-student-lr.int8.onnx"), str(tmp_path / "broken.onnx")]
+    from apps.peers import ppocr_model
+
+    if ppocr_model("rec"):
+        models.append("ppocr")
+    cmd = [sys.executable, "-m", "apps.benchmark", "run", "--models", *models, "--data", str(data), "--lr-from-hr",
+           "--max-samples", "24", "--batch", "1,8", "--runs", "5", "--json", str(tmp_path / "b.json"),
+           "--csv", str(tmp_path / "b.csv"), "--plot", str(tmp_path / "b.png")]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Machine: ") and "| model | format | precision |" in r.stdout
+    d = json.loads((tmp_path / "b.json").read_text())
+    rows = {x["model"]: x for x in d["rows"]}
+    assert set(rows["ctc-student-lr.int8.onnx"]["accuracy"]) == {"svt_test hr", "svt_test lr16", "svt_test lr16blur"}
+    for name in ("ctc-student-lr.pt", "ctc-student-lr.int8.onnx"):
+        row = rows[name]
+        assert not row["error"] and 0 <= row["weighted_accuracy"] <= 100 and row["p50_ms"] > 0
+        assert row["p95_ms"] >= row["p50_ms"] and row["throughput"] > 0 and row["peak_mem_mb"] > 10
+    assert rows["ctc-student-lr.int8.onnx"]["precision"] == "int8" and rows["ctc-student-lr.pt"]["format"] == "PyTorch"
+    assert rows["broken.onnx"]["error"]  # a model that fails is a row, not a crash
+    if "ppocr" in models:
+        peer = next(x for x in d["rows"] if x["model"].startswith("PP-OCRv4"))
+        assert peer["accuracy"]["svt_test hr"] > 50, peer  # the strong peer really reads
+    assert (tmp_path / "b.csv").read_text().count("\n") == len(models) + 1
+    import cv2
+
+    assert cv2.imread(str(tmp_path / "b.png")) is not None
+    gate = subprocess.run(cmd[:cmd.index("--json")] + ["--min-acc", "101"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+    assert gate.returncode == 3 and "below --min-acc" in gate.stderr
+
+
+def test_preprocess_benchmark_prints_ratio():
+    from runtime import fastpath
+
+    if not fastpath.native_available():
+        pytest.skip("C extension not built")
+    r = subprocess.run([sys.executable, "-m", "apps.benchmark", "preprocess", "--boxes", "4", "--runs", "5"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    line = [x for x in r.stdout.splitlines() if x.startswith("| 4 |")][0]
+    assert float(line.split("|")[4].strip().rstrip("x")) > 0
+
+
+def test_sigma_clipping_drops_outliers():
+    from apps.benchmark import sigma_clipped_times
+
+    it = iter([0] * 5 + [1] * 40 + [200] + [1] * 100)
+    import time
+
+    t = sigma_clipped_times(lambda: time.sleep(next(it) / 1000), warmup=5, runs=40, min_seconds=0)
+    assert max(t) < 50 and np.median(t) >= 1
