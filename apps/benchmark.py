@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -28,29 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Row", "main", "machine_name", "sigma_clipped_times", "load_crops"]
+from compress.bench import machine_name
+from runtime.metrics import write_bytes_atomic, write_json_atomic
+
+__all__ = ["Row", "main", "sigma_clipped_times", "load_crops"]
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine_name() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = "no GPU"
-    try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
-                           timeout=10)
-        if r.returncode == 0 and r.stdout.strip():
-            gpu = r.stdout.strip().splitlines()[0]
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}"
 
 
 def sigma_clipped_times(fn, warmup: int = 3, runs: int = 30, min_seconds: float = 0.5, max_runs: int = 300) -> list[float]:
@@ -219,15 +202,7 @@ def _plot(rows: list[Row], path: str) -> None:
     cv2.putText(img, "word accuracy (weighted avg) vs latency per image at batch 1 (log)", (m, 14),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
     ok_, png = cv2.imencode(".png", img)
-    _atomic(path, png.tobytes())
-
-
-def _atomic(path: str, data: bytes) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, p)
+    write_bytes_atomic(png.tobytes(), path)
 
 
 def cmd_run(args) -> int:
@@ -235,19 +210,18 @@ def cmd_run(args) -> int:
     machine = machine_name()
     print(rows_markdown(rows, machine))
     if args.json:
-        _atomic(args.json, json.dumps({"machine": machine, "data": args.data, "lr_from_hr": args.lr_from_hr,
-                                       "rows": [asdict(r) for r in rows]}, indent=1).encode())
+        write_json_atomic({"machine": machine, "data": args.data, "lr_from_hr": args.lr_from_hr,
+                           "rows": [asdict(r) for r in rows]}, args.json)
     if args.csv:
-        tmp = Path(args.csv).with_name(Path(args.csv).name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            splits = list(dict.fromkeys(k for r in rows for k in r.accuracy))
-            w.writerow(["model", "format", "precision", "backend", "size_mb", *[f"acc {s}" for s in splits],
-                        "acc_avg", "ned", "p50_ms", "p95_ms", "images_per_s", "peak_mem_mb", "error"])
-            for r in rows:
-                w.writerow([r.model, r.format, r.precision, r.backend, r.size_mb, *[r.accuracy.get(s) for s in splits],
-                            r.weighted_accuracy, r.ned, r.p50_ms, r.p95_ms, r.throughput, r.peak_mem_mb, r.error])
-        os.replace(tmp, args.csv)
+        fh = io.StringIO(newline="")
+        w = csv.writer(fh)
+        splits = list(dict.fromkeys(k for r in rows for k in r.accuracy))
+        w.writerow(["model", "format", "precision", "backend", "size_mb", *[f"acc {s}" for s in splits],
+                    "acc_avg", "ned", "p50_ms", "p95_ms", "images_per_s", "peak_mem_mb", "error"])
+        for r in rows:
+            w.writerow([r.model, r.format, r.precision, r.backend, r.size_mb, *[r.accuracy.get(s) for s in splits],
+                        r.weighted_accuracy, r.ned, r.p50_ms, r.p95_ms, r.throughput, r.peak_mem_mb, r.error])
+        write_bytes_atomic(fh.getvalue().encode(), args.csv)
     if args.plot:
         _plot(rows, args.plot)
     if args.min_acc is not None:
@@ -286,7 +260,7 @@ def cmd_preprocess(args) -> int:
         out[n] = t
         print(f"| {n} | {t['c']:.3f} | {t['numpy']:.3f} | {t['numpy'] / t['c']:.1f}x |")
     if args.json:
-        _atomic(args.json, json.dumps({"machine": machine_name(), "ms": out}, indent=1).encode())
+        write_json_atomic({"machine": machine_name(), "ms": out}, args.json)
     return 0
 
 
@@ -363,11 +337,10 @@ def cmd_pipeline(args) -> int:
     print("\n(detect ms: mean per frame of detection time folded in on that frame; async detection runs beside "
           "recognition on the same cores)")
     if args.json:
-        _atomic(args.json, json.dumps({"machine": machine_name(), "fps": fps, "tracked": tracked,
-                                       "latency_p50_ms": float(np.percentile(lat, 50)),
-                                       "latency_p95_ms": float(np.percentile(lat, 95)), "stages_ms": stages,
-                                       "single_frame_acc": single / max(total, 1), "fused_acc": fused / max(total, 1)},
-                                      indent=1).encode())
+        write_json_atomic({"machine": machine_name(), "fps": fps, "tracked": tracked,
+                           "latency_p50_ms": float(np.percentile(lat, 50)),
+                           "latency_p95_ms": float(np.percentile(lat, 95)), "stages_ms": stages,
+                           "single_frame_acc": single / max(total, 1), "fused_acc": fused / max(total, 1)}, args.json)
     return 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import deque
@@ -18,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from runtime.metrics import write_bytes_atomic, write_json_atomic
 from runtime.pipeline import FrameResult, Pipeline, parse_roi
 
 from .sources import FileReader, LatestFrameReader, SourceError, parse_source
@@ -47,12 +47,6 @@ def draw_overlay(frame: np.ndarray, res: FrameResult, fps: float) -> np.ndarray:
     cv2.rectangle(out, (0, 0), (min(out.shape[1], 8 * len(hud)), 18), (0, 0, 0), -1)
     cv2.putText(out, hud, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
     return out
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                     d.mkdir(parents=True, exist_ok=True)
                     stem = d / f"frame{res.frame:06d}"
                     ok, png = cv2.imencode(".png", frame)
-                    _write_atomic(stem.with_suffix(".png"), png.tobytes())
-                    _write_atomic(stem.with_suffix(".json"), json.dumps(res.to_json(), indent=1).encode())
+                    write_bytes_atomic(png.tobytes(), stem.with_suffix(".png"))
+                    write_json_atomic(res.to_json(), stem.with_suffix(".json"))
                     print(f"camera: snapshot {stem}.png / .json")
     except KeyboardInterrupt:
         pass

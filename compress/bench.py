@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,8 @@ __all__ = ["time_model", "main", "machine_name"]
 
 
 def machine_name() -> str:
-    cpu = platform.processor() or "cpu"
+    """CPU model, cores and GPU (if nvidia-smi names one): the header of every benchmark table."""
+    cpu = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
@@ -31,7 +33,15 @@ def machine_name() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    gpu = "no GPU"
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                           timeout=10)
+        if r.returncode == 0 and r.stdout.strip():
+            gpu = r.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}"
 
 
 def time_model(rec: OnnxRecognizer, batch: int, runs: int = 30, warmup: int = 5) -> float:

@@ -292,6 +292,21 @@ static int get_buf(PyObject *o, Py_buffer *v, int writable, const char *name) {
     return 0;
 }
 
+/* Acquire n buffers, all or none: on a failure the ones already acquired are released. The first n_read are
+ * read-only inputs, the rest writable outputs. */
+static int get_bufs(PyObject **objs, Py_buffer *bufs, const char **names, int n, int n_read) {
+    for (int i = 0; i < n; i++)
+        if (get_buf(objs[i], &bufs[i], i >= n_read, names[i]) < 0) {
+            while (i--) PyBuffer_Release(&bufs[i]);
+            return -1;
+        }
+    return 0;
+}
+
+static void release_bufs(Py_buffer *bufs, int n) {
+    for (int i = 0; i < n; i++) PyBuffer_Release(&bufs[i]);
+}
+
 static PyObject *pack_impl(PyObject *args, int quads) {
     PyObject *fo, *bo, *oo, *mo, *so;
     int H, W, n, out_h, out_w, swap_rb, keep_aspect, half;
@@ -315,17 +330,11 @@ static PyObject *pack_impl(PyObject *args, int quads) {
         if (PyErr_Occurred()) return NULL;
         if (!(stdv[i] > 0)) return PyErr_Format(PyExc_ValueError, "pack: std must be > 0");
     }
-    Py_buffer fb, bb, ob;
-    if (get_buf(fo, &fb, 0, "frame") < 0) return NULL;
-    if (get_buf(bo, &bb, 0, "boxes") < 0) {
-        PyBuffer_Release(&fb);
-        return NULL;
-    }
-    if (get_buf(oo, &ob, 1, "out") < 0) {
-        PyBuffer_Release(&fb);
-        PyBuffer_Release(&bb);
-        return NULL;
-    }
+    PyObject *objs[3] = {fo, bo, oo};
+    const char *names[3] = {"frame", "boxes", "out"};
+    Py_buffer bufs[3];
+    if (get_bufs(objs, bufs, names, 3, 2) < 0) return NULL;
+    Py_buffer fb = bufs[0], bb = bufs[1], ob = bufs[2];
     size_t per = (size_t)3 * out_h * out_w, esz = half ? 2 : 4, bvals = quads ? 8 : 4;
     PyObject *ret = NULL;
     if ((size_t)fb.len != (size_t)H * W * 3 || (size_t)bb.len != (size_t)n * bvals * sizeof(double) ||
@@ -372,9 +381,7 @@ static PyObject *pack_impl(PyObject *args, int quads) {
     else
         ret = Py_NewRef(Py_None);
 out:
-    PyBuffer_Release(&fb);
-    PyBuffer_Release(&bb);
-    PyBuffer_Release(&ob);
+    release_bufs(bufs, 3);
     return ret;
 }
 
@@ -391,30 +398,11 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OiiiiiOOOO", &po, &N, &T, &C, &mode, &special, &io, &co, &lo, &so)) return NULL;
     if (N < 0 || T < 0 || C < 1 || (mode != 0 && mode != 1) || special < 0 || special >= C)
         return PyErr_Format(PyExc_ValueError, "decode: bad arguments");
-    Py_buffer pb, ib, cb, lb, sb;
-    if (get_buf(po, &pb, 0, "probs") < 0) return NULL;
-    if (get_buf(io, &ib, 1, "ids") < 0) {
-        PyBuffer_Release(&pb);
-        return NULL;
-    }
-    if (get_buf(co, &cb, 1, "conf") < 0) {
-        PyBuffer_Release(&pb);
-        PyBuffer_Release(&ib);
-        return NULL;
-    }
-    if (get_buf(lo, &lb, 1, "lengths") < 0) {
-        PyBuffer_Release(&pb);
-        PyBuffer_Release(&ib);
-        PyBuffer_Release(&cb);
-        return NULL;
-    }
-    if (get_buf(so, &sb, 1, "seqconf") < 0) {
-        PyBuffer_Release(&pb);
-        PyBuffer_Release(&ib);
-        PyBuffer_Release(&cb);
-        PyBuffer_Release(&lb);
-        return NULL;
-    }
+    PyObject *objs[5] = {po, io, co, lo, so};
+    const char *names[5] = {"probs", "ids", "conf", "lengths", "seqconf"};
+    Py_buffer bufs[5];
+    if (get_bufs(objs, bufs, names, 5, 1) < 0) return NULL;
+    Py_buffer pb = bufs[0], ib = bufs[1], cb = bufs[2], lb = bufs[3], sb = bufs[4];
     PyObject *ret = NULL;
     size_t NT = (size_t)N * T;
     if ((size_t)pb.len != NT * C * 4 || (size_t)ib.len != NT * 4 || (size_t)cb.len != NT * 4 || (size_t)lb.len != (size_t)N * 4 ||
@@ -484,11 +472,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     else
         ret = Py_NewRef(Py_None);
 out:
-    PyBuffer_Release(&pb);
-    PyBuffer_Release(&ib);
-    PyBuffer_Release(&cb);
-    PyBuffer_Release(&lb);
-    PyBuffer_Release(&sb);
+    release_bufs(bufs, 5);
     return ret;
 }
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .tracking import iou_matrix
+
 __all__ = ["Detection", "DBDetector", "order_quad", "nms"]
 
 
@@ -38,16 +40,6 @@ def order_quad(pts: np.ndarray) -> np.ndarray:
     return np.stack([tl, tr, br, bl])
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
 def nms(dets: list[Detection], iou: float = 0.3) -> list[Detection]:
     """Greedy non-maximum suppression on axis-aligned boxes (merges the duplicates of overlapping tiles)."""
     if not dets:
@@ -56,7 +48,7 @@ def nms(dets: list[Detection], iou: float = 0.3) -> list[Detection]:
     boxes = np.stack([d.box for d in dets])
     keep: list[int] = []
     for i in range(len(dets)):
-        if not keep or _iou(boxes[i : i + 1], boxes[keep]).max() < iou:
+        if not keep or iou_matrix(boxes[i : i + 1], boxes[keep]).max() < iou:
             keep.append(i)
     return [dets[i] for i in keep]
 

@@ -103,9 +103,8 @@ def _boxes(boxes, H: int, W: int) -> tuple[np.ndarray, bool]:
         if not inside.all():
             raise ValueError(f"boxes: quad {int(np.flatnonzero(~inside)[0])} lies outside the {W}x{H} frame")
         return np.ascontiguousarray(b.reshape(len(b), 8)), True
-    raw = b.copy()
-    b[:, [0, 2]] = b[:, [0, 2]].clip(0, W)
-    b[:, [1, 3]] = b[:, [1, 3]].clip(0, H)
+    raw = b
+    b, _ = clip_boxes(raw, W, H)
     empty = (b[:, 2] - b[:, 0] <= 0) | (b[:, 3] - b[:, 1] <= 0)
     if empty.any():
         i = int(np.flatnonzero(empty)[0])

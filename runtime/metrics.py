@@ -133,13 +133,15 @@ def reports_to_markdown(reports: Sequence[EvalReport], metric: str = "accuracy")
     return "\n".join(lines)
 
 
-def write_json_atomic(obj, path: str | os.PathLike) -> None:
-    """Write JSON through a temp file + rename, so a reader never sees half a file."""
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
+    """Write through a temp file + rename, so a reader never sees half a file."""
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+    with open(tmp, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> None:
+    write_bytes_atomic((json.dumps(obj, indent=2) + "\n").encode(), path)

@@ -28,15 +28,18 @@ def impl(request, monkeypatch):
     return request.param
 
 
-def _both(fn):
-    outs = []
-    for m in (_native, _native_py):
+def _on_every_path(fn) -> list:
+    """``fn()`` on the NumPy twin and (when built) the C extension: each result, or its ValueError's message."""
+    results = []
+    for m in [_native_py] + ([_native] if _native else []):
         fastpath._impl = m
         try:
-            outs.append(fn())
+            results.append(fn())
+        except ValueError as e:
+            results.append(str(e))
         finally:
             fastpath._impl = fastpath._load()[0]
-    return outs
+    return results
 
 
 def test_selector_honours_the_environment():
@@ -54,7 +57,7 @@ def test_c_and_numpy_agree_on_boxes_and_quads(dtype):
     quads = np.array([[[30, 40], [200, 60], [195, 100], [25, 80]], [[5, 5], [69, 5], [69, 21], [5, 21]]], float)
     for b in (boxes, quads):
         for keep in (False, True):
-            c, p = _both(lambda: fastpath.pack(frame, b, (16, 64), keep_aspect=keep, pad=-1.0, dtype=dtype))
+            p, c = _on_every_path(lambda: fastpath.pack(frame, b, (16, 64), keep_aspect=keep, pad=-1.0, dtype=dtype))
             assert c.dtype == p.dtype == dtype
             assert np.abs(c.astype(np.float32) - p.astype(np.float32)).max() <= 1 / 127.5 + 1e-3  # 1 LSB
 
@@ -137,16 +140,7 @@ def test_c_rechecks_buffers_itself():
 def test_property_random_frames_and_boxes(h, w, oh, ow, box, seed, keep):
     """Any frame and any box: either a clean ValueError or a finite batch, and both paths agree."""
     frame = np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8)
-    x0, y0, x1, y1 = box
-    results = []
-    for m in [_native_py] + ([_native] if _native else []):
-        fastpath._impl = m
-        try:
-            results.append(fastpath.pack(frame, [[x0, y0, x1, y1]], (oh, ow), keep_aspect=keep))
-        except ValueError as e:
-            results.append(str(e))
-        finally:
-            fastpath._impl = fastpath._load()[0]
+    results = _on_every_path(lambda: fastpath.pack(frame, [list(box)], (oh, ow), keep_aspect=keep))
     if isinstance(results[0], str):
         assert all(r == results[0] for r in results)
         return
@@ -160,15 +154,7 @@ def test_property_random_frames_and_boxes(h, w, oh, ow, box, seed, keep):
 def test_property_random_quads(quad, seed):
     frame = np.random.default_rng(seed).integers(0, 256, (40, 60, 3), np.uint8)
     q = np.array(quad).reshape(1, 4, 2)
-    results = []
-    for m in [_native_py] + ([_native] if _native else []):
-        fastpath._impl = m
-        try:
-            results.append(fastpath.pack(frame, q, (8, 32)))
-        except ValueError as e:
-            results.append(str(e))
-        finally:
-            fastpath._impl = fastpath._load()[0]
+    results = _on_every_path(lambda: fastpath.pack(frame, q, (8, 32)))
     if isinstance(results[0], str):
         assert all(r == results[0] for r in results)
     else:
@@ -214,7 +200,7 @@ def test_decode_exact_against_the_reference_and_across_paths(impl, kind):
             end = int(eos[0]) if eos.size else 12
             assert d.ids[n, : d.lengths[n]].tolist() == ids[n, :end].tolist()
     if _native is not None:
-        c, q = _both(lambda: fastpath.decode(p, kind, 0))
+        q, c = _on_every_path(lambda: fastpath.decode(p, kind, 0))
         for a, b in zip(c, q):
             assert np.array_equal(a, b)
 
