@@ -6,7 +6,6 @@ recognizer of the rapidocr-onnxruntime wheel, run directly with ONNX Runtime the
 ``tesseract`` (Tesseract CLI, one word per crop)."""
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import tempfile
@@ -70,42 +69,28 @@ def _ort_version() -> str:
 class PPOCRReader(_Base):
     """PP-OCRv4 mobile recognizer: BGR, height 48, width from the aspect ratio padded to at least 320 (RapidOCR's
     rule: the batch is padded to max(320, 48 * widest w/h)), (x/255 - 0.5) / 0.5, CTC over the model's own
-    dictionary (``character`` metadata, blank 0, space last)."""
+    dictionary (``character`` metadata, blank 0, space last). The same preprocessing and decoding that make it a
+    teacher in ``distill`` (``distill.onnx_teacher.OnnxTeacher``)."""
 
     def __init__(self, path: str | None = None) -> None:
-        import onnxruntime as ort
+        from distill.onnx_teacher import OnnxTeacher
+        from runtime.charset import CHARSETS
 
         from .peers import ppocr_model
 
         path = path or ppocr_model("rec")
         if path is None:
             raise RuntimeError("rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime)")
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        chars = meta["character"].splitlines()
-        self.itos = ["<blank>"] + chars + [" "]
-        self.input_name = self.session.get_inputs()[0].name
+        self.teacher = OnnxTeacher(str(path), CHARSETS["94"], 1)
         self.name, self.format, self.backend = "PP-OCRv4 rec (rapidocr)", "ONNX", "onnxruntime " + _ort_version()
         self.precision, self.size_mb = "fp32", Path(path).stat().st_size / 1e6
         self.how = "peer: PP-OCRv4 mobile rec via ONNX Runtime, 48 px high, padded to >= 320 px wide"
 
     def batch(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
-        ratio = max([320 / 48] + [c.shape[1] / max(c.shape[0], 1) for c in crops_rgb])
-        W = int(48 * ratio)
-        x = np.zeros((len(crops_rgb), 3, 48, W), np.float32)
-        for i, c in enumerate(crops_rgb):
-            h, w = c.shape[:2]
-            rw = min(W, int(math.ceil(48 * w / max(h, 1))))
-            img = cv2.resize(c[..., ::-1], (max(rw, 1), 48)).astype(np.float32)
-            x[i, :, :, :rw] = ((img / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
-        return x
+        return self.teacher.batch(crops_rgb)[0]
 
     def read(self, crops):
-        from runtime.fastpath import decode
-
-        probs = self.session.run(None, {self.input_name: self.batch(crops)})[0]
-        d = decode(np.ascontiguousarray(probs, np.float32), "ctc", 0)
-        return ["".join(self.itos[i] for i in ids[:n].tolist()) for ids, n in zip(d.ids, d.lengths)]
+        return [text for text, _ in self.teacher.read(crops)]
 
 
 class TesseractReader(_Base):

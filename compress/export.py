@@ -72,6 +72,8 @@ def export_onnx(ckpt: str, out_dir: str, opset: int = 17, simplify: bool = True,
     import onnx
 
     model, tok, ck = load_model(ckpt)
+    if hasattr(model, "fuse_for_inference"):  # graphs imported from ONNX: fold affine/hardswish chains first
+        print(f"export: fused for inference {model.fuse_for_inference()}")
     spec = ck["model_spec"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

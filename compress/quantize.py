@@ -54,6 +54,22 @@ def head_nodes(model) -> list[str]:
     return names
 
 
+def float_kept_nodes(model) -> list[str]:
+    """Nodes that stay float besides the head: MatMuls of two activations (attention scores and their weighted
+    sums: per-token ranges that one calibrated scale serves badly) and Adds with a constant operand (biases and
+    affine offsets in graphs imported from other frameworks; residual Adds of two activations are quantized)."""
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    keep = []
+    for n in model.graph.node:
+        computed = [i for i in n.input if i and i not in consts]
+        if n.op_type == "MatMul" and len(computed) == 2:
+            keep.append(n.name)
+        elif n.op_type == "Add" and len(computed) < 2:
+            keep.append(n.name)
+    return keep
+
+
 class _Reader:
     def __init__(self, name: str, x: np.ndarray, batch: int) -> None:
         self.name, self.x, self.batch, self.i = name, x, batch, 0
@@ -87,7 +103,7 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
         pre = os.path.join(td, "pre.onnx")
         quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
         m = onnx.load(pre)
-        exclude = head_nodes(m) if keep_head_float else []
+        exclude = (head_nodes(m) if keep_head_float else []) + float_kept_nodes(m)
         name = m.graph.input[0].name
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         quantize_static(pre, str(tmp), _Reader(name, calib, batch), quant_format=QuantFormat.QDQ,

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Config", "load_config", "apply_overrides", "ConfigError"]
+__all__ = ["Config", "load_config", "apply_overrides", "ConfigError", "is_onnx_teacher"]
 
 
 class ConfigError(ValueError):
@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelCfg:
-    name: str = "parseq-tiny"  # registry name: parseq-tiny, parseq-small, cnn-attn, cnn-ctc
+    name: str = "parseq-tiny"  # registry name: parseq-tiny, parseq-small, cnn-attn, cnn-ctc, onnx-ctc
     charset: str = "36"  # 36, 62, 94 or a literal string
     max_len: int = 25
     kwargs: dict = field(default_factory=dict)  # architecture overrides, e.g. {depth: 2}
@@ -33,6 +33,8 @@ class SourceCfg:
     weight: float = 1.0
     lr_mode: str = "auto"  # auto | stored | degrade (STR lmdbs and folders degrade on the fly)
     level: str = "mixed"  # degradation strength range when lr_mode is degrade
+    unlabeled: bool = False  # images only (folder, or an lmdb whose labels are ignored): needs an ONNX teacher
+    limit: int = 0  # use the first N samples of this source only (0: all)
 
 
 @dataclass
@@ -104,6 +106,29 @@ class ClipCfg:
 
 
 @dataclass
+class OnnxTeacherCfg:
+    """An ONNX recognizer as the HR teacher (``train.teacher_ckpt: X.onnx`` or ``ppocr``). Defaults: PP-OCR's
+    recognizers (rapidocr-onnxruntime's PP-OCRv4)."""
+
+    height: int = 48  # input height; width from the aspect ratio
+    min_width: int = 320  # the batch is padded to at least this width (pad value 0 after normalisation)
+    max_width: int = 1600
+    channel_order: str = "bgr"  # bgr | rgb
+    mean: float = 0.5  # (x/255 - mean) / std
+    std: float = 0.5
+    interp: str = "bilinear"  # bilinear | area | bicubic
+    dictionary: str = "metadata:character"  # metadata:KEY or a file with one character a line (CTC blank 0)
+    space_char: bool = True  # a space class follows the dictionary (PP-OCR)
+    unmapped: str = "renorm"  # teacher classes the student lacks: renorm (drop, renormalise) | blank
+    conf_threshold: float = 0.7  # unlabeled crops: the teacher's string is a CTC target from this confidence
+    student_overrides: dict = field(default_factory=dict)  # node attribute overrides; ppocr: a built-in preset
+    batch: int = 16  # teacher batch when building the target cache
+    workers: int = 2  # teacher batches run in parallel
+    threads: int = 0  # ONNX Runtime intra-op threads per session (0: its default)
+    cache_dir: str = ""  # where target caches go; default beside each source, <out_dir>/../teacher-cache if read-only
+
+
+@dataclass
 class DistillCfg:
     """KD-LTR defaults from the paper's code."""
 
@@ -145,6 +170,7 @@ class Config:
     distill: DistillCfg = field(default_factory=DistillCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     clip: ClipCfg = field(default_factory=ClipCfg)
+    onnx_teacher: OnnxTeacherCfg = field(default_factory=OnnxTeacherCfg)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,9 +197,23 @@ class Config:
                 raise ConfigError(f"data.train[{i}].path: empty")
             if s.lr_mode not in ("auto", "stored", "degrade"):
                 raise ConfigError(f"data.train[{i}].lr_mode: expected auto, stored or degrade, got {s.lr_mode!r}")
+        onnx = is_onnx_teacher(t.teacher_ckpt)
+        for i, s in enumerate(self.data.train):
+            if s.unlabeled and not (onnx and t.stage == "student"):
+                raise ConfigError(f"data.train[{i}].unlabeled: unlabeled data learns from an ONNX teacher's targets "
+                                  "(train.stage student with train.teacher_ckpt X.onnx or ppocr)")
+            if s.limit < 0:
+                raise ConfigError(f"data.train[{i}].limit: must be >= 0, got {s.limit}")
+        if onnx and self.model.name != "onnx-ctc":
+            raise ConfigError(f"model.name: an ONNX teacher ({t.teacher_ckpt}) makes an onnx-ctc student, "
+                              f"got {self.model.name!r}")
         if self.distill.method not in ("kdltr", "clipocr", "kdltr+clipocr"):
             raise ConfigError(f"distill.method: unknown {self.distill.method!r}")
         return self
+
+
+def is_onnx_teacher(path: str) -> bool:
+    return path == "ppocr" or path.endswith(".onnx")
 
 
 def _build(cls, data: Any, where: str):

@@ -186,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="random seed of the degradation")
     d.add_argument("--level", choices=sorted(LEVELS), default="mixed", help="degradation strength range")
     d.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    u = sub.add_parser("unlabeled", help="crop the regions of video frames into an unlabeled STR lmdb "
+                       "(training data for an ONNX teacher's student)", formatter_class=fmt)
+    u.add_argument("--video", required=True, help="video file OpenCV can read")
+    u.add_argument("--regions", required=True,
+                   help="JSONL, one object per frame: {\"frame\": N, \"words\": [{\"box\": [x0, y0, x1, y1]}]} "
+                        "(the camera app's --jsonl output works)")
+    u.add_argument("--out", required=True, help="output lmdb directory")
+    u.add_argument("--every", type=int, default=1, help="take every N-th frame")
+    u.add_argument("--min-size", type=int, default=6, help="skip regions smaller than this many pixels")
+    u.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     for sp in (i, k, d):
         sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -209,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"skipped {len(skipped)}")
             for s in skipped[:20]:
                 print(f"  skipped {s}")
+        elif args.cmd == "unlabeled":
+            from .unlabeled import video_regions_to_lmdb
+
+            if args.every < 1:
+                raise ValueError(f"--every: must be >= 1, got {args.every}")
+            n = video_regions_to_lmdb(args.video, args.regions, args.out, args.every, args.min_size, args.overwrite)
+            print(f"unlabeled: wrote {n} crops from {args.video} to {args.out}")
     except (DataError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

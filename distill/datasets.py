@@ -19,7 +19,7 @@ from runtime.preprocess import HR_SIZE, LR_SIZE, prepare
 
 from .degrade import degrade, strength_for
 
-__all__ = ["PairDataset", "WeightedConcat", "collate", "image_to_tensor"]
+__all__ = ["PairDataset", "WeightedConcat", "WithTeacherTargets", "collate", "image_to_tensor"]
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,10 @@ class PairDataset(Dataset):
         seed: int = 0,
         policy: LabelPolicy | None = None,
         augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        limit: int = 0,
     ) -> None:
         self.reader = source if isinstance(source, Reader) else open_dataset(source, policy)
+        self.limit = int(limit)
         if lr_mode == "auto":
             lr_mode = "stored" if self.reader.layout == "textzoom" else "degrade"
         if lr_mode not in ("stored", "degrade"):
@@ -68,7 +70,7 @@ class PairDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.reader)
+        return min(len(self.reader), self.limit) if self.limit else len(self.reader)
 
     def _load(self, i: int) -> dict:
         s = self.reader[i]
@@ -136,10 +138,41 @@ class WeightedConcat(Dataset):
         return self.datasets[int(self._which[i])][int(self._index[i])]
 
 
+class WithTeacherTargets(Dataset):
+    """Adds an ONNX teacher's cached targets to each item: ``t_probs`` (F x C frame distributions in the student's
+    classes) and ``has_label``. Unlabeled sources take the teacher's string as label when its confidence reaches
+    ``conf_threshold``; below it the item trains on the soft targets alone (``has_label`` False)."""
+
+    def __init__(self, ds: PairDataset, cache, unlabeled: bool = False, conf_threshold: float = 0.7) -> None:
+        self.ds, self.cache, self.unlabeled, self.threshold = ds, cache, unlabeled, conf_threshold
+
+    def set_epoch(self, epoch: int) -> None:
+        self.ds.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.ds[i]
+        t = self.cache.get(item["key"])
+        if t is None:
+            raise KeyError(f"{self.cache.path}: no teacher targets for sample {item['key']} of {self.ds.reader.path}; "
+                           "delete the cache to rebuild it")
+        item["t_probs"] = torch.from_numpy(t.probs.astype(np.float32))
+        if self.unlabeled:
+            item["label"] = t.text if t.conf >= self.threshold else ""
+        item["has_label"] = bool(item["label"])
+        return item
+
+
 def collate(batch: list[dict]) -> dict:
-    return {
+    out = {
         "hr": torch.stack([b["hr"] for b in batch]),
         "lr": torch.stack([b["lr"] for b in batch]),
         "label": [b["label"] for b in batch],
         "key": [b["key"] for b in batch],
     }
+    if "t_probs" in batch[0]:
+        out["t_probs"] = torch.stack([b["t_probs"] for b in batch])
+        out["has_label"] = torch.tensor([b["has_label"] for b in batch])
+    return out

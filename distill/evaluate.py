@@ -21,6 +21,7 @@ from runtime.metrics import EvalReport, reports_to_markdown, write_json_atomic
 from runtime.preprocess import HR_SIZE, resize
 
 from .checkpoint import CheckpointError, load_model
+from .config import is_onnx_teacher
 from .predict import score_samples
 
 __all__ = ["expand_splits", "evaluate_models", "main"]
@@ -44,9 +45,11 @@ def _bicubic_up(img: np.ndarray) -> np.ndarray:
 
 def evaluate_models(student_ckpt: str | None, data: list[str], teacher_ckpt: str | None = None,
                     lr_from_hr: bool = False, conditions: tuple[str, ...] = ("lr16", "lr16blur"),
-                    max_samples: int = 0, batch: int = 64, extra_students: dict[str, str] | None = None) -> list[EvalReport]:
+                    max_samples: int = 0, batch: int = 64, extra_students: dict[str, str] | None = None,
+                    onnx_teachers: dict[str, str] | None = None) -> list[EvalReport]:
     """Reports for every model x input condition over every split. ``extra_students``: name -> checkpoint, more LR
-    models read the same inputs (kd_gain uses it for the baseline)."""
+    models read the same inputs (kd_gain uses it for the baseline). ``onnx_teachers``: name -> ONNX recognizer
+    (or ``ppocr``) read through its own preprocessing, on HR and on the LR inputs (its resize upsamples them)."""
     students: dict[str, tuple] = {}
     if student_ckpt:
         students["student"] = load_model(student_ckpt)[:2]
@@ -55,6 +58,24 @@ def evaluate_models(student_ckpt: str | None, data: list[str], teacher_ckpt: str
     teacher = load_model(teacher_ckpt)[:2] if teacher_ckpt else None
     policy = LabelPolicy(normalize="textzoom", max_len=0)
     reports: dict[tuple[str, str], EvalReport] = {}
+    onnx = {}
+    if onnx_teachers:
+        from runtime.charset import CHARSETS
+
+        from .onnx_teacher import OnnxTeacher
+
+        onnx = {name: OnnxTeacher(spec, CHARSETS["94"], 1) for name, spec in onnx_teachers.items()}
+
+    def add_onnx(model_name: str, cond: str, split: str, t, samples) -> None:
+        from runtime.metrics import score_split
+
+        key = (model_name, cond)
+        if key not in reports:
+            reports[key] = EvalReport(model_name, cond)
+        preds = []
+        for k in range(0, len(samples), 16):
+            preds += [text for text, _ in t.read([img for img, _ in samples[k : k + 16]])]
+        reports[key].splits.append(score_split(split, preds, [lab for _, lab in samples]))
 
     def add(model_name: str, cond: str, split: str, model_tok, samples, transform: Callable | None) -> None:
         key = (model_name, cond)
@@ -81,8 +102,12 @@ def evaluate_models(student_ckpt: str | None, data: list[str], teacher_ckpt: str
                 add(name, cond, split, mt, lr_imgs, None)
             if teacher is not None:
                 add("teacher", f"bicubic({cond})", split, teacher, lr_imgs, _bicubic_up)
+            for name, t in onnx.items():
+                add_onnx(name, cond, split, t, lr_imgs)
         if teacher is not None:
             add("teacher", "HR", split, teacher, [(s.image, s.label) for s in samples], None)
+        for name, t in onnx.items():
+            add_onnx(name, "HR", split, t, [(s.image, s.label) for s in samples])
         reader.close()
     return [r.finalize() for r in reports.values()]
 
@@ -92,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", required=True, help="LR student (or any) checkpoint")
     p.add_argument("--data", nargs="+", required=True, help="TextZoom lmdb, STR lmdb, folder, or a synthetic root")
-    p.add_argument("--teacher", default=None, help="HR teacher checkpoint: adds teacher-on-HR and teacher-on-bicubic rows")
+    p.add_argument("--teacher", default=None,
+                   help="HR teacher checkpoint: adds teacher-on-HR and teacher-on-bicubic rows; or an ONNX recognizer "
+                        "(X.onnx, ppocr): teacher-on-HR and teacher-on-LR through its own preprocessing (default: none)")
     p.add_argument("--lr-from-hr", action="store_true",
                    help="make LR from HR with the named conditions even for TextZoom-layout data")
     p.add_argument("--conditions", default="lr16,lr16blur", help=f"LR conditions for HR crops, from {sorted(CONDITIONS)}")
@@ -110,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --conditions: unknown {bad}; known {sorted(CONDITIONS)}", file=sys.stderr)
         return 2
     try:
-        reports = evaluate_models(args.ckpt, args.data, args.teacher, args.lr_from_hr, conds, args.max_samples, args.batch)
-    except (CheckpointError, DataError) as e:
+        onnx = args.teacher and is_onnx_teacher(args.teacher)  # an ONNX recognizer: read through its own preprocessing
+        reports = evaluate_models(args.ckpt, args.data, None if onnx else args.teacher, args.lr_from_hr, conds,
+                                  args.max_samples, args.batch, onnx_teachers={"teacher": args.teacher} if onnx else None)
+    except (CheckpointError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(reports_to_markdown(reports))

@@ -41,9 +41,14 @@ def measure_step_time(cfg: Config, teacher_ckpt: str, n: int = 4) -> float:
     teacher.load_state_dict(tck["model"])
     tok = make_tokenizer(spec["tokenizer"], spec["charset"])
     system = TrainingSystem(student, tok, "student", cfg.distill, teacher).train()
-    opt = torch.optim.AdamW([p for p in system.parameters() if p.requires_grad], lr=1e-4)
     bs = cfg.data.batch_size
     batch = {"hr": torch.randn(bs, 3, 32, 128), "lr": torch.randn(bs, 3, 16, 64), "label": ["sample"] * bs}
+    return _median_step(system, batch, n)
+
+
+def _median_step(system: TrainingSystem, batch: dict, n: int) -> float:
+    """Median seconds of n optimisation steps on one batch, after one warm-up step."""
+    opt = torch.optim.AdamW([p for p in system.parameters() if p.requires_grad], lr=1e-5)
     times = []
     for i in range(n + 1):
         t = time.perf_counter()
@@ -67,10 +72,14 @@ def gain_table(synth_reports: list[EvalReport], real_reports: list[EvalReport], 
                   ("baseline student (LR only)", "baseline", "LR", "{c}"),
                   ("KD-LTR student", "student", "LR", "{c}"),
                   ("CLIP-OCR student", "clipocr", "LR", "{c}"),
-                  ("KD-LTR + CLIP-OCR student", "kdltr+clipocr", "LR", "{c}")]
+                  ("KD-LTR + CLIP-OCR student", "kdltr+clipocr", "LR", "{c}"),
+                  ("ONNX teacher (HR input, reference)", "onnx-teacher", "HR", "HR"),
+                  ("ONNX teacher on LR (its own resize)", "onnx-teacher", "LR", "{c}"),
+                  ("baseline from the ONNX teacher's weights (LR only)", "onnx-baseline", "LR", "{c}"),
+                  ("student distilled from the ONNX teacher", "onnx-student", "LR", "{c}")]
     present = {r.model for r in synth_reports + real_reports}
     contenders = [c for c in contenders if c[1] in present]
-    conds = sorted({r.condition for r in real_reports if r.model == "student"})
+    conds = sorted({r.condition for r in real_reports if r.model in ("student", "onnx-student")})
     head = ["contender", "easy", "medium", "hard", "synthetic avg"] + [f"{real_name} {c}" for c in conds]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for label, model, scond, rcond in contenders:
@@ -107,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-steps", type=int, default=10, help="lower bound on the derived step count")
     p.add_argument("--contenders", default="kdltr,baseline",
                    help="comma list from kdltr, baseline, clipocr, kdltr+clipocr (clipocr needs a PARSeq teacher with "
-                        "a class token and a 4+ layer decoder)")
+                        "a class token and a 4+ layer decoder), onnx-teacher (a student of --onnx-config's ONNX "
+                        "teacher and its LR-only baseline, both from the teacher's weights)")
+    p.add_argument("--onnx-config", default="configs/ppocr_student.yaml",
+                   help="training config of the onnx-teacher contender (its teacher, data and recipe)")
     p.add_argument("--clip", default=None, help="CLIP checkpoint for the clipocr contenders; default: train one "
                                                 "(train.stage=clip) with the same step count")
     return p
@@ -117,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     try:
+        wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
+        bad = sorted(set(wanted) - {"kdltr", "baseline", "clipocr", "kdltr+clipocr", "onnx-teacher"})
+        cnn = [c for c in wanted if c != "onnx-teacher"]
+        if bad or (cnn and ("kdltr" not in cnn or "baseline" not in cnn)) or not wanted:
+            raise ConfigError(f"--contenders: need kdltr and baseline, may add clipocr, kdltr+clipocr; or "
+                              f"onnx-teacher alone or with them; got {wanted}")
+        if not cnn:
+            return _onnx_only(args, out)
         base = load_config(args.config, args.overrides + ["train.progress=false"])
         teacher = args.teacher
         if teacher is None:
@@ -129,10 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         sec = measure_step_time(base, teacher)
         steps = max(args.min_steps, int(args.minutes * 60 / sec))
         print(f"kd_gain: KD student step {sec * 1000:.0f} ms -> {steps} steps per contender for {args.minutes} min")
-        wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
-        bad = sorted(set(wanted) - {"kdltr", "baseline", "clipocr", "kdltr+clipocr"})
-        if bad or "kdltr" not in wanted or "baseline" not in wanted:
-            raise ConfigError(f"--contenders: need kdltr and baseline, may add clipocr, kdltr+clipocr; got {wanted}")
         clip_ckpt = args.clip
         if any("clipocr" in c for c in wanted) and clip_ckpt is None:
             ccfg = copy.deepcopy(base)
@@ -142,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             train(ccfg)
             clip_ckpt = str(out / "clip" / "last.pt")
         ckpts = {}
-        for name in wanted:
+        for name in cnn:
             cfg = copy.deepcopy(base)
             stage = "baseline" if name == "baseline" else "student"
             cfg.train.stage, cfg.train.teacher_ckpt = stage, teacher
@@ -158,14 +174,20 @@ def main(argv: list[str] | None = None) -> int:
             train(cfg)
             print(f"kd_gain: {name} trained in {time.perf_counter() - t0:.0f}s")
             ckpts[key] = str(out / key / "best.pt")
+        onnx_teachers = {}
+        if "onnx-teacher" in wanted:
+            ocfg, oteacher = _train_onnx_pair(args, out)
+            ckpts.update({"onnx-student": str(out / "onnx-student" / "last.pt"),
+                          "onnx-baseline": str(out / "onnx-baseline" / "last.pt")})
+            onnx_teachers["onnx-teacher"] = oteacher
         extra = {k: v for k, v in ckpts.items() if k != "student"}
         synth_dir = prepare_synth(base)
         synth = evaluate_models(ckpts["student"], [str(synth_dir)] if synth_dir else [], teacher,
-                                max_samples=args.max_samples, extra_students=extra)
+                                max_samples=args.max_samples, extra_students=extra, onnx_teachers=onnx_teachers)
         real_name = Path(args.real).name
         real = evaluate_models(ckpts["student"], [args.real], teacher, lr_from_hr=True, max_samples=args.max_samples,
-                               extra_students=extra) if Path(args.real).exists() else []
-    except (ConfigError, CheckpointError) as e:
+                               extra_students=extra, onnx_teachers=onnx_teachers) if Path(args.real).exists() else []
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     md, rows = gain_table(synth, real, real_name)
@@ -177,11 +199,81 @@ def main(argv: list[str] | None = None) -> int:
              for k in keys}
     summary = (f"KD student ahead of baseline and teacher-on-bicubic on {sum(ahead.values())}/{len(ahead)} test splits"
                f" ({', '.join(k for k, v in ahead.items() if not v) or 'all'}{' behind' if not all(ahead.values()) else ''})")
+    if onnx_teachers:
+        summary += "\n\n" + _onnx_summary(rows, real_name)
     text = (f"# KD gain ({steps} steps per student, {args.minutes} min budget, teacher {teacher})\n\n{md}\n\n"
             f"{summary}\n\n{PAPER}\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "kd_gain.md").write_text(text)
     write_json_atomic({"steps": steps, "minutes": args.minutes, "teacher": teacher, "rows": rows, "ahead": ahead,
+                       "reports": {"synthetic": [r.to_dict() for r in synth], "real": [r.to_dict() for r in real]}},
+                      out / "kd_gain.json")
+    print(text)
+    return 0
+
+
+def measure_onnx_step_time(cfg: Config, n: int = 3) -> float:
+    """Seconds per step of the ONNX teacher's student (random batch with random soft targets)."""
+    from .train import build_onnx_student
+
+    spec, student, teacher = build_onnx_student(cfg, master=False)
+    tok = make_tokenizer(spec["tokenizer"], spec["charset"])
+    system = TrainingSystem(student, tok, "student", cfg.distill).train()
+    bs = cfg.data.batch_size
+    batch = {"hr": torch.randn(bs, 3, 32, 128), "lr": torch.randn(bs, 3, 16, 64), "label": ["sample"] * bs,
+             "t_probs": torch.softmax(torch.randn(bs, teacher.frames, len(spec["charset"]) + 1), -1),
+             "has_label": torch.ones(bs, dtype=torch.bool)}
+    return _median_step(system, batch, n)
+
+
+def _train_onnx_pair(args, out: Path) -> tuple[Config, str]:
+    """Train the onnx-teacher contender (student) and its baseline with equal steps; returns (config, teacher)."""
+    ocfg = load_config(args.onnx_config, args.overrides + ["train.progress=false"])
+    sec = measure_onnx_step_time(ocfg)
+    steps = max(args.min_steps, int(args.minutes * 60 / sec))
+    print(f"kd_gain: onnx-teacher student step {sec * 1000:.0f} ms -> {steps} steps for {args.minutes} min")
+    for stage, key in (("student", "onnx-student"), ("baseline", "onnx-baseline")):
+        cfg = copy.deepcopy(ocfg)
+        cfg.train.stage, cfg.train.out_dir, cfg.optim.steps = stage, str(out / key), steps
+        cfg.train.val_every = cfg.train.ckpt_every = max(1, steps // 4)
+        cfg.train.log_every = max(1, steps // 20)
+        t0 = time.perf_counter()
+        train(cfg)
+        print(f"kd_gain: {key} trained in {time.perf_counter() - t0:.0f}s")
+    return ocfg, ocfg.train.teacher_ckpt
+
+
+def _onnx_summary(rows: list[dict], real_name: str) -> str:
+    st = next((r for r in rows if r["model"] == "onnx-student"), None)
+    bl = next((r for r in rows if r["model"] == "onnx-baseline"), None)
+    te = next((r for r in rows if r["contender"].startswith("ONNX teacher on LR")), None)
+    if not (st and bl and te):
+        return ""
+    keys = [k for k in st if k in ("easy", "medium", "hard") or k.startswith(real_name)]
+    vs = lambda other: [k for k in keys if st[k] is not None and other[k] is not None and st[k] > other[k]]
+    return (f"Student of the ONNX teacher: ahead of its LR-only baseline on {len(vs(bl))}/{len(keys)} test splits, "
+            f"ahead of the ONNX teacher reading the same LR input on {len(vs(te))}/{len(keys)}.")
+
+
+def _onnx_only(args, out: Path) -> int:
+    """kd_gain with the onnx-teacher contender alone: no CNN teacher is trained."""
+    try:
+        ocfg, oteacher = _train_onnx_pair(args, out)
+        val = Path(ocfg.data.val)
+        synth_dir = val.parent if (val.parent / "test").exists() else None
+        kw = dict(max_samples=args.max_samples, onnx_teachers={"onnx-teacher": oteacher},
+                  extra_students={k: str(out / k / "last.pt") for k in ("onnx-student", "onnx-baseline")})
+        synth = evaluate_models(None, [str(synth_dir)], None, **kw) if synth_dir else []
+        real = evaluate_models(None, [args.real], None, lr_from_hr=True, **kw) if Path(args.real).exists() else []
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    real_name = Path(args.real).name
+    md, rows = gain_table(synth, real, real_name)
+    text = f"# KD gain: the ONNX teacher's student ({args.minutes} min budget)\n\n{md}\n\n{_onnx_summary(rows, real_name)}\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kd_gain.md").write_text(text)
+    write_json_atomic({"minutes": args.minutes, "teacher": oteacher, "rows": rows,
                        "reports": {"synthetic": [r.to_dict() for r in synth], "real": [r.to_dict() for r in real]}},
                       out / "kd_gain.json")
     print(text)

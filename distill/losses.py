@@ -113,6 +113,14 @@ def frame_kl_loss(s_logits: Tensor, t_logits: Tensor, temperature: float = 4.0) 
     return (pt * (pt.clamp_min(1e-8).log() - log_ps)).sum(-1).mean() * T * T
 
 
+def frame_kl_from_probs(s_logits: Tensor, t_probs: Tensor, temperature: float = 1.0) -> Tensor:
+    """As ``frame_kl_loss`` with the teacher given as probabilities (an ONNX teacher's cached targets): the
+    tempered target is p^(1/T), renormalised."""
+    T = temperature
+    lt = t_probs.detach().float().clamp_min(1e-8).log()
+    return frame_kl_loss(s_logits, lt, T)
+
+
 def ce_loss(logits: Tensor, target: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:
     """Sum of token cross-entropies and the number of tokens (so permutations can be averaged PARSeq's way)."""
     n = (target != pad_id).sum()
@@ -120,8 +128,15 @@ def ce_loss(logits: Tensor, target: Tensor, pad_id: int) -> tuple[Tensor, Tensor
     return loss, n
 
 
-def ctc_loss(logits: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+def ctc_loss(logits: Tensor, targets: Tensor, target_lengths: Tensor, mask: Tensor | None = None) -> Tensor:
+    """CTC averaged over the batch (each sample's loss divided by its target length); ``mask`` (B,) bool leaves
+    samples out, e.g. unlabeled crops whose pseudo-label is below the confidence threshold."""
     lp = logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, C)
     T, B = lp.shape[:2]
     input_lengths = torch.full((B,), T, dtype=torch.long, device=lp.device)
-    return F.ctc_loss(lp, targets, input_lengths, target_lengths, blank=0, zero_infinity=True)
+    if mask is None:
+        return F.ctc_loss(lp, targets, input_lengths, target_lengths, blank=0, zero_infinity=True)
+    per = F.ctc_loss(lp, targets, input_lengths, target_lengths, blank=0, zero_infinity=True, reduction="none")
+    per = per / target_lengths.clamp_min(1).float()
+    m = mask.float()
+    return (per * m).sum() / m.sum().clamp_min(1.0)

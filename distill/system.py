@@ -97,7 +97,11 @@ class TrainingSystem(nn.Module):
             flat, lengths = self.tok.encode(labels)
             flat, lengths = torch.from_numpy(flat).to(dev), torch.from_numpy(lengths).to(dev)
             out: RecOut = self.student.forward_train(x)
-            parts["ce"] = L.ctc_loss(out.logits[0], flat, lengths)
+            has = batch.get("has_label")
+            parts["ce"] = L.ctc_loss(out.logits[0], flat, lengths, None if has is None else has.to(dev))
+            if self.stage == "student" and "t_probs" in batch and self.cfg.logits.enabled:
+                # An ONNX teacher: its cached frame distributions, already in our classes and on our frame grid.
+                parts["logits"] = L.frame_kl_from_probs(out.logits[0], batch["t_probs"].to(dev), self.cfg.temperature)
             if self.kdltr:
                 with torch.no_grad():
                     tout = self.teacher.forward_train(batch["hr"])
@@ -146,7 +150,7 @@ class TrainingSystem(nn.Module):
                         for ls, lt, v in zip(out.logits, tout.logits, valids)) / len(valids)
         if self.stage == "student":
             # KD-LTR weighs CE lightly (0.025) against its KL term; CLIP-OCR alone trains on CE + word + LCLs.
-            ce_w = (self.cfg.ce.weight if self.cfg.ce.enabled else 0.0) if self.kdltr else 1.0
+            ce_w = (self.cfg.ce.weight if self.cfg.ce.enabled else 0.0) if self.kdltr or "t_probs" in batch else 1.0
             weights = {"ce": ce_w, "visual": self.cfg.visual.weight, "semantic": self.cfg.semantic.weight,
                        "logits": self.cfg.logits.weight, "word": self.cfg.clipocr.word_weight}
             weights.update({k: self.cfg.clipocr.weight for k in parts if k.startswith("sds_")})

@@ -5,6 +5,10 @@ Stages (``train.stage``):
   student   KD-LTR: the LR (16x64) twin of a frozen teacher checkpoint learns from it on LR/HR pairs
   baseline  the same LR student trained on LR images alone, from the same initialisation (the reference)
 
+train.teacher_ckpt may also be any recognizer ONNX file (or ``ppocr``, the PP-OCRv4 recognizer of
+rapidocr-onnxruntime): the student is then that graph at 16x64 (``model.name: onnx-ctc``), and the teacher's
+frame distributions and strings, computed once and cached beside the data, are its targets (``onnx_teacher``).
+
 Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m distill.train ...`` (DDP; gloo on CPU, NCCL on GPU).
 """
 from __future__ import annotations
@@ -30,9 +34,9 @@ from runtime.datasets import DataError, LabelPolicy, open_dataset
 
 from .augment import text_augment
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import Config, ConfigError, load_config
-from .datasets import PairDataset, WeightedConcat, collate
-from .models import build_model, make_student, model_spec
+from .config import Config, ConfigError, is_onnx_teacher, load_config
+from .datasets import PairDataset, WeightedConcat, WithTeacherTargets, collate
+from .models import PPOCR_LR_OVERRIDES, build_model, make_onnx_student, make_student, model_spec
 from .predict import score_samples
 from .system import TrainingSystem
 
@@ -77,21 +81,88 @@ def prepare_synth(cfg: Config, rank: int = 0) -> Path | None:
     return d
 
 
-def build_datasets(cfg: Config, synth_dir: Path | None, policy: LabelPolicy):
+def build_datasets(cfg: Config, synth_dir: Path | None, policy: LabelPolicy, teacher=None, rank: int = 0):
+    """The weighted training mix and the val reader. With an ONNX ``teacher`` (stage student), every source gets
+    the teacher's cached targets; rank 0 builds the caches first."""
     aug = text_augment if cfg.data.augment else None
     sources, weights = [], []
     if synth_dir is not None:
-        sources.append(PairDataset(str(synth_dir / "train"), policy=policy, seed=cfg.train.seed))
+        sources.append((PairDataset(str(synth_dir / "train"), policy=policy, seed=cfg.train.seed), False))
         weights.append(cfg.data.synth.weight)
     for i, s in enumerate(cfg.data.train):
-        ds = PairDataset(s.path, lr_mode=s.lr_mode, level=s.level, seed=cfg.train.seed + 1 + i, policy=policy,
-                         augment=aug if s.lr_mode != "stored" else None)
-        sources.append(ds)
+        if s.unlabeled:
+            from .unlabeled import open_unlabeled
+
+            src = open_unlabeled(s.path)
+            ds = PairDataset(src, lr_mode="degrade", level=s.level, seed=cfg.train.seed + 1 + i, augment=aug,
+                             limit=s.limit)
+        else:
+            ds = PairDataset(s.path, lr_mode=s.lr_mode, level=s.level, seed=cfg.train.seed + 1 + i, policy=policy,
+                             augment=aug if s.lr_mode != "stored" else None, limit=s.limit)
+        sources.append((ds, s.unlabeled))
         weights.append(s.weight)
-    train = WeightedConcat(sources, weights, cfg.data.epoch_size or None, seed=cfg.train.seed)
+    if teacher is not None:
+        sources = [(with_teacher_targets(cfg, teacher, ds, unl, rank), unl) for ds, unl in sources]
+    train = WeightedConcat([d for d, _ in sources], weights, cfg.data.epoch_size or None, seed=cfg.train.seed)
     val_path = cfg.data.val or (str(synth_dir / "val") if synth_dir else "")
     val = open_dataset(val_path, policy) if val_path else None
     return train, val
+
+
+def with_teacher_targets(cfg: Config, teacher, ds: PairDataset, unlabeled: bool, rank: int) -> WithTeacherTargets:
+    """Run the ONNX teacher once over the source (rank 0; the others wait) and wrap it with the cached targets."""
+    from .onnx_teacher import TeacherCache
+
+    o = cfg.onnx_teacher
+    cache = TeacherCache(ds.reader.path, teacher.fingerprint(), o.cache_dir or None,
+                         Path(cfg.train.out_dir).parent / "teacher-cache")
+    if rank == 0:
+        summary = cache.build(teacher, ds.reader, len(ds), o.batch, o.workers, cfg.train.progress)
+        m = summary.get("mapping", {})
+        print(f"train: teacher targets {cache.path} ({summary.get('samples')} samples, mean confidence "
+              f"{summary.get('mean_conf') or float('nan'):.3f}, mean dropped mass "
+              f"{summary.get('mean_dropped_mass') or float('nan'):.4f}; classes {m.get('mapped_exact')} exact, "
+              f"{m.get('merged_case')} case-merged, {m.get('dropped')} dropped)")
+    if dist.is_initialized():
+        dist.barrier()
+    return WithTeacherTargets(ds, cache, unlabeled, o.conf_threshold)
+
+
+def build_onnx_student(cfg: Config, master: bool):
+    """(spec, student, teacher) for an ONNX teacher: the student is the teacher's own graph at 16x64 (stride and
+    pooling overrides), classifier cut to our charset, all weights from the file."""
+    from .onnx_teacher import OnnxPreproc, OnnxTeacher, resolve_teacher_path
+
+    o = cfg.onnx_teacher
+    path = resolve_teacher_path(cfg.train.teacher_ckpt)
+    pre = OnnxPreproc(o.height, o.min_width, o.max_width, o.channel_order, o.mean, o.std, o.interp)
+    from runtime.charset import resolve_charset
+
+    charset = resolve_charset(cfg.model.charset)
+    probe = OnnxTeacher(path, charset, 1, pre, o.dictionary, o.space_char, o.unmapped, o.threads)
+    overrides = o.student_overrides
+    if not overrides and (cfg.train.teacher_ckpt == "ppocr" or "PP-OCRv4_rec" in Path(path).name):
+        overrides = PPOCR_LR_OVERRIDES
+    try:
+        spec, model = make_onnx_student(path, charset, cfg.model.max_len, probe.classes, overrides,
+                                        flip_input_channels=o.channel_order == "bgr")
+        with torch.no_grad():
+            frames = model.eval().decode_logits(torch.zeros(1, 3, *spec_size(spec))).shape[1]
+        model.train()
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise ConfigError(f"train.teacher_ckpt {path}: cannot make a 16x64 student of it ({e}); set "
+                          "onnx_teacher.student_overrides (node name -> attributes, e.g. strides) so the graph "
+                          "accepts 16x64 input") from None
+    teacher = OnnxTeacher(path, charset, frames, pre, o.dictionary, o.space_char, o.unmapped, o.threads)
+    if master:
+        print(f"train: onnx-ctc student from {path}: 16x64 input, {frames} frames, overrides {overrides or 'none'}")
+    return spec, model, teacher
+
+
+def spec_size(spec: dict) -> tuple[int, int]:
+    from runtime.preprocess import HR_SIZE, LR_SIZE
+
+    return LR_SIZE if spec["lr"] else HR_SIZE
 
 
 def load_clip(path: str):
@@ -187,13 +258,15 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     random.seed(cfg.train.seed)
 
     # -- model(s) ------------------------------------------------------------------------------------------------
-    teacher, clip, clip_norm = None, None, "ours"
+    teacher, clip, clip_norm, onnx_teacher = None, None, "ours", None
     if cfg.train.stage == "clip":
         spec = model_spec("clip", cfg.model.charset, cfg.model.max_len, lr=False, **asdict(cfg.clip))
         model = build_model(spec)
     elif cfg.train.stage == "teacher":
         spec = model_spec(cfg.model.name, cfg.model.charset, cfg.model.max_len, lr=False, **cfg.model.kwargs)
         model = build_model(spec)
+    elif is_onnx_teacher(cfg.train.teacher_ckpt):
+        spec, model, onnx_teacher = build_onnx_student(cfg, master)
     else:
         tck = load_checkpoint(cfg.train.teacher_ckpt)
         tspec = tck["model_spec"]
@@ -221,7 +294,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     synth_dir = prepare_synth(cfg, rank)
     norm = "textzoom" if spec["charset"] == "0123456789abcdefghijklmnopqrstuvwxyz" else "none"
     policy = LabelPolicy(normalize=norm, max_len=spec["max_len"])
-    train_ds, val_reader = build_datasets(cfg, synth_dir, policy)
+    train_ds, val_reader = build_datasets(cfg, synth_dir, policy,
+                                          onnx_teacher if cfg.train.stage == "student" else None, rank)
     bs = cfg.data.batch_size
     sampler = ResumableSampler(len(train_ds), cfg.train.seed, rank, world)
     steps_per_epoch = len(sampler) // bs
@@ -290,7 +364,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             writer = SummaryWriter(str(out / "tb"))
         except Exception:
             writer = None
-        print(f"train: stage={cfg.train.stage} method={cfg.distill.method if cfg.train.stage == 'student' else '-'} "
+        method = ("onnx teacher" if onnx_teacher is not None else cfg.distill.method) if cfg.train.stage == "student" \
+            else "-"
+        print(f"train: stage={cfg.train.stage} method={method} "
               f"model={spec['name']}{' (LR)' if spec['lr'] else ''} "
               f"params={sum(p.numel() for p in system.student.parameters()) / 1e6:.2f}M device={device} world={world} "
               f"steps={cfg.optim.steps} batch={bs}x{world} train_samples={len(train_ds)}")
@@ -303,8 +379,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     val_acc = None
     while step < cfg.optim.steps:
         for batch in loader_for(epoch, batch_in_epoch):
-            batch["hr"] = batch["hr"].to(device, non_blocking=True)
-            batch["lr"] = batch["lr"].to(device, non_blocking=True)
+            for k in ("hr", "lr", "t_probs", "has_label"):
+                if k in batch:
+                    batch[k] = batch[k].to(device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 loss, parts = fwd(batch, step)
             if not torch.isfinite(loss):

@@ -12,9 +12,11 @@ from runtime.preprocess import HR_SIZE, LR_SIZE
 
 from .clip import CLIP
 from .cnn import CNNAttn, CNNCTC
+from .onnx_net import PPOCR_LR_OVERRIDES, OnnxNet, strip_weights
 from .parseq import PARSeq, RecOut, gen_tgt_perms
 
-__all__ = ["MODELS", "build_model", "model_spec", "make_student", "load_official_parseq", "RecOut", "gen_tgt_perms",
+__all__ = ["MODELS", "build_model", "model_spec", "make_student", "make_onnx_student", "PPOCR_LR_OVERRIDES",
+           "load_official_parseq", "RecOut", "gen_tgt_perms",
            "HR_SIZE", "LR_SIZE"]
 
 
@@ -41,6 +43,10 @@ def _cnn(cls) -> Callable[..., nn.Module]:
     return build
 
 
+def _onnx(num_classes: int, max_len: int, lr: bool, **kw: Any) -> nn.Module:
+    return OnnxNet(num_classes, max_len, img_size=LR_SIZE if lr else HR_SIZE, lr=lr, **kw)
+
+
 # name -> (builder, tokenizer kind)
 def _clip(num_classes: int, max_len: int, lr: bool, **kw: Any) -> nn.Module:
     return CLIP(**kw)
@@ -52,11 +58,13 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "parseq-small": (_parseq("small"), "attn"),
     "cnn-attn": (_cnn(CNNAttn), "attn"),
     "cnn-ctc": (_cnn(CNNCTC), "ctc"),
+    "onnx-ctc": (_onnx, "ctc"),
 }
 
 
-_CLASSES = {"clip": CLIP, "parseq-tiny": PARSeq, "parseq-small": PARSeq, "cnn-attn": CNNAttn, "cnn-ctc": CNNCTC}
-_SET_BY_BUILDER = {"self", "num_classes", "max_len", "img_size", "patch_size", "lr"}
+_CLASSES = {"clip": CLIP, "parseq-tiny": PARSeq, "parseq-small": PARSeq, "cnn-attn": CNNAttn, "cnn-ctc": CNNCTC,
+            "onnx-ctc": OnnxNet}
+_SET_BY_BUILDER = {"self", "num_classes", "max_len", "img_size", "patch_size", "lr", "weights"}
 
 
 def _resolved_kwargs(name: str, kwargs: dict) -> dict:
@@ -106,6 +114,29 @@ def make_student(teacher_spec: dict, teacher_state: dict | None = None) -> tuple
                 skipped.append(k)
         student.load_state_dict(take, strict=False)
     return spec, student, skipped
+
+
+def make_onnx_student(onnx_path: str, charset: str, max_len: int, teacher_classes: list[str],
+                      overrides: dict | None = None, flip_input_channels: bool = True) -> tuple[dict, nn.Module]:
+    """The LR student of an ONNX recognizer: its graph with ``overrides`` (stride/pool changes for 16x64 input),
+    its classifier cut to ``charset`` (class k+1 <- the teacher class of charset[k], its lower-case twin when only
+    that exists) and all its weights. ``teacher_classes``: the teacher's class names, blank first."""
+    cs = resolve_charset(charset)
+    index = {c: i for i, c in enumerate(teacher_classes)}
+    keep = [0]
+    for c in cs:
+        t = index.get(c, index.get(c.swapcase()))
+        if t is None:
+            raise ValueError(f"{onnx_path}: the teacher has no class for student character {c!r}; use a charset "
+                             "the teacher covers")
+        keep.append(t)
+    with open(onnx_path, "rb") as f:
+        graph, arrays = strip_weights(f.read())
+    kwargs = {"graph": graph, "overrides": overrides or {}, "keep_classes": keep, "logits": "",
+              "flip_input_channels": bool(flip_input_channels)}
+    spec = model_spec("onnx-ctc", cs, max_len, lr=True, **kwargs)
+    model = OnnxNet(num_classes(spec), max_len, img_size=LR_SIZE, lr=True, weights=arrays, **kwargs)
+    return spec, model
 
 
 def load_official_parseq(path_or_state: str | dict, size: str = "small", charset: str = "94", max_len: int = 25,

@@ -1,0 +1,388 @@
+"""Any recognizer ONNX file as an HR teacher, run through ONNX Runtime with its own preprocessing and dictionary.
+
+The teacher's output is turned into targets for one of our CTC students:
+
+* **charset mapping**: each teacher class goes to the student class of the same character, upper case folds onto
+  lower case when the student has no upper case, anything else is dropped; the dropped probability is either
+  renormalised away (``unmapped: renorm``, default) or given to the blank (``unmapped: blank``). The mapping and
+  the mean dropped mass are reported.
+* **frame alignment**: the teacher reads a crop resized to its height with the aspect kept, padded on the right;
+  the student reads the whole crop stretched to 16x64. The teacher frames that cover the crop (not the padding)
+  are resampled to the student's frame count along the width by area weighting: student frame i averages the
+  teacher frames overlapping [i, i+1) * valid / F, weighted by overlap. Probabilities, not logits, are averaged.
+* **pseudo-label**: the teacher's greedy CTC string and its sequence confidence (product of per-character
+  maxima), folded to the student's charset; used as the CTC target of unlabeled crops above a threshold.
+
+Targets are computed once per sample and cached in an lmdb (``TeacherCache``) beside the data, or under the
+run's directory when the data folder is read-only, so epochs never pay for the teacher again.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+import cv2
+import numpy as np
+
+__all__ = ["OnnxPreproc", "OnnxTeacher", "TeacherTargets", "TeacherCache", "charset_mapping", "resample_frames",
+           "resolve_teacher_path", "PPOCR_PREPROC"]
+
+
+@dataclass(frozen=True)
+class OnnxPreproc:
+    """How the teacher wants its input. PP-OCR's recognizers: 48 px high, width from the aspect ratio, the batch
+    padded to at least 320 px (pad value 0 after normalisation), BGR, (x/255 - 0.5) / 0.5, bilinear resize."""
+
+    height: int = 48
+    min_width: int = 320
+    max_width: int = 1600  # very long crops are squeezed to this width rather than growing the batch unbounded
+    channel_order: str = "bgr"  # bgr | rgb
+    mean: float = 0.5
+    std: float = 0.5
+    interp: str = "bilinear"  # bilinear | area | bicubic (OpenCV)
+
+    def validate(self) -> "OnnxPreproc":
+        if self.channel_order not in ("bgr", "rgb"):
+            raise ValueError(f"onnx teacher channel_order: expected bgr or rgb, got {self.channel_order!r}")
+        if self.interp not in _INTERP:
+            raise ValueError(f"onnx teacher interp: expected one of {sorted(_INTERP)}, got {self.interp!r}")
+        if self.height <= 0 or self.min_width <= 0 or self.max_width < self.min_width:
+            raise ValueError(f"onnx teacher sizes: height {self.height}, min_width {self.min_width}, "
+                             f"max_width {self.max_width} are not usable")
+        return self
+
+
+_INTERP = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC}
+PPOCR_PREPROC = OnnxPreproc()
+
+
+def resolve_teacher_path(spec: str) -> str:
+    """``ppocr`` -> the PP-OCRv4 recognizer inside the installed rapidocr-onnxruntime wheel; else a file path."""
+    if spec == "ppocr":
+        try:
+            import rapidocr_onnxruntime
+        except ImportError:
+            raise FileNotFoundError("teacher 'ppocr': rapidocr-onnxruntime is not installed "
+                                    "(pip install rapidocr-onnxruntime)") from None
+        p = Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_PP-OCRv4_rec_infer.onnx"
+        if not p.is_file():
+            raise FileNotFoundError(f"teacher 'ppocr': {p} is missing from the rapidocr-onnxruntime wheel")
+        return str(p)
+    if not Path(spec).is_file():
+        raise FileNotFoundError(f"teacher {spec}: no such ONNX file")
+    return spec
+
+
+def charset_mapping(teacher_classes: list[str], student_charset: str, blank: int = 0) -> tuple[np.ndarray, dict]:
+    """(map, report): ``map[t]`` is the student class of teacher class t (blank -> 0, -1 = dropped). Student class
+    k + 1 is ``student_charset[k]`` (CTC: blank 0)."""
+    pos = {c: k + 1 for k, c in enumerate(student_charset)}
+    has_upper = any(c.isupper() for c in student_charset)
+    m = np.full(len(teacher_classes), -1, np.int64)
+    exact = folded = 0
+    for t, c in enumerate(teacher_classes):
+        if t == blank:
+            m[t] = 0
+        elif c in pos:
+            m[t], exact = pos[c], exact + 1
+        elif not has_upper and len(c) == 1 and c.lower() in pos and c.isascii():
+            m[t], folded = pos[c.lower()], folded + 1
+    missing = [c for c in student_charset if c not in set(teacher_classes) and
+               not (not has_upper and c.upper() in set(teacher_classes))]
+    report = {"teacher_classes": len(teacher_classes), "student_classes": len(student_charset) + 1,
+              "mapped_exact": exact, "merged_case": folded, "dropped": int((m < 0).sum()),
+              "student_chars_without_teacher_class": "".join(missing)}
+    return m, report
+
+
+def resample_frames(p: np.ndarray, frames: int) -> np.ndarray:
+    """(V, C) per-frame distributions -> (frames, C) by area weighting along the width (see the module doc)."""
+    v = p.shape[0]
+    if v == frames:
+        return p.copy()
+    edges = np.linspace(0.0, v, frames + 1)
+    r = np.zeros((frames, v), np.float64)
+    for i in range(frames):
+        a, b = edges[i], edges[i + 1]
+        for j in range(int(math.floor(a)), min(v, int(math.ceil(b)))):
+            r[i, j] = max(0.0, min(b, j + 1) - max(a, j))
+    r /= r.sum(1, keepdims=True)
+    return (r @ p.astype(np.float64)).astype(np.float32)
+
+
+@dataclass
+class TeacherTargets:
+    """One crop's targets in the student's classes."""
+
+    probs: np.ndarray  # (F, C_student) float16, rows sum to 1
+    text: str  # pseudo-label, folded to the student's charset
+    conf: float  # sequence confidence of the pseudo-label
+    dropped: float  # mean probability mass of teacher classes the student does not have
+
+
+class OnnxTeacher:
+    """ONNX Runtime session + declared preprocessing + dictionary + mapping to a student charset.
+
+    dictionary: ``metadata:KEY`` reads the model's metadata (PP-OCR: ``character``, one character a line), or a
+    text file with one character a line. space_char: the class after the dictionary is a space (PP-OCR)."""
+
+    def __init__(self, path: str, student_charset: str, frames: int, preproc: OnnxPreproc = PPOCR_PREPROC,
+                 dictionary: str = "metadata:character", space_char: bool = True, unmapped: str = "renorm",
+                 threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.path = resolve_teacher_path(path)
+        self.pre = preproc.validate()
+        if unmapped not in ("renorm", "blank"):
+            raise ValueError(f"onnx teacher unmapped: expected renorm or blank, got {unmapped!r}")
+        self.unmapped, self.frames = unmapped, int(frames)
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(self.path, so, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.classes = ["<blank>"] + self._dictionary(dictionary) + ([" "] if space_char else [])
+        n_out = self.session.get_outputs()[0].shape[-1]
+        if isinstance(n_out, int) and n_out != len(self.classes):
+            raise ValueError(f"{self.path}: the model has {n_out} output classes but the dictionary "
+                             f"{dictionary!r} gives {len(self.classes)} (blank + characters"
+                             f"{' + space' if space_char else ''})")
+        from runtime.charset import make_tokenizer
+
+        self.student_charset = student_charset
+        self._tok = make_tokenizer("ctc", student_charset)  # folds the pseudo-label onto the student's charset
+        self.map, self.report = charset_mapping(self.classes, student_charset)
+        keep = np.flatnonzero(self.map >= 0)
+        self._keep, self._to = keep, self.map[keep]
+        self._is_prob: bool | None = None
+
+    def _dictionary(self, spec: str) -> list[str]:
+        if spec.startswith("metadata:"):
+            key = spec.split(":", 1)[1]
+            meta = self.session.get_modelmeta().custom_metadata_map
+            if key not in meta:
+                raise ValueError(f"{self.path}: no {key!r} in the model metadata (keys: {sorted(meta)}); give "
+                                 "the dictionary file instead")
+            return meta[key].splitlines()
+        p = Path(spec)
+        if not p.is_file():
+            raise FileNotFoundError(f"onnx teacher dictionary {spec}: no such file")
+        return [ln.rstrip("\r\n") for ln in p.read_text(encoding="utf-8").splitlines()]
+
+    def fingerprint(self) -> str:
+        """Changes whenever the targets would: model bytes, preprocessing, dictionary, student charset, frames."""
+        h = hashlib.sha256()
+        st = os.stat(self.path)
+        h.update(f"{os.path.basename(self.path)}:{st.st_size}".encode())
+        with open(self.path, "rb") as f:
+            h.update(f.read(1 << 20))
+        h.update(json.dumps([asdict(self.pre), self.classes[:50], len(self.classes), self.student_charset,
+                             self.frames, self.unmapped, 2]).encode())
+        return h.hexdigest()[:16]
+
+    def batch(self, crops_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3, H, W) float32 input and each crop's resized width in pixels."""
+        pre = self.pre
+        H = pre.height
+        ratio = max([pre.min_width / H] + [c.shape[1] / max(c.shape[0], 1) for c in crops_rgb])
+        W = min(int(H * ratio), pre.max_width)
+        x = np.zeros((len(crops_rgb), 3, H, W), np.float32)
+        widths = np.zeros(len(crops_rgb), np.int64)
+        for i, c in enumerate(crops_rgb):
+            h, w = c.shape[:2]
+            rw = max(1, min(W, int(math.ceil(H * w / max(h, 1)))))
+            img = c[..., ::-1] if pre.channel_order == "bgr" else c
+            img = cv2.resize(np.ascontiguousarray(img), (rw, H), interpolation=_INTERP[pre.interp]).astype(np.float32)
+            x[i, :, :, :rw] = ((img / 255.0 - pre.mean) / pre.std).transpose(2, 0, 1)
+            widths[i] = rw
+        return x, widths
+
+    def raw(self, crops_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(probs (N, T, C_teacher), valid frames per crop)."""
+        x, widths = self.batch(crops_rgb)
+        out = self.session.run(None, {self.input_name: x})[0].astype(np.float32)
+        if self._is_prob is None:  # some exports end in logits: decide once from the first batch
+            s = out[:1].sum(-1)
+            self._is_prob = bool(np.all(out[:1] >= 0) and np.allclose(s, 1.0, atol=1e-3))
+        if not self._is_prob:
+            out = np.exp(out - out.max(-1, keepdims=True))
+            out /= out.sum(-1, keepdims=True)
+        T = out.shape[1]
+        valid = np.clip(np.ceil(widths * T / x.shape[3]).astype(np.int64), 1, T)
+        return out, valid
+
+    def read(self, crops_rgb: list[np.ndarray]) -> list[tuple[str, float]]:
+        """The teacher's own reading (its full dictionary): (text, confidence) per crop."""
+        return self._decode(self.raw(crops_rgb)[0])
+
+    def targets(self, crops_rgb: list[np.ndarray]) -> list[TeacherTargets]:
+        probs, valid = self.raw(crops_rgb)
+        read = self._decode(probs)
+        out = []
+        C = len(self.student_charset) + 1
+        for i in range(len(crops_rgb)):
+            p = probs[i, : valid[i]]
+            mapped = np.zeros((p.shape[0], C), np.float32)
+            np.add.at(mapped.T, self._to, p[:, self._keep].T)  # sum the teacher classes of each student class
+            kept = mapped.sum(1, keepdims=True)
+            dropped = 1.0 - kept
+            if self.unmapped == "blank":
+                mapped[:, :1] += dropped
+            else:
+                mapped /= np.maximum(kept, 1e-8)
+            r = resample_frames(mapped, self.frames)
+            r /= r.sum(1, keepdims=True)
+            text, conf = read[i]
+            out.append(TeacherTargets(r.astype(np.float16), self._tok.adapt(text), conf, float(dropped.mean())))
+        return out
+
+    def _decode(self, probs: np.ndarray) -> list[tuple[str, float]]:
+        from runtime.fastpath import decode
+
+        d = decode(np.ascontiguousarray(probs), "ctc", 0)
+        return [("".join(self.classes[i] for i in ids[:n].tolist()), float(c))
+                for ids, n, c in zip(d.ids, d.lengths, d.seq_conf)]
+
+
+# -- the cache -----------------------------------------------------------------------------------------------------
+def _pack(t: TeacherTargets) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, t.probs, allow_pickle=False)
+    head = json.dumps({"text": t.text, "conf": t.conf, "dropped": t.dropped}).encode()
+    return len(head).to_bytes(4, "little") + head + buf.getvalue()
+
+
+def _unpack(b: bytes) -> TeacherTargets:
+    n = int.from_bytes(b[:4], "little")
+    head = json.loads(b[4 : 4 + n])
+    probs = np.load(io.BytesIO(b[4 + n :]), allow_pickle=False)
+    return TeacherTargets(probs, head["text"], float(head["conf"]), float(head["dropped"]))
+
+
+def _writable(d: Path) -> bool:
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+class TeacherCache:
+    """An lmdb of ``TeacherTargets`` keyed by sample key, for one (source, teacher fingerprint).
+
+    Location: ``<cache_dir>/<source name>-<path hash>.teacher-<fingerprint>.lmdb`` when a cache_dir is given,
+    else ``<source>.teacher-<fingerprint>.lmdb`` beside the source when its folder is writable, else the same
+    name as the first under ``fallback_dir``. ``build`` adds only the samples it
+    lacks, committing batch by batch: an interrupted build loses nothing, the next one completes it."""
+
+    def __init__(self, source: str | Path, fingerprint: str, cache_dir: str | Path | None = None,
+                 fallback_dir: str | Path = "teacher-cache") -> None:
+        src = Path(source).resolve()
+        beside = src.parent / f"{src.name}.teacher-{fingerprint}.lmdb"
+        tag = hashlib.sha1(str(src).encode()).hexdigest()[:8]
+        elsewhere = f"{src.name}-{tag}.teacher-{fingerprint}.lmdb"
+        if cache_dir:  # an explicit place wins (shared data folders are read-only by policy, writable or not)
+            self.path = Path(cache_dir) / elsewhere
+        elif beside.exists() or _writable(src.parent):
+            self.path = beside
+        else:
+            self.path = Path(fallback_dir) / elsewhere
+
+    def _open_write(self):
+        import lmdb
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        return lmdb.open(str(self.path), map_size=1 << 36, subdir=True, lock=True)
+
+    def get(self, key: str) -> TeacherTargets | None:
+        from runtime.datasets import open_lmdb
+
+        if not (self.path / "data.mdb").is_file():
+            raise FileNotFoundError(f"{self.path}: teacher cache not built")
+        with open_lmdb(self.path).begin() as txn:  # one cached handle per process (fork-safe)
+            b = txn.get(key.encode())
+        return _unpack(b) if b is not None else None
+
+    def _peek(self, fn):
+        """Run ``fn(txn)`` on a short-lived read-only environment: the process then holds no environment when it
+        forks DataLoader workers (lmdb refuses a second open of an inherited one)."""
+        from runtime.datasets import open_lmdb, release_lmdb
+
+        env = open_lmdb(self.path)
+        try:
+            with env.begin() as txn:
+                return fn(txn)
+        finally:
+            release_lmdb(env)
+
+    def keys(self) -> set[str]:
+        if not (self.path / "data.mdb").is_file():
+            return set()
+        return self._peek(lambda txn: {k.decode() for k, _ in txn.cursor()} - {"__summary__"})
+
+    def build(self, teacher: OnnxTeacher, reader, n: int | None = None, batch: int = 16, workers: int = 1,
+              progress: bool = True, chunk: int = 4096) -> dict:
+        """Run the teacher once over the first ``n`` samples of ``reader`` that the cache lacks, in batches of
+        similar aspect ratio (little padding), ``workers`` batches at a time (ONNX Runtime releases the GIL).
+        Returns a summary (also stored in the cache)."""
+        from tqdm import tqdm
+
+        from runtime.datasets import CorruptSample
+
+        n = len(reader) if n is None else min(n, len(reader))
+        have = self.keys()
+        todo = [i for i in range(n) if reader.keys[i] not in have]
+        if not todo and have:
+            return self.summary()
+        env = self._open_write()
+        conf, dropped = [], []
+        bar = tqdm(total=len(todo), desc=f"teacher -> {self.path.name}", disable=not progress, dynamic_ncols=True)
+
+        def run(group):
+            return group, teacher.targets([img for _, img in group])
+
+        pool = ThreadPoolExecutor(max(1, workers))
+        try:
+            for c in range(0, len(todo), chunk):
+                loaded = []
+                for i in todo[c : c + chunk]:
+                    try:
+                        s = reader[i]
+                    except CorruptSample:
+                        continue  # the dataset skips it too
+                    loaded.append((s.key, s.image))
+                loaded.sort(key=lambda s: s[1].shape[1] / max(s[1].shape[0], 1))
+                groups = [loaded[k : k + batch] for k in range(0, len(loaded), batch)]
+                for group, tg in pool.map(run, groups):
+                    with env.begin(write=True) as txn:
+                        for (k, _), t in zip(group, tg):
+                            txn.put(k.encode(), _pack(t))
+                            conf.append(t.conf)
+                            dropped.append(t.dropped)
+                    bar.update(len(group))
+        finally:
+            pool.shutdown()
+            bar.close()
+        summary = {"samples": len(have) + len(conf), "new": len(conf),
+                   "mean_conf": float(np.mean(conf)) if conf else None,
+                   "mean_dropped_mass": float(np.mean(dropped)) if dropped else None, "mapping": teacher.report,
+                   "teacher": os.path.basename(teacher.path)}
+        with env.begin(write=True) as txn:
+            txn.put(b"__summary__", json.dumps(summary).encode())
+        env.sync()
+        env.close()
+        return summary
+
+    def summary(self) -> dict:
+        b = self._peek(lambda txn: txn.get(b"__summary__"))
+        return json.loads(b) if b else {}

@@ -1,0 +1,336 @@
+"""An ONNX recognizer as teacher (issue 8): the graph as a trainable module, the LR student made from it, charset
+mapping, frame resampling, the target cache, unlabeled sources, and a training run with PP-OCRv4 as teacher."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from apps.peers import ppocr_model
+from distill.models import build_model, make_onnx_student
+from distill.models.onnx_net import PPOCR_LR_OVERRIDES, OnnxNet, strip_weights
+from distill.onnx_teacher import OnnxTeacher, TeacherCache, charset_mapping, resample_frames
+from distill.unlabeled import UnlabeledFolder, UnlabeledLmdb, open_unlabeled, video_regions_to_lmdb
+from runtime.charset import CHARSETS
+from runtime.datasets import DataError, open_dataset
+
+from conftest import run_module, str_items, write_lmdb
+
+REC = ppocr_model("rec")
+needs_ppocr = pytest.mark.skipif(REC is None, reason="rapidocr-onnxruntime (PP-OCRv4 recognizer) not installed")
+
+
+def _tiny_ctc_onnx(path, n_chars: int = 5, softmax: bool = True, op: str = "Relu"):
+    """A small CTC recognizer graph: conv (stride 2) -> op -> mean over height -> MatMul + bias [-> Softmax]."""
+    rng = np.random.default_rng(0)
+    C = n_chars + 2  # blank + chars + space
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 3, 3, 3], rng.normal(0, 0.3, 216).astype(np.float32).tolist())
+    fc = helper.make_tensor("fc", TensorProto.FLOAT, [8, C], rng.normal(0, 0.5, 8 * C).astype(np.float32).tolist())
+    b = helper.make_tensor("b", TensorProto.FLOAT, [C], rng.normal(0, 0.1, C).astype(np.float32).tolist())
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [2])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [3], [0, 8, -1])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv0", strides=[2, 2], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node(op, ["c"], ["r"], name="act"),
+        helper.make_node("ReduceMean", ["r"], ["m"], name="pool", axes=[2], keepdims=1),
+        helper.make_node("Squeeze", ["m", "axes"], ["s"], name="sq"),
+        helper.make_node("Reshape", ["s", "shape"], ["s2"], name="rs"),
+        helper.make_node("Transpose", ["s2"], ["t"], perm=[0, 2, 1], name="tr"),
+        helper.make_node("MatMul", ["t", "fc"], ["mm"], name="fc"),
+        helper.make_node("Add", ["mm", "b"], ["logits"], name="bias"),
+    ]
+    out = "logits"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=2, name="sm"))
+        out = "probs"
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", "T", C])], [w, fc, b, axes, shape])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.save(m, str(path))
+    return path
+
+
+# -- the graph as a module ----------------------------------------------------------------------------------------
+def test_onnx_net_matches_onnxruntime_on_a_small_graph(tmp_path):
+    p = _tiny_ctc_onnx(tmp_path / "tiny.onnx")
+    graph, arrays = strip_weights(p.read_bytes(), keep_small=4)
+    assert set(arrays) == {"w", "fc", "b"} and len(graph) < p.stat().st_size
+    net = OnnxNet(7, 25, img_size=(32, 128), graph=graph, weights=arrays).eval()
+    x = np.random.default_rng(1).uniform(-1, 1, (3, 3, 32, 96)).astype(np.float32)
+    ref = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = net(torch.from_numpy(x)).numpy()
+    assert got.shape == ref.shape == (3, 48, 7)
+    assert np.abs(got - ref).max() < 1e-5
+    # weights are parameters (trainable), the structural constants are not
+    names = {n for n, _ in net.named_parameters()}
+    assert names == {"params.w", "params.fc", "params.b"}
+
+
+def test_onnx_net_errors_name_the_problem(tmp_path):
+    p = _tiny_ctc_onnx(tmp_path / "tiny.onnx", op="Selu")
+    with pytest.raises(ValueError, match=r"not supported here: \['Selu'\]"):
+        OnnxNet(7, graph=p.read_bytes())
+    p = _tiny_ctc_onnx(tmp_path / "ok.onnx")
+    with pytest.raises(ValueError, match=r"no node named \['nope'\]"):
+        OnnxNet(7, graph=p.read_bytes(), overrides={"nope": {"strides": [1, 1]}})
+    with pytest.raises(ValueError, match="gives 7 classes, the charset needs 5"):
+        OnnxNet(5, graph=p.read_bytes())
+    with pytest.raises(ValueError, match="graph is empty"):
+        OnnxNet(5)
+
+
+@needs_ppocr
+def test_ppocr_graph_parity_and_lr_student_export(tmp_path):
+    """PP-OCRv4 through OnnxNet equals ONNX Runtime; its LR student rebuilds from the spec and re-exports with a
+    dynamic batch."""
+    data = open(REC, "rb").read()
+    graph, arrays = strip_weights(data)
+    net = OnnxNet(6625, 25, img_size=(48, 320), graph=graph, weights=arrays).eval()
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 48, 320)).astype(np.float32)
+    ref = ort.InferenceSession(str(REC), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        assert np.abs(net(torch.from_numpy(x)).numpy() - ref).max() < 1e-4
+    n = len(net.nodes)
+    fused = net.fuse_for_inference()  # what compress.export does: fewer elementwise passes, same outputs
+    assert fused["conv_affine"] >= 20 and fused["hardswish"] >= 20 and len(net.nodes) < n - 100
+    with torch.no_grad():
+        assert np.abs(net(torch.from_numpy(x)).numpy() - ref).max() < 1e-4
+
+    t = OnnxTeacher("ppocr", CHARSETS["36"], 32)
+    spec, student = make_onnx_student(str(REC), "36", 25, t.classes, PPOCR_LR_OVERRIDES)
+    student.eval()
+    xs = torch.from_numpy(np.random.default_rng(1).uniform(-1, 1, (5, 3, 16, 64)).astype(np.float32))
+    with torch.no_grad():
+        probs = student(xs)
+    assert probs.shape == (5, 32, 37)
+    # classifier columns: blank, then each character's own (lower-case here) teacher class
+    assert spec["kwargs"]["keep_classes"][:2] == [0, t.classes.index("0")]
+    again = build_model(spec)  # from the checkpoint's spec alone: structure, then the state dict
+    again.load_state_dict(student.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(again.eval()(xs), probs, atol=1e-6)
+    # RGB input: the first convolution's input channels were reversed from PP-OCR's BGR
+    w0 = next(n for n in onnx.load(str(REC)).graph.node if n.op_type == "Conv").input[1]
+    stem = student.params[w0.replace(".", "_")].detach().numpy()
+    assert np.array_equal(stem, arrays[w0][:, ::-1])
+    path = tmp_path / "s.onnx"
+    torch.onnx.export(student, (xs[:2],), str(path), input_names=["images"], output_names=["probs"],
+                      dynamic_axes={"images": {0: "b"}, "probs": {0: "b"}}, opset_version=17, dynamo=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        got = sess.run(None, {"images": xs[:n].numpy()})[0]
+        assert np.abs(got - probs[:n].numpy()).max() < 1e-4
+
+
+# -- mapping and alignment ------------------------------------------------------------------------------------------
+def test_charset_mapping_folds_case_and_reports():
+    classes = ["<blank>", "a", "B", "b", "中", "1", " "]
+    m, rep = charset_mapping(classes, "ab1")
+    assert m.tolist() == [0, 1, 2, 2, -1, 3, -1]
+    assert rep["merged_case"] == 1 and rep["mapped_exact"] == 3 and rep["dropped"] == 2
+    m, rep = charset_mapping(classes, "abB")
+    assert m.tolist() == [0, 1, 3, 2, -1, -1, -1] and rep["merged_case"] == 0
+    assert rep["student_chars_without_teacher_class"] == ""
+    _, rep = charset_mapping(classes, "xa")
+    assert rep["student_chars_without_teacher_class"] == "x"
+
+
+def test_resample_frames_by_area():
+    p = np.eye(4, dtype=np.float32)  # frame j certain of class j
+    up = resample_frames(p, 8)
+    assert up.shape == (8, 4) and np.allclose(up.sum(1), 1)
+    assert up.argmax(1).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    down = resample_frames(np.eye(6, dtype=np.float32), 3)
+    assert np.allclose(down, np.kron(np.eye(3), [[0.5, 0.5]]))
+    uneven = resample_frames(np.eye(5, dtype=np.float32), 2)  # frame 2 straddles both halves
+    assert np.allclose(uneven[:, 2], [0.2, 0.2]) and np.allclose(uneven.sum(1), 1)
+    assert np.array_equal(resample_frames(p, 4), p)
+
+
+def _dict_file(tmp_path, chars="abcde"):
+    f = tmp_path / "dict.txt"
+    f.write_text("\n".join(chars) + "\n")
+    return f
+
+
+def test_teacher_from_a_dictionary_file_and_logit_outputs(tmp_path):
+    p = _tiny_ctc_onnx(tmp_path / "logits.onnx", softmax=False)
+    crops = [np.random.default_rng(i).integers(0, 255, (20 + 5 * i, 60, 3), dtype=np.uint8) for i in range(3)]
+    t = OnnxTeacher(str(p), "abc", 12, dictionary=str(_dict_file(tmp_path)), threads=1)
+    assert t.classes == ["<blank>", "a", "b", "c", "d", "e", " "]
+    assert t.report["dropped"] == 3  # d, e, space
+    x, widths = t.batch(crops)
+    assert x.shape[2] == 48 and x.shape[3] >= 320 and (widths <= x.shape[3]).all()
+    probs, valid = t.raw(crops)
+    assert np.allclose(probs.sum(-1), 1, atol=1e-5)  # logits were turned into probabilities
+    assert (valid >= 1).all() and (valid <= probs.shape[1]).all()
+    tg = t.targets(crops)
+    assert len(tg) == 3 and all(g.probs.shape == (12, 4) and g.probs.dtype == np.float16 for g in tg)
+    assert all(np.allclose(g.probs.astype(np.float32).sum(1), 1, atol=2e-3) for g in tg)
+    assert all(set(g.text) <= set("abc") for g in tg) and all(0 <= g.conf <= 1 for g in tg)
+    blank = OnnxTeacher(str(p), "abc", 12, dictionary=str(_dict_file(tmp_path)), unmapped="blank").targets(crops)
+    assert all(b.probs[:, 0].astype(np.float32).mean() >= g.probs[:, 0].astype(np.float32).mean() - 1e-3
+               for b, g in zip(blank, tg))
+    with pytest.raises(ValueError, match="output classes but the dictionary"):
+        OnnxTeacher(str(p), "abc", 12, dictionary=str(_dict_file(tmp_path, "abcdefg")))
+    with pytest.raises(ValueError, match="no 'character' in the model metadata"):
+        OnnxTeacher(str(p), "abc", 12)
+    with pytest.raises(FileNotFoundError, match="no such ONNX file"):
+        OnnxTeacher(str(tmp_path / "missing.onnx"), "abc", 12)
+
+
+# -- the cache -----------------------------------------------------------------------------------------------------
+def test_teacher_cache_builds_once_and_completes_partial_builds(tmp_path):
+    p = _tiny_ctc_onnx(tmp_path / "t.onnx")
+    t = OnnxTeacher(str(p), "abc", 8, dictionary=str(_dict_file(tmp_path)))
+    data = write_lmdb(tmp_path / "words", str_items(["ab", "ca", "bb", "abc", "c", "ba"]))
+    reader = open_dataset(data)
+    cache = TeacherCache(data, t.fingerprint(), fallback_dir=tmp_path / "fb")
+    assert cache.path.parent == tmp_path  # beside the data when writable
+    s1 = cache.build(t, reader, n=3, progress=False)
+    assert s1["new"] == 3 and s1["samples"] == 3
+    s2 = cache.build(t, reader, progress=False)  # an interrupted build is completed, nothing recomputed
+    assert s2["new"] == 3 and s2["samples"] == 6
+    assert cache.build(t, reader, progress=False)["samples"] == 6
+    got = cache.get(reader.keys[4])
+    direct = t.targets([reader[4].image])[0]
+    assert got.text == direct.text and np.array_equal(got.probs, direct.probs)
+    assert cache.get("nope") is None
+    # an explicit cache_dir wins over the data folder; a changed teacher setting changes the fingerprint
+    other = TeacherCache(data, t.fingerprint(), cache_dir=tmp_path / "elsewhere")
+    assert other.path.parent == tmp_path / "elsewhere"
+    t2 = OnnxTeacher(str(p), "abc", 16, dictionary=str(_dict_file(tmp_path)))
+    assert t2.fingerprint() != t.fingerprint()
+
+
+# -- unlabeled sources -----------------------------------------------------------------------------------------------
+def test_unlabeled_sources(tmp_path):
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(folder / ("sub" if i else ".") / f"{i}.png"), np.full((20, 50, 3), 40 * i, np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    r = open_unlabeled(folder)
+    assert isinstance(r, UnlabeledFolder) and len(r) == 3 and r[1].label == "" and r[1].image.shape == (20, 50, 3)
+    lm = write_lmdb(tmp_path / "lm", str_items(["x", "y"]))
+    r = open_unlabeled(lm)
+    assert isinstance(r, UnlabeledLmdb) and len(r) == 2 and r[0].label == "" and r[0].key == "000000001"
+    with pytest.raises(DataError, match="no images"):
+        UnlabeledFolder(tmp_path / "lm")
+    with pytest.raises(DataError, match="expected an lmdb folder"):
+        open_unlabeled(tmp_path / "missing")
+
+
+def test_video_regions_become_an_unlabeled_lmdb(tmp_path):
+    video = tmp_path / "v.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    assert w.isOpened()
+    for i in range(6):
+        f = np.full((120, 160, 3), 200, np.uint8)
+        cv2.putText(f, "AB", (20 + 5 * i, 60), cv2.FONT_HERSHEY_SIMPLEX, 1, (0, 0, 0), 2)
+        w.write(f)
+    w.release()
+    regions = tmp_path / "r.jsonl"
+    regions.write_text("\n".join(json.dumps({"frame": i, "words": [{"box": [15 + 5 * i, 30, 75 + 5 * i, 70]},
+                                                                   {"box": [0, 0, 3, 3]}]}) for i in range(6)))
+    n = video_regions_to_lmdb(video, regions, tmp_path / "crops", every=2)
+    assert n == 3  # frames 0, 2, 4; the 3-px box is skipped
+    r = UnlabeledLmdb(tmp_path / "crops")
+    assert len(r) == 3 and r[0].image.shape == (40, 60, 3)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"frame": 0, "words": [{"box": [1, 2]}]}\n')
+    with pytest.raises(DataError, match="bad.jsonl:1: every box needs 4 numbers"):
+        video_regions_to_lmdb(video, bad, tmp_path / "x")
+    res = run_module(["distill.data", "unlabeled", "--video", str(video), "--regions", str(regions),
+                      "--out", str(tmp_path / "cli")])
+    assert res.returncode == 0, res.stderr
+    assert "wrote 6 crops" in res.stdout
+
+
+# -- training with PP-OCRv4 as teacher ---------------------------------------------------------------------------------
+def _real_lmdb(src, out, n, labels=True):
+    r = open_dataset(src)
+    items = {b"num-samples": str(n).encode()}
+    for i in range(n):
+        s = r[i]
+        ok, buf = cv2.imencode(".png", s.image[..., ::-1])
+        items[b"image-%09d" % (i + 1)] = buf.tobytes()
+        items[b"label-%09d" % (i + 1)] = (s.label if labels else "").encode()
+    return write_lmdb(out, items)
+
+
+@needs_ppocr
+def test_train_student_and_baseline_from_ppocr(tmp_path, shared_real):
+    words = _real_lmdb(shared_real / "svt_train", tmp_path / "words", 24)
+    unl = _real_lmdb(shared_real / "iiit5k_train", tmp_path / "unl", 16, labels=False)
+    both = ["--set", f"data.train=[{{path: {words}}}, {{path: {unl}, unlabeled: true, weight: 0.5}}]"]
+    common = ["--set", "model.name=onnx-ctc", "--set", "model.charset='36'", "--set", "train.teacher_ckpt=ppocr",
+              "--set", f"data.val={words}", "--set", "data.batch_size=8", "--set", "data.workers=1",
+              "--set", "optim.steps=3", "--set", "train.val_every=3", "--set", "train.log_every=1",
+              "--set", "data.max_val_samples=8", "--set", "train.progress=false",
+              "--set", f"onnx_teacher.cache_dir={tmp_path / 'cache'}"]
+    res = run_module(["distill.train", "--set", "train.stage=student", "--set", f"train.out_dir={tmp_path / 's'}",
+                      *common, *both])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "32 frames" in res.stdout and "case-merged" in res.stdout
+    assert len(list((tmp_path / "cache").glob("*.teacher-*.lmdb"))) == 2  # both sources, none beside the data
+    assert not list(tmp_path.glob("words.teacher-*"))
+    log = (tmp_path / "s" / "log.csv").read_text()
+    assert "logits=" in log and "ce=" in log
+    # the unlabeled source's pseudo-labels: PP-OCR reads these crops, most pass the threshold
+    found = list((tmp_path / "cache").glob("unl-*.lmdb"))[0]
+    cache = TeacherCache(unl, found.name.split(".teacher-")[1][: -len(".lmdb")], cache_dir=tmp_path / "cache")
+    assert cache.path == found
+    confs = [cache.get(f"{i:09d}").conf for i in range(1, 17)]
+    assert np.mean(np.array(confs) >= 0.7) > 0.5
+    # baseline: same initialisation (the ONNX weights), no teacher, no unlabeled data allowed
+    res = run_module(["distill.train", "--set", "train.stage=baseline", "--set", f"train.out_dir={tmp_path / 'b'}",
+                      *common, *both])
+    assert res.returncode == 2 and "data.train[1].unlabeled" in res.stderr
+    res = run_module(["distill.train", "--set", "train.stage=baseline", "--set", f"train.out_dir={tmp_path / 'b'}",
+                      *common, "--set", f"data.train=[{{path: {words}}}]"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "logits=" not in (tmp_path / "b" / "log.csv").read_text()
+    from distill.checkpoint import load_model
+
+    model, tok, ck = load_model(tmp_path / "b" / "last.pt")
+    assert ck["model_spec"]["name"] == "onnx-ctc" and tok.charset == CHARSETS["36"]
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 16, 64)).shape == (1, 32, 37)
+
+
+def test_onnx_teacher_config_errors(tmp_path):
+    res = run_module(["distill.train", "--set", "train.stage=student", "--set", "train.teacher_ckpt=ppocr",
+                      "--set", "data.synth.n=10"])
+    assert res.returncode == 2 and "model.name: an ONNX teacher" in res.stderr
+    res = run_module(["distill.train", "--set", "train.stage=student", "--set", f"train.teacher_ckpt={tmp_path}/x.onnx",
+                      "--set", "model.name=onnx-ctc", "--set", "data.synth.n=10",
+                      "--set", f"train.out_dir={tmp_path / 'o'}"])
+    assert res.returncode == 2 and "x.onnx: no such ONNX file" in res.stderr
+
+
+@needs_ppocr
+def test_kd_gain_onnx_teacher_contender(tmp_path, shared_real):
+    words = _real_lmdb(shared_real / "svt_train", tmp_path / "words", 16)
+    real = _real_lmdb(shared_real / "svt_test", tmp_path / "real", 12)
+    sets = ["model.name=onnx-ctc", "model.charset='36'", f"data.train=[{{path: {words}}}]", f"data.val={words}",
+            "data.batch_size=8", "data.workers=0", "data.max_val_samples=8", f"onnx_teacher.cache_dir={tmp_path / 'c'}"]
+    res = run_module(["distill.kd_gain", "--contenders", "onnx-teacher", "--minutes", "0.01", "--min-steps", "2",
+                      "--out", str(tmp_path / "kg"), "--real", str(real), "--max-samples", "12",
+                      "--onnx-config", "configs/ppocr_student.yaml", *[a for s in sets for a in ("--set", s)]],
+                     timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    d = json.loads((tmp_path / "kg" / "kd_gain.json").read_text())
+    models = {r["model"] for r in d["rows"]}
+    assert models == {"onnx-teacher", "onnx-student", "onnx-baseline"}
+    teacher_hr = next(r for r in d["rows"] if r["contender"].startswith("ONNX teacher (HR"))
+    assert teacher_hr["real_lr16"] > 40  # the HR reference column: PP-OCR reads real HR crops
+    md = (tmp_path / "kg" / "kd_gain.md").read_text()
+    assert "student distilled from the ONNX teacher" in md and "ahead of its LR-only baseline" in md
