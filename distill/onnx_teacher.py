@@ -9,7 +9,10 @@ The teacher's output is turned into targets for one of our CTC students:
 * **frame alignment**: the teacher reads a crop resized to its height with the aspect kept, padded on the right;
   the student reads the whole crop stretched to 16x64. The teacher frames that cover the crop (not the padding)
   are resampled to the student's frame count along the width by area weighting: student frame i averages the
-  teacher frames overlapping [i, i+1) * valid / F, weighted by overlap. Probabilities, not logits, are averaged.
+  teacher frames overlapping [i, i+1) * valid / F, weighted by overlap (probabilities, not logits). Downsampling
+  this way merges neighbouring characters (PP-OCRv4 on svt_train: its targets at 32 frames decode right for
+  83.3 % of crops where its own string is right for 87.9 %), so by default (``resample: peaks``) each emitted
+  character then keeps a frame of its own (``resample_peaks``), which gives back the 87.9 %.
 * **pseudo-label**: the teacher's greedy CTC string and its sequence confidence (product of per-character
   maxima), folded to the student's charset; used as the CTC target of unlabeled crops above a threshold.
 
@@ -32,6 +35,7 @@ import cv2
 import numpy as np
 
 __all__ = ["OnnxPreproc", "OnnxTeacher", "TeacherTargets", "TeacherCache", "charset_mapping", "resample_frames",
+           "resample_peaks",
            "resolve_teacher_path", "PPOCR_PREPROC"]
 
 
@@ -117,6 +121,36 @@ def resample_frames(p: np.ndarray, frames: int) -> np.ndarray:
     return (r @ p.astype(np.float64)).astype(np.float32)
 
 
+def resample_peaks(p: np.ndarray, frames: int) -> np.ndarray:
+    """Like ``resample_frames``, but each character the teacher emits (a run of frames whose arg-max is the same
+    non-blank class) keeps a student frame of its own holding the run's most confident teacher frame, in order,
+    with a blank frame between repeated characters; other frames keep the area average unless its arg-max is a
+    character, then they become blank. Area averaging alone merges neighbouring characters when it downsamples
+    (see the module doc); this keeps the teacher's greedy reading whenever it fits in ``frames``."""
+    v = p.shape[0]
+    out = resample_frames(p, frames)
+    am = p.argmax(1)
+    used = np.zeros(frames, bool)
+    prev_s, prev_c, j = -2, -1, 0
+    while j < v:
+        c, k = am[j], j
+        while k + 1 < v and am[k + 1] == c:
+            k += 1
+        if c != 0:
+            s = int(np.clip(np.floor((j + k + 1) / 2 * frames / v), 0, frames - 1))
+            s = max(s, prev_s + (2 if c == prev_c else 1))
+            if s >= frames:
+                break
+            out[s] = p[j + int(np.argmax(p[j : k + 1, c]))]
+            used[s] = True
+            prev_s, prev_c = s, c
+        j = k + 1
+    stray = ~used & (out.argmax(1) != 0)
+    out[stray] = 0.0
+    out[stray, 0] = 1.0
+    return out
+
+
 @dataclass
 class TeacherTargets:
     """One crop's targets in the student's classes."""
@@ -135,14 +169,16 @@ class OnnxTeacher:
 
     def __init__(self, path: str, student_charset: str, frames: int, preproc: OnnxPreproc = PPOCR_PREPROC,
                  dictionary: str = "metadata:character", space_char: bool = True, unmapped: str = "renorm",
-                 threads: int = 0) -> None:
+                 threads: int = 0, resample: str = "peaks") -> None:
         import onnxruntime as ort
 
         self.path = resolve_teacher_path(path)
         self.pre = preproc.validate()
         if unmapped not in ("renorm", "blank"):
             raise ValueError(f"onnx teacher unmapped: expected renorm or blank, got {unmapped!r}")
-        self.unmapped, self.frames = unmapped, int(frames)
+        if resample not in ("peaks", "area"):
+            raise ValueError(f"onnx teacher resample: expected peaks or area, got {resample!r}")
+        self.unmapped, self.frames, self.resample = unmapped, int(frames), resample
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
@@ -184,7 +220,7 @@ class OnnxTeacher:
         with open(self.path, "rb") as f:
             h.update(f.read(1 << 20))
         h.update(json.dumps([asdict(self.pre), self.classes[:50], len(self.classes), self.student_charset,
-                             self.frames, self.unmapped, 2]).encode())
+                             self.frames, self.unmapped, self.resample, 2]).encode())
         return h.hexdigest()[:16]
 
     def batch(self, crops_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +273,7 @@ class OnnxTeacher:
                 mapped[:, :1] += dropped
             else:
                 mapped /= np.maximum(kept, 1e-8)
-            r = resample_frames(mapped, self.frames)
+            r = (resample_peaks if self.resample == "peaks" else resample_frames)(mapped, self.frames)
             r /= r.sum(1, keepdims=True)
             text, conf = read[i]
             out.append(TeacherTargets(r.astype(np.float16), self._tok.adapt(text), conf, float(dropped.mean())))

@@ -139,7 +139,7 @@ def build_onnx_student(cfg: Config, master: bool):
     from runtime.charset import resolve_charset
 
     charset = resolve_charset(cfg.model.charset)
-    probe = OnnxTeacher(path, charset, 1, pre, o.dictionary, o.space_char, o.unmapped, o.threads)
+    probe = OnnxTeacher(path, charset, 1, pre, o.dictionary, o.space_char, o.unmapped, o.threads, o.resample)
     overrides = o.student_overrides
     if not overrides and (cfg.train.teacher_ckpt == "ppocr" or "PP-OCRv4_rec" in Path(path).name):
         overrides = PPOCR_LR_OVERRIDES
@@ -153,7 +153,7 @@ def build_onnx_student(cfg: Config, master: bool):
         raise ConfigError(f"train.teacher_ckpt {path}: cannot make a 16x64 student of it ({e}); set "
                           "onnx_teacher.student_overrides (node name -> attributes, e.g. strides) so the graph "
                           "accepts 16x64 input") from None
-    teacher = OnnxTeacher(path, charset, frames, pre, o.dictionary, o.space_char, o.unmapped, o.threads)
+    teacher = OnnxTeacher(path, charset, frames, pre, o.dictionary, o.space_char, o.unmapped, o.threads, o.resample)
     if master:
         print(f"train: onnx-ctc student from {path}: 16x64 input, {frames} frames, overrides {overrides or 'none'}")
     return spec, model, teacher

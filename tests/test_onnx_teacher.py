@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from apps.peers import ppocr_model
 from distill.models import build_model, make_onnx_student
 from distill.models.onnx_net import PPOCR_LR_OVERRIDES, OnnxNet, strip_weights
-from distill.onnx_teacher import OnnxTeacher, TeacherCache, charset_mapping, resample_frames
+from distill.onnx_teacher import OnnxTeacher, TeacherCache, charset_mapping, resample_frames, resample_peaks
 from distill.unlabeled import UnlabeledFolder, UnlabeledLmdb, open_unlabeled, video_regions_to_lmdb
 from runtime.charset import CHARSETS
 from runtime.datasets import DataError, open_dataset
@@ -154,6 +154,24 @@ def test_resample_frames_by_area():
     assert np.array_equal(resample_frames(p, 4), p)
 
 
+def test_peak_resampling_keeps_every_character():
+    from runtime.fastpath import decode
+
+    # 12 teacher frames reading "a b b c" (classes 1 2 2 3) with a blank between the two b's, downsampled to 5
+    seq = [0, 1, 1, 0, 2, 0, 2, 2, 3, 3, 0, 0]
+    p = np.full((12, 4), 0.02, np.float32)
+    p[np.arange(12), seq] = 0.94
+    read = lambda q: decode(np.ascontiguousarray(q[None], np.float32), "ctc", 0).ids[0].tolist()
+    assert read(p)[:4] == [1, 2, 2, 3]
+    area = resample_frames(p, 5)
+    assert read(area)[: decode(area[None].astype(np.float32), "ctc", 0).lengths[0]] != [1, 2, 2, 3]  # merged
+    peaks = resample_peaks(p, 5)
+    d = decode(peaks[None].astype(np.float32), "ctc", 0)
+    assert d.ids[0][: d.lengths[0]].tolist() == [1, 2, 2, 3]  # a blank frame kept between the repeated b's
+    assert np.allclose(peaks.sum(1), 1, atol=1e-5)
+    assert decode(resample_peaks(p, 3)[None].astype(np.float32), "ctc", 0).lengths[0] <= 3  # what fits, in order
+
+
 def _dict_file(tmp_path, chars="abcde"):
     f = tmp_path / "dict.txt"
     f.write_text("\n".join(chars) + "\n")
@@ -175,9 +193,10 @@ def test_teacher_from_a_dictionary_file_and_logit_outputs(tmp_path):
     assert len(tg) == 3 and all(g.probs.shape == (12, 4) and g.probs.dtype == np.float16 for g in tg)
     assert all(np.allclose(g.probs.astype(np.float32).sum(1), 1, atol=2e-3) for g in tg)
     assert all(set(g.text) <= set("abc") for g in tg) and all(0 <= g.conf <= 1 for g in tg)
-    blank = OnnxTeacher(str(p), "abc", 12, dictionary=str(_dict_file(tmp_path)), unmapped="blank").targets(crops)
+    area = {u: OnnxTeacher(str(p), "abc", 12, dictionary=str(_dict_file(tmp_path)), unmapped=u,
+                           resample="area").targets(crops) for u in ("blank", "renorm")}
     assert all(b.probs[:, 0].astype(np.float32).mean() >= g.probs[:, 0].astype(np.float32).mean() - 1e-3
-               for b, g in zip(blank, tg))
+               for b, g in zip(area["blank"], area["renorm"]))  # the dropped mass went to the blank
     with pytest.raises(ValueError, match="output classes but the dictionary"):
         OnnxTeacher(str(p), "abc", 12, dictionary=str(_dict_file(tmp_path, "abcdefg")))
     with pytest.raises(ValueError, match="no 'character' in the model metadata"):
