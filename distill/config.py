@@ -120,7 +120,7 @@ class OnnxTeacherCfg:
     dictionary: str = "metadata:character"  # metadata:KEY or a file with one character a line (CTC blank 0)
     space_char: bool = True  # a space class follows the dictionary (PP-OCR)
     unmapped: str = "renorm"  # teacher classes the student lacks: renorm (drop, renormalise) | blank
-    resample: str = "peaks"  # teacher frames -> student frames: peaks (each character keeps a frame) | area
+    resample: str = "area"  # teacher frames -> student frames: area (averaged) | peaks (each character a frame)
     conf_threshold: float = 0.7  # unlabeled crops: the teacher's string is a CTC target from this confidence
     student_overrides: dict = field(default_factory=dict)  # node attribute overrides; ppocr: a built-in preset
     batch: int = 16  # teacher batch when building the target cache
