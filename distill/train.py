@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from runtime.charset import make_tokenizer
+from runtime.charset import make_tokenizer, resolve_charset
 from runtime.datasets import DataError, LabelPolicy, open_dataset
 
 from .augment import text_augment
@@ -136,33 +136,26 @@ def build_onnx_student(cfg: Config, master: bool):
     o = cfg.onnx_teacher
     path = resolve_teacher_path(cfg.train.teacher_ckpt)
     pre = OnnxPreproc(o.height, o.min_width, o.max_width, o.channel_order, o.mean, o.std, o.interp)
-    from runtime.charset import resolve_charset
-
     charset = resolve_charset(cfg.model.charset)
-    probe = OnnxTeacher(path, charset, 1, pre, o.dictionary, o.space_char, o.unmapped, o.threads, o.resample)
+    # One session: its class names shape the student, whose frame count it then needs for its targets.
+    teacher = OnnxTeacher(path, charset, 1, pre, o.dictionary, o.space_char, o.unmapped, o.threads, o.resample)
     overrides = o.student_overrides
     if not overrides and (cfg.train.teacher_ckpt == "ppocr" or "PP-OCRv4_rec" in Path(path).name):
         overrides = PPOCR_LR_OVERRIDES
     try:
-        spec, model = make_onnx_student(path, charset, cfg.model.max_len, probe.classes, overrides,
+        spec, model = make_onnx_student(path, charset, cfg.model.max_len, teacher.classes, overrides,
                                         flip_input_channels=o.channel_order == "bgr")
         with torch.no_grad():
-            frames = model.eval().decode_logits(torch.zeros(1, 3, *spec_size(spec))).shape[1]
+            teacher.frames = model.eval().decode_logits(torch.zeros(1, 3, *model.img_size)).shape[1]
         model.train()
     except (ValueError, RuntimeError, KeyError) as e:
         raise ConfigError(f"train.teacher_ckpt {path}: cannot make a 16x64 student of it ({e}); set "
                           "onnx_teacher.student_overrides (node name -> attributes, e.g. strides) so the graph "
                           "accepts 16x64 input") from None
-    teacher = OnnxTeacher(path, charset, frames, pre, o.dictionary, o.space_char, o.unmapped, o.threads, o.resample)
     if master:
-        print(f"train: onnx-ctc student from {path}: 16x64 input, {frames} frames, overrides {overrides or 'none'}")
+        print(f"train: onnx-ctc student from {path}: 16x64 input, {teacher.frames} frames, "
+              f"overrides {overrides or 'none'}")
     return spec, model, teacher
-
-
-def spec_size(spec: dict) -> tuple[int, int]:
-    from runtime.preprocess import HR_SIZE, LR_SIZE
-
-    return LR_SIZE if spec["lr"] else HR_SIZE
 
 
 def load_clip(path: str):

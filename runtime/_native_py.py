@@ -77,12 +77,17 @@ def _stats(mean, std):
     return [np.float32(m) for m in mean], [np.float32(1.0 / s) for s in std]
 
 
+def _views(frame, H, W, boxes, n, per_box, out, out_h, out_w):
+    """The frame, the (n, per_box) box coordinates, the output batch and a float32 scratch batch."""
+    f = np.asarray(frame).reshape(H, W, 3)
+    b = np.asarray(boxes, np.float64).reshape(n, per_box)
+    o = np.asarray(out).reshape(n, 3, out_h, out_w)
+    return f, b, o, np.empty((n, 3, out_h, out_w), np.float32)
+
+
 def pack_boxes(frame, H, W, boxes, n, out, out_h, out_w, mean, std, swap_rb, keep_aspect, pad, half) -> None:
     mean, inv_std = _stats(mean, std)
-    f = np.asarray(frame).reshape(H, W, 3)
-    b = np.asarray(boxes, np.float64).reshape(n, 4)
-    o = np.asarray(out).reshape(n, 3, out_h, out_w)
-    slabs = np.empty((n, 3, out_h, out_w), np.float32)
+    f, b, o, slabs = _views(frame, H, W, boxes, n, 4, out, out_h, out_w)
     for i, (x0, y0, x1, y1) in enumerate(b):
         tw = _aspect_width(out_h, out_w, (x1 - x0) / (y1 - y0), keep_aspect)
         wh, sh, nh = _coeffs(W, x0, x1, tw)
@@ -116,10 +121,7 @@ def _bilinear(f: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def pack_quads(frame, H, W, boxes, n, out, out_h, out_w, mean, std, swap_rb, keep_aspect, pad, half) -> None:
     mean, inv_std = _stats(mean, std)
-    f = np.asarray(frame).reshape(H, W, 3)
-    q = np.asarray(boxes, np.float64).reshape(n, 8)
-    o = np.asarray(out).reshape(n, 3, out_h, out_w)
-    slabs = np.empty((n, 3, out_h, out_w), np.float32)
+    f, q, o, slabs = _views(frame, H, W, boxes, n, 8, out, out_h, out_w)
     for i, (x0, y0, x1, y1, x2, y2, x3, y3) in enumerate(q):
         qw = 0.5 * (math.hypot(x0 - x1, y0 - y1) + math.hypot(x3 - x2, y3 - y2))
         qh = 0.5 * (math.hypot(x0 - x3, y0 - y3) + math.hypot(x1 - x2, y1 - y2))

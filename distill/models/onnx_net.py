@@ -287,7 +287,6 @@ class OnnxNet(nn.Module):
 
         nodes = list(self.nodes)
         use = consumers(nodes)
-        prod = {o: idx for idx, n in enumerate(nodes) for o in n[2]}
         drop: set[int] = set()
         affine = hswish = 0
         for idx, (op, ins, outs, a, name) in enumerate(nodes):
