@@ -123,17 +123,20 @@ static inline void put_pixel(void *slab, int out_h, int out_w, int y, int x, con
     }
 }
 
+/* Target width for an aspect ratio r (w/h) at height out_h, in [1, out_w]. Clamped as a double before the cast:
+ * a near-zero-height box gives a ratio far beyond INT_MAX, and that cast would be undefined. */
+static int aspect_width(int out_h, int out_w, double r) {
+    double t = floor(out_h * r + 0.5);
+    if (!(t >= 1.0)) return 1;
+    if (t > (double)out_w) return out_w;
+    return (int)t;
+}
+
 /* One axis-aligned box -> one (3, out_h, out_w) slab. Returns 0, or -1 on allocation failure. */
 static int pack_one_box(const unsigned char *frame, int H, int W, const double *b, void *slab, int out_h, int out_w,
                         int keep_aspect, const Norm *nm) {
     double x0 = b[0], y0 = b[1], x1 = b[2], y1 = b[3];
-    int tw = out_w;
-    if (keep_aspect) {
-        double r = (x1 - x0) / (y1 - y0);
-        tw = (int)floor(out_h * r + 0.5);
-        if (tw < 1) tw = 1;
-        if (tw > out_w) tw = out_w;
-    }
+    int tw = keep_aspect ? aspect_width(out_h, out_w, (x1 - x0) / (y1 - y0)) : out_w;
     int *bh = (int *)malloc(sizeof(int) * 2 * (size_t)tw), *bv = (int *)malloc(sizeof(int) * 2 * (size_t)out_h);
     double *kh = NULL, *kv = NULL;
     unsigned char *tmp = NULL;
@@ -239,12 +242,7 @@ static int pack_one_quad(const unsigned char *frame, int H, int W, const double 
     double qw = 0.5 * (dist(x0, y0, x1, y1) + dist(x3, y3, x2, y2));
     double qh = 0.5 * (dist(x0, y0, x3, y3) + dist(x1, y1, x2, y2));
     if (!(qw >= 1.0 && qh >= 1.0)) return -2;
-    int tw = out_w;
-    if (keep_aspect) {
-        tw = (int)floor(out_h * qw / qh + 0.5);
-        if (tw < 1) tw = 1;
-        if (tw > out_w) tw = out_w;
-    }
+    int tw = keep_aspect ? aspect_width(out_h, out_w, qw / qh) : out_w;
     /* Heckbert's unit-square-to-quad projective map */
     double sx = x0 - x1 + x2 - x3, sy = y0 - y1 + y2 - y3, g = 0, h = 0;
     if (sx != 0.0 || sy != 0.0) {

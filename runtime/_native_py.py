@@ -64,7 +64,8 @@ def _write(slab: np.ndarray, px: np.ndarray, mean, inv_std, swap_rb: bool, pad: 
 def _aspect_width(out_h: int, out_w: int, r: float, keep_aspect: bool) -> int:
     if not keep_aspect:
         return out_w
-    return min(max(int(math.floor(out_h * r + 0.5)), 1), out_w)
+    t = math.floor(out_h * r + 0.5) if math.isfinite(out_h * r) else math.inf  # as the C side: clamp, then int
+    return int(min(max(t, 1), out_w))
 
 
 def _stats(mean, std):

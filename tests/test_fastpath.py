@@ -134,6 +134,17 @@ def test_c_rechecks_buffers_itself():
                        np.zeros(2, np.int32), np.zeros(2))
 
 
+def test_near_zero_height_box_keeps_aspect_on_both_paths():
+    """A box 1e-71 px high asks for a width far beyond INT_MAX: both paths clamp it to the output width (the C
+    side once cast it first, which is undefined, and padded instead)."""
+    frame = np.random.default_rng(0).integers(0, 256, (1, 1, 3), np.uint8)
+    results = _on_every_path(lambda: fastpath.pack(frame, [[0.0, 0.0, 1.0, 3.4e-71]], (1, 2), keep_aspect=True))
+    for r in results:
+        assert not isinstance(r, str), r
+        assert np.array_equal(r[..., 0], r[..., 1])  # the pixel fills the full width, no padding column
+    assert all(np.array_equal(r, results[0]) for r in results[1:])
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(h=st.integers(1, 60), w=st.integers(1, 90), oh=st.integers(1, 40), ow=st.integers(1, 80),
        box=st.tuples(*[st.floats(-30, 120, allow_nan=False)] * 4), seed=st.integers(0, 1000), keep=st.booleans())
