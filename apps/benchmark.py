@@ -2,9 +2,9 @@
 the sub-benchmarks of the runtime. Every figure is measured in the run that prints it; ratios compare rows of
 the same run on the same machine.
 
-- ``run --models A.pt B.onnx C.int8.onnx [D.engine] ppocr tesseract --data PATH [--lr-from-hr]``: one row per
-  model x backend x precision; each row runs in its own process (peak memory is that process's, a crash is a
-  row with its error).
+- ``run --models A.pt B.onnx C.int8.onnx [D.engine] ppocr [ppocr@32x128] tesseract --data PATH [--lr-from-hr]``:
+  one row per model x backend x precision; each row runs in its own process (peak memory is that process's, a
+  crash is a row with its error).
 - ``preprocess``: C extension vs NumPy twin, packing 16 and 64 boxes of a 1280x720 frame.
 - ``pipeline``: the camera pipeline on a rendered 1280x720 video with 16 moving words: FPS, per-stage ms,
   end-to-end latency p50/p95, and accuracy of single frames vs fused tracks.
@@ -361,12 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--runs", type=int, default=30, help="timed runs (at least; sigma-clipped)")
 
     r = sub.add_parser("run", help="accuracy/latency table of models and peers", formatter_class=F)
-    r.add_argument("--models", nargs="+", required=True, help=".pt, .onnx, .engine files, 'ppocr', 'tesseract'")
+    r.add_argument("--models", nargs="+", required=True,
+                   help=".pt, .onnx, .engine files, 'ppocr', 'ppocr@HxW' (PP-OCR at input height H, padded to >= W "
+                        "px), 'tesseract'")
     run_args(r)
-    r.add_argument("--json", default=None, help="write rows as JSON here (default: none)")
-    r.add_argument("--csv", default=None, help="write rows as CSV here (default: none)")
-    r.add_argument("--plot", default=None, help="write an accuracy-vs-latency PNG here (default: none)")
-    r.add_argument("--min-acc", type=float, default=None, help="exit 3 when a row's average is below (default: off)")
+    r.add_argument("--json", default=None, help="write rows as JSON here; unset: not written")
+    r.add_argument("--csv", default=None, help="write rows as CSV here; unset: not written")
+    r.add_argument("--plot", default=None, help="write an accuracy-vs-latency PNG here; unset: not written")
+    r.add_argument("--min-acc", type=float, default=None, help="exit 3 when a row's average is below; unset: no gate")
 
     r = sub.add_parser("_row", help=argparse.SUPPRESS)
     r.add_argument("--model", required=True)
@@ -375,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("preprocess", help="C extension vs NumPy twin", formatter_class=F)
     r.add_argument("--boxes", type=int, nargs="+", default=[16, 64], help="box counts")
     r.add_argument("--runs", type=int, default=50, help="timed runs per case")
-    r.add_argument("--json", default=None, help="write figures as JSON here (default: none)")
+    r.add_argument("--json", default=None, help="write figures as JSON here; unset: not written")
 
     r = sub.add_parser("pipeline", help="camera pipeline on a rendered 1280x720 video", formatter_class=F)
     r.add_argument("--model", default=str(ROOT / "weights" / "ctc-student-lr.int8.onnx"), help="recognizer")
@@ -391,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sync-detect", action="store_true", help="detect inline (default: background thread)")
     r.add_argument("--realtime", action="store_true", help="pace frames at 30 FPS like a camera (default: as fast "
                                                            "as processing allows)")
-    r.add_argument("--json", default=None, help="write figures as JSON here (default: none)")
+    r.add_argument("--json", default=None, help="write figures as JSON here; unset: not written")
 
     r = sub.add_parser("kd", help="KD gain table (python -m distill.kd_gain; arguments passed through)",
                        formatter_class=F)

@@ -2,7 +2,8 @@
 ``name, format, precision, backend, how, size_mb`` and ``read(list of RGB crops) -> list of strings``.
 
 Specs: ``X.pt`` (PyTorch checkpoint), ``X.onnx`` (ONNX Runtime), ``X.engine`` (TensorRT), ``ppocr`` (the PP-OCRv4
-recognizer of the rapidocr-onnxruntime wheel, run directly with ONNX Runtime the way RapidOCR runs it), and
+recognizer of the rapidocr-onnxruntime wheel, run directly with ONNX Runtime the way RapidOCR runs it), ``ppocr@HxW``
+(the same recognizer fed H px high crops padded to at least W px: its cost against its accuracy on small text), and
 ``tesseract`` (Tesseract CLI, one word per crop)."""
 from __future__ import annotations
 
@@ -72,8 +73,8 @@ class PPOCRReader(_Base):
     dictionary (``character`` metadata, blank 0, space last). The same preprocessing and decoding that make it a
     teacher in ``distill`` (``distill.onnx_teacher.OnnxTeacher``)."""
 
-    def __init__(self, path: str | None = None) -> None:
-        from distill.onnx_teacher import OnnxTeacher
+    def __init__(self, path: str | None = None, height: int = 48, min_width: int = 320) -> None:
+        from distill.onnx_teacher import OnnxPreproc, OnnxTeacher
         from runtime.charset import CHARSETS
 
         from .peers import ppocr_model
@@ -81,10 +82,14 @@ class PPOCRReader(_Base):
         path = path or ppocr_model("rec")
         if path is None:
             raise RuntimeError("rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime)")
-        self.teacher = OnnxTeacher(str(path), CHARSETS["94"], 1)
-        self.name, self.format, self.backend = "PP-OCRv4 rec (rapidocr)", "ONNX", "onnxruntime " + _ort_version()
+        pre = OnnxPreproc(height=height, min_width=min_width)
+        self.teacher = OnnxTeacher(str(path), CHARSETS["94"], 1, pre.validate())
+        default = (height, min_width) == (48, 320)
+        self.name = "PP-OCRv4 rec (rapidocr)" + ("" if default else f" @{height}x{min_width}")
+        self.format, self.backend = "ONNX", "onnxruntime " + _ort_version()
         self.precision, self.size_mb = "fp32", Path(path).stat().st_size / 1e6
-        self.how = "peer: PP-OCRv4 mobile rec via ONNX Runtime, 48 px high, padded to >= 320 px wide"
+        self.how = (f"peer: PP-OCRv4 mobile rec via ONNX Runtime, {height} px high, padded to >= {min_width} px wide"
+                    + ("" if default else " (not RapidOCR's own 48x320)"))
 
     def batch(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
         return self.teacher.batch(crops_rgb)[0]
@@ -121,9 +126,21 @@ class TesseractReader(_Base):
         return out
 
 
+def _ppocr_size(spec: str) -> tuple[int, int]:
+    """``ppocr@32x128`` -> (32, 128)."""
+    h, sep, w = spec.partition("@")[2].partition("x")
+    if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+        raise ValueError(f"{spec}: expected ppocr@HxW with input height H and minimum padded width W, "
+                         "e.g. ppocr@32x128")
+    return int(h), int(w)
+
+
 def open_reader(spec: str) -> _Base:
     if spec == "ppocr":
         return PPOCRReader()
+    if spec.startswith("ppocr@"):
+        h, w = _ppocr_size(spec)
+        return PPOCRReader(height=h, min_width=w)
     if spec == "tesseract":
         return TesseractReader()
     if not Path(spec).is_file():
@@ -132,4 +149,4 @@ def open_reader(spec: str) -> _Base:
         return TorchReader(spec)
     if spec.endswith((".onnx", ".engine", ".plan")):
         return RuntimeReader(spec)
-    raise ValueError(f"{spec}: unknown model kind (expected .pt, .onnx, .engine, 'ppocr' or 'tesseract')")
+    raise ValueError(f"{spec}: unknown model kind (expected .pt, .onnx, .engine, 'ppocr', 'ppocr@HxW' or 'tesseract')")

@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim/onnxsim")
     p.add_argument("--parity-data", default=None,
-                   help="lmdb/folder of real crops for the parity gate (default: ../shared/data/real/svt_test, else noise)")
+                   help="lmdb/folder of real crops for the parity gate; unset: ../shared/data/real/svt_test when "
+                        "present, else noise")
     p.add_argument("--parity-n", type=int, default=64, help="images in the parity gate")
     p.add_argument("--atol", type=float, default=1e-3, help="max |prob difference| allowed by the parity gate")
     p.add_argument("--batch-dynamic", action="store_true", default=True, help="dynamic batch axis (always on)")

@@ -121,8 +121,14 @@ class OnnxTeacherCfg:
     space_char: bool = True  # a space class follows the dictionary (PP-OCR)
     unmapped: str = "renorm"  # teacher classes the student lacks: renorm (drop, renormalise) | blank
     resample: str = "area"  # teacher frames -> student frames: area (averaged) | peaks (each character a frame)
+    # "head": the teacher's frames before its classifier (or a tensor name) are cached too and the student's own
+    # matching tensor learns them under distill.visual (z-scored cosine); "": no feature-level loss
+    feature: str = ""
     conf_threshold: float = 0.7  # unlabeled crops: the teacher's string is a CTC target from this confidence
     student_overrides: dict = field(default_factory=dict)  # node attribute overrides; ppocr: a built-in preset
+    # The student upsamples its 16x64 input by this factor before the graph (bilinear), so its first layers see the
+    # text at the scale of the teacher's weights; pair it with overrides that put the strides back later
+    student_input_scale: float = 1.0
     batch: int = 16  # teacher batch when building the target cache
     workers: int = 2  # teacher batches run in parallel
     threads: int = 0  # ONNX Runtime intra-op threads per session (0: its default)
@@ -208,6 +214,9 @@ class Config:
         if onnx and self.model.name != "onnx-ctc":
             raise ConfigError(f"model.name: an ONNX teacher ({t.teacher_ckpt}) makes an onnx-ctc student, "
                               f"got {self.model.name!r}")
+        if not self.onnx_teacher.student_input_scale >= 1.0:
+            raise ConfigError("onnx_teacher.student_input_scale: expected a factor >= 1, got "
+                              f"{self.onnx_teacher.student_input_scale}")
         if self.distill.method not in ("kdltr", "clipocr", "kdltr+clipocr"):
             raise ConfigError(f"distill.method: unknown {self.distill.method!r}")
         return self

@@ -140,7 +140,7 @@ class WeightedConcat(Dataset):
 
 class WithTeacherTargets(Dataset):
     """Adds an ONNX teacher's cached targets to each item: ``t_probs`` (F x C frame distributions in the student's
-    classes) and ``has_label``. Unlabeled sources take the teacher's string as label when its confidence reaches
+    classes), ``t_feats`` (F x D, when the teacher exposes a feature) and ``has_label``. Unlabeled sources take the teacher's string as label when its confidence reaches
     ``conf_threshold``; below it the item trains on the soft targets alone (``has_label`` False)."""
 
     def __init__(self, ds: PairDataset, cache, unlabeled: bool = False, conf_threshold: float = 0.7) -> None:
@@ -159,6 +159,8 @@ class WithTeacherTargets(Dataset):
             raise KeyError(f"{self.cache.path}: no teacher targets for sample {item['key']} of {self.ds.reader.path}; "
                            "delete the cache to rebuild it")
         item["t_probs"] = torch.from_numpy(t.probs.astype(np.float32))
+        if t.feats is not None:
+            item["t_feats"] = torch.from_numpy(t.feats.astype(np.float32))
         if self.unlabeled:
             item["label"] = t.text if t.conf >= self.threshold else ""
         item["has_label"] = bool(item["label"])
@@ -175,4 +177,6 @@ def collate(batch: list[dict]) -> dict:
     if "t_probs" in batch[0]:
         out["t_probs"] = torch.stack([b["t_probs"] for b in batch])
         out["has_label"] = torch.tensor([b["has_label"] for b in batch])
+    if "t_feats" in batch[0]:
+        out["t_feats"] = torch.stack([b["t_feats"] for b in batch])
     return out

@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", required=True, help="TextZoom lmdb, STR lmdb, folder, or a synthetic root")
     p.add_argument("--teacher", default=None,
                    help="HR teacher checkpoint: adds teacher-on-HR and teacher-on-bicubic rows; or an ONNX recognizer "
-                        "(X.onnx, ppocr): teacher-on-HR and teacher-on-LR through its own preprocessing (default: none)")
+                        "(X.onnx, ppocr): teacher-on-HR and teacher-on-LR through its own preprocessing; unset: no "
+                        "teacher rows")
     p.add_argument("--lr-from-hr", action="store_true",
                    help="make LR from HR with the named conditions even for TextZoom-layout data")
     p.add_argument("--conditions", default="lr16,lr16blur", help=f"LR conditions for HR crops, from {sorted(CONDITIONS)}")

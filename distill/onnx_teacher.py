@@ -15,6 +15,9 @@ The teacher's output is turned into targets for one of our CTC students:
   character a frame of its own (``resample_peaks``), which gives back the 87.9 %; in one 1,500-step run of the
   PP-OCRv4 recipe it trained a worse student than ``area`` (svt_test lr16 62.4 vs 66.6), so ``area`` stays the
   default.
+* **features** (optional, ``feature: head`` or a tensor name): the teacher's frames before its classifier (or any
+  (N, T, D) / (N, D, 1, T) tensor of its graph, added as an extra graph output), area-resampled to the student's
+  frames like the probabilities; the student matches its own tensor of the same name (its graph is the teacher's).
 * **pseudo-label**: the teacher's greedy CTC string and its sequence confidence (product of per-character
   maxima), folded to the student's charset; used as the CTC target of unlabeled crops above a threshold.
 
@@ -161,17 +164,19 @@ class TeacherTargets:
     text: str  # pseudo-label, folded to the student's charset
     conf: float  # sequence confidence of the pseudo-label
     dropped: float  # mean probability mass of teacher classes the student does not have
+    feats: np.ndarray | None = None  # (F, D) float16: the teacher's feature tensor on the student's frames
 
 
 class OnnxTeacher:
     """ONNX Runtime session + declared preprocessing + dictionary + mapping to a student charset.
 
     dictionary: ``metadata:KEY`` reads the model's metadata (PP-OCR: ``character``, one character a line), or a
-    text file with one character a line. space_char: the class after the dictionary is a space (PP-OCR)."""
+    text file with one character a line. space_char: the class after the dictionary is a space (PP-OCR).
+    feature: ``head`` (the classifier's input) or a tensor name of the graph to expose as features; "" = none."""
 
     def __init__(self, path: str, student_charset: str, frames: int, preproc: OnnxPreproc = PPOCR_PREPROC,
                  dictionary: str = "metadata:character", space_char: bool = True, unmapped: str = "renorm",
-                 threads: int = 0, resample: str = "area") -> None:
+                 threads: int = 0, resample: str = "area", feature: str = "") -> None:
         import onnxruntime as ort
 
         self.path = resolve_teacher_path(path)
@@ -184,7 +189,11 @@ class OnnxTeacher:
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(self.path, so, providers=["CPUExecutionProvider"])
+        self.feature = ""
+        model: str | bytes = self.path
+        if feature:
+            model, self.feature = _with_feature_output(self.path, feature)
+        self.session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.classes = ["<blank>"] + self._dictionary(dictionary) + ([" "] if space_char else [])
         n_out = self.session.get_outputs()[0].shape[-1]
@@ -221,8 +230,11 @@ class OnnxTeacher:
         h.update(f"{os.path.basename(self.path)}:{st.st_size}".encode())
         with open(self.path, "rb") as f:
             h.update(f.read(1 << 20))
-        h.update(json.dumps([asdict(self.pre), self.classes[:50], len(self.classes), self.student_charset,
-                             self.frames, self.unmapped, self.resample, 2]).encode())
+        key = [asdict(self.pre), self.classes[:50], len(self.classes), self.student_charset, self.frames,
+               self.unmapped, self.resample, 2]
+        if self.feature:  # caches made without features keep their fingerprint
+            key.append(self.feature)
+        h.update(json.dumps(key).encode())
         return h.hexdigest()[:16]
 
     def batch(self, crops_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -244,8 +256,20 @@ class OnnxTeacher:
 
     def raw(self, crops_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(probs (N, T, C_teacher), valid frames per crop)."""
+        return self._run(crops_rgb)[:2]
+
+    def _run(self, crops_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         x, widths = self.batch(crops_rgb)
-        out = self.session.run(None, {self.input_name: x})[0].astype(np.float32)
+        outs = self.session.run(None, {self.input_name: x})
+        out = outs[0].astype(np.float32)
+        feats = None
+        if self.feature:
+            feats = outs[-1].astype(np.float32)
+            if feats.ndim == 4 and feats.shape[2] == 1:  # (N, D, 1, T) maps -> (N, T, D)
+                feats = feats[:, :, 0].transpose(0, 2, 1)
+            if feats.ndim != 3 or feats.shape[:2] != out.shape[:2]:
+                raise ValueError(f"{self.path}: feature tensor {self.feature!r} has shape {feats.shape}; expected "
+                                 f"(N, T, D) with the output's N, T = {out.shape[:2]} (or (N, D, 1, T))")
         if self._is_prob is None:  # some exports end in logits: decide once from the first batch
             s = out[:1].sum(-1)
             self._is_prob = bool(np.all(out[:1] >= 0) and np.allclose(s, 1.0, atol=1e-3))
@@ -254,14 +278,14 @@ class OnnxTeacher:
             out /= out.sum(-1, keepdims=True)
         T = out.shape[1]
         valid = np.clip(np.ceil(widths * T / x.shape[3]).astype(np.int64), 1, T)
-        return out, valid
+        return out, valid, feats
 
     def read(self, crops_rgb: list[np.ndarray]) -> list[tuple[str, float]]:
         """The teacher's own reading (its full dictionary): (text, confidence) per crop."""
         return self._decode(self.raw(crops_rgb)[0])
 
     def targets(self, crops_rgb: list[np.ndarray]) -> list[TeacherTargets]:
-        probs, valid = self.raw(crops_rgb)
+        probs, valid, feats = self._run(crops_rgb)
         read = self._decode(probs)
         out = []
         C = len(self.student_charset) + 1
@@ -278,7 +302,8 @@ class OnnxTeacher:
             r = (resample_peaks if self.resample == "peaks" else resample_frames)(mapped, self.frames)
             r /= r.sum(1, keepdims=True)
             text, conf = read[i]
-            out.append(TeacherTargets(r.astype(np.float16), self._tok.adapt(text), conf, float(dropped.mean())))
+            f = None if feats is None else resample_frames(feats[i, : valid[i]], self.frames).astype(np.float16)
+            out.append(TeacherTargets(r.astype(np.float16), self._tok.adapt(text), conf, float(dropped.mean()), f))
         return out
 
     def _decode(self, probs: np.ndarray) -> list[tuple[str, float]]:
@@ -289,19 +314,44 @@ class OnnxTeacher:
                 for ids, n, c in zip(d.ids, d.lengths, d.seq_conf)]
 
 
+def _with_feature_output(path: str, feature: str) -> tuple[bytes, str]:
+    """The model with ``feature`` (``head``: the classifier's input) added as its last graph output."""
+    import onnx
+
+    m = onnx.load(path)
+    g = m.graph
+    inits = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    name = feature
+    if feature == "head":
+        mm = next((n for n in reversed(g.node) if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits), None)
+        if mm is None:
+            raise ValueError(f"{path}: onnx teacher feature 'head': no MatMul/Gemm classifier with constant weights")
+        name = mm.input[0]
+    elif not any(feature in n.output for n in g.node):
+        raise ValueError(f"{path}: onnx teacher feature {feature!r}: no node of the graph outputs that tensor")
+    if name not in {o.name for o in g.output}:
+        g.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        g.output[-1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return m.SerializeToString(), name
+
+
 # -- the cache -----------------------------------------------------------------------------------------------------
 def _pack(t: TeacherTargets) -> bytes:
     buf = io.BytesIO()
     np.save(buf, t.probs, allow_pickle=False)
-    head = json.dumps({"text": t.text, "conf": t.conf, "dropped": t.dropped}).encode()
+    if t.feats is not None:
+        np.save(buf, t.feats, allow_pickle=False)
+    head = json.dumps({"text": t.text, "conf": t.conf, "dropped": t.dropped, "feats": t.feats is not None}).encode()
     return len(head).to_bytes(4, "little") + head + buf.getvalue()
 
 
 def _unpack(b: bytes) -> TeacherTargets:
     n = int.from_bytes(b[:4], "little")
     head = json.loads(b[4 : 4 + n])
-    probs = np.load(io.BytesIO(b[4 + n :]), allow_pickle=False)
-    return TeacherTargets(probs, head["text"], float(head["conf"]), float(head["dropped"]))
+    buf = io.BytesIO(b[4 + n :])
+    probs = np.load(buf, allow_pickle=False)
+    feats = np.load(buf, allow_pickle=False) if head.get("feats") else None
+    return TeacherTargets(probs, head["text"], float(head["conf"]), float(head["dropped"]), feats)
 
 
 def _writable(d: Path) -> bool:

@@ -102,6 +102,10 @@ class TrainingSystem(nn.Module):
             if self.stage == "student" and "t_probs" in batch and self.cfg.logits.enabled:
                 # An ONNX teacher: its cached frame distributions, already in our classes and on our frame grid.
                 parts["logits"] = L.frame_kl_from_probs(out.logits[0], batch["t_probs"].to(dev), self.cfg.temperature)
+            if self.stage == "student" and "t_feats" in batch and self.cfg.visual.enabled:
+                # Its cached features (onnx_teacher.feature) against the student's same tensor: KD-LTR's visual
+                # focus form (z-scored per channel over frames, 1 - cosine), no attention mask.
+                parts["visual"] = L.visual_focus_loss(out.char_feats[0], batch["t_feats"].to(dev))
             if self.kdltr:
                 with torch.no_grad():
                     tout = self.teacher.forward_train(batch["hr"])

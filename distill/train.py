@@ -138,13 +138,15 @@ def build_onnx_student(cfg: Config, master: bool):
     pre = OnnxPreproc(o.height, o.min_width, o.max_width, o.channel_order, o.mean, o.std, o.interp)
     charset = resolve_charset(cfg.model.charset)
     # One session: its class names shape the student, whose frame count it then needs for its targets.
-    teacher = OnnxTeacher(path, charset, 1, pre, o.dictionary, o.space_char, o.unmapped, o.threads, o.resample)
+    teacher = OnnxTeacher(path, charset, 1, pre, o.dictionary, o.space_char, o.unmapped, o.threads, o.resample,
+                          o.feature)
     overrides = o.student_overrides
     if not overrides and (cfg.train.teacher_ckpt == "ppocr" or "PP-OCRv4_rec" in Path(path).name):
         overrides = PPOCR_LR_OVERRIDES
     try:
         spec, model = make_onnx_student(path, charset, cfg.model.max_len, teacher.classes, overrides,
-                                        flip_input_channels=o.channel_order == "bgr")
+                                        flip_input_channels=o.channel_order == "bgr",
+                                        input_scale=o.student_input_scale)
         with torch.no_grad():
             teacher.frames = model.eval().decode_logits(torch.zeros(1, 3, *model.img_size)).shape[1]
         model.train()
@@ -153,8 +155,9 @@ def build_onnx_student(cfg: Config, master: bool):
                           "onnx_teacher.student_overrides (node name -> attributes, e.g. strides) so the graph "
                           "accepts 16x64 input") from None
     if master:
-        print(f"train: onnx-ctc student from {path}: 16x64 input, {teacher.frames} frames, "
-              f"overrides {overrides or 'none'}")
+        up = f" (upsampled x{o.student_input_scale:g} inside)" if o.student_input_scale != 1 else ""
+        print(f"train: onnx-ctc student from {path}: 16x64 input{up}, {teacher.frames} frames, "
+              f"overrides {overrides or 'none'}{', feature ' + teacher.feature if teacher.feature else ''}")
     return spec, model, teacher
 
 
@@ -372,7 +375,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     val_acc = None
     while step < cfg.optim.steps:
         for batch in loader_for(epoch, batch_in_epoch):
-            for k in ("hr", "lr", "t_probs", "has_label"):
+            for k in ("hr", "lr", "t_probs", "t_feats", "has_label"):
                 if k in batch:
                     batch[k] = batch[k].to(device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):

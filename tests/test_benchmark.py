@@ -22,7 +22,7 @@ def test_run_table_json_csv_plot_and_gate(tmp_path):
     from apps.peers import ppocr_model
 
     if ppocr_model("rec"):
-        models.append("ppocr")
+        models += ["ppocr", "ppocr@32x128", "ppocr@32"]
     cmd = [sys.executable, "-m", "apps.benchmark", "run", "--models", *models, "--data", str(data), "--lr-from-hr",
            "--max-samples", "24", "--batch", "1,8", "--runs", "5", "--json", str(tmp_path / "b.json"),
            "--csv", str(tmp_path / "b.csv"), "--plot", str(tmp_path / "b.png")]
@@ -39,8 +39,11 @@ def test_run_table_json_csv_plot_and_gate(tmp_path):
     assert rows["ctc-student-lr.int8.onnx"]["precision"] == "int8" and rows["ctc-student-lr.pt"]["format"] == "PyTorch"
     assert rows["broken.onnx"]["error"]  # a model that fails is a row, not a crash
     if "ppocr" in models:
-        peer = next(x for x in d["rows"] if x["model"].startswith("PP-OCRv4"))
+        peer = rows["PP-OCRv4 rec (rapidocr)"]
         assert peer["accuracy"]["svt_test hr"] > 50, peer  # the strong peer really reads
+        small = rows["PP-OCRv4 rec (rapidocr) @32x128"]  # the same model fed 32 px high crops
+        assert small["accuracy"]["svt_test lr16"] > 50 and not small["error"], small
+        assert "expected ppocr@HxW" in rows["ppocr@32"]["error"]
     assert (tmp_path / "b.csv").read_text().count("\n") == len(models) + 1
     import cv2
 
@@ -48,6 +51,22 @@ def test_run_table_json_csv_plot_and_gate(tmp_path):
     gate = subprocess.run(cmd[:cmd.index("--json")] + ["--min-acc", "101"], capture_output=True, text=True, cwd=ROOT,
                           timeout=600)
     assert gate.returncode == 3 and "below --min-acc" in gate.stderr
+
+
+def test_ppocr_reader_input_size():
+    from apps.peers import ppocr_model
+    from apps.readers import open_reader
+
+    if not ppocr_model("rec"):
+        pytest.skip("rapidocr-onnxruntime (PP-OCRv4 recognizer) not installed")
+    crops = [np.full((20, 90, 3), 200, np.uint8), np.full((16, 40, 3), 90, np.uint8)]
+    assert open_reader("ppocr").batch(crops).shape == (2, 3, 48, 320)
+    small = open_reader("ppocr@32x128")
+    assert small.batch(crops).shape == (2, 3, 32, 144)  # the widest crop at 32 px high: 90 * 32 / 20
+    assert "32 px high" in small.how and small.name.endswith("@32x128")
+    for bad in ("ppocr@32", "ppocr@0x128", "ppocr@ax1"):
+        with pytest.raises(ValueError, match="expected ppocr@HxW"):
+            open_reader(bad)
 
 
 def test_preprocess_benchmark_prints_ratio():

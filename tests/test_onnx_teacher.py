@@ -86,6 +86,29 @@ def test_onnx_net_errors_name_the_problem(tmp_path):
         OnnxNet(5)
 
 
+def test_input_scale_upsamples_before_the_graph_and_exports(tmp_path):
+    """input_scale 2: the graph reads the 2x bilinear (half-pixel) upsampled input, in PyTorch and in the export."""
+    p = _tiny_ctc_onnx(tmp_path / "tiny.onnx")
+    net = OnnxNet(7, 25, img_size=(16, 64), graph=p.read_bytes(), input_scale=2.0).eval()
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 3, 16, 64)).astype(np.float32)
+    up = np.stack([cv2.resize(im.transpose(1, 2, 0), (128, 32), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+                   for im in x])  # OpenCV's bilinear is half-pixel too: an independent reference
+    ref = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": up})[0]
+    with torch.no_grad():
+        got = net(torch.from_numpy(x)).numpy()
+    assert got.shape == ref.shape == (3, 64, 7)
+    assert np.abs(got - ref).max() < 1e-4
+    path = tmp_path / "scaled.onnx"
+    torch.onnx.export(net, (torch.from_numpy(x[:2]),), str(path), input_names=["images"], output_names=["probs"],
+                      dynamic_axes={"images": {0: "b"}, "probs": {0: "b"}}, opset_version=17, dynamo=False)
+    assert "Resize" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        assert np.abs(sess.run(None, {"images": x[:n]})[0] - got[:n]).max() < 1e-5
+    with pytest.raises(ValueError, match="input_scale must be >= 1, got 0.5"):
+        OnnxNet(7, graph=p.read_bytes(), input_scale=0.5)
+
+
 @needs_ppocr
 def test_ppocr_graph_parity_and_lr_student_export(tmp_path):
     """PP-OCRv4 through OnnxNet equals ONNX Runtime; its LR student rebuilds from the spec and re-exports with a
@@ -205,6 +228,44 @@ def test_teacher_from_a_dictionary_file_and_logit_outputs(tmp_path):
         OnnxTeacher(str(tmp_path / "missing.onnx"), "abc", 12)
 
 
+def test_teacher_features_resampled_cached_and_named(tmp_path):
+    """feature 'head': the classifier's input, on the student's frames; the same tensor by name as a (N, D, 1, T)
+    map; the cache keeps it; the student module returns its own head input as char_feats."""
+    p = _tiny_ctc_onnx(tmp_path / "t.onnx")
+    d = str(_dict_file(tmp_path))
+    crops = [np.random.default_rng(i).integers(0, 255, (20 + 5 * i, 60 + 20 * i, 3), dtype=np.uint8) for i in range(3)]
+    t = OnnxTeacher(str(p), "abc", 12, dictionary=d, feature="head")
+    assert t.feature == "t"  # the MatMul classifier's input in _tiny_ctc_onnx
+    tg = t.targets(crops)
+    assert all(g.feats.shape == (12, 8) and g.feats.dtype == np.float16 for g in tg)
+    # independent reference: the graph's own tensor through OnnxNet, cut to the crop's frames, area-resampled
+    net = OnnxNet(7, graph=p.read_bytes()).eval()
+    x, _ = t.batch(crops)
+    _, valid = t.raw(crops)
+    with torch.no_grad():
+        ref = net.run(torch.from_numpy(x), ("t",))["t"].numpy()
+    for i, g in enumerate(tg):
+        want = resample_frames(ref[i, : valid[i]], 12)
+        assert np.abs(g.feats.astype(np.float32) - want).max() < 2e-2 * max(1.0, np.abs(want).max())
+    by_name = OnnxTeacher(str(p), "abc", 12, dictionary=d, feature="m").targets(crops)  # (N, 8, 1, T) before squeeze
+    assert all(np.allclose(a.feats, b.feats, atol=1e-3) for a, b in zip(by_name, tg))
+    plain = OnnxTeacher(str(p), "abc", 12, dictionary=d)
+    assert plain.targets(crops)[0].feats is None and plain.fingerprint() != t.fingerprint()
+    with pytest.raises(ValueError, match="feature 'nope': no node of the graph outputs"):
+        OnnxTeacher(str(p), "abc", 12, dictionary=d, feature="nope")
+    with pytest.raises(ValueError, match="feature tensor 'r' has shape"):
+        OnnxTeacher(str(p), "abc", 12, dictionary=d, feature="r").targets(crops)
+    data = write_lmdb(tmp_path / "words", str_items(["ab", "ca", "bb"]))
+    reader = open_dataset(data)
+    cache = TeacherCache(data, t.fingerprint())
+    cache.build(t, reader, progress=False)
+    got, direct = cache.get(reader.keys[1]), t.targets([reader[1].image])[0]
+    assert np.array_equal(got.feats, direct.feats) and np.array_equal(got.probs, direct.probs)
+    assert TeacherCache(data, plain.fingerprint()).path != cache.path  # targets without features: another cache
+    out = net.forward_train(torch.from_numpy(x))
+    assert out.char_feats[0].shape == (3, x.shape[3] // 2, 8)
+
+
 # -- the cache -----------------------------------------------------------------------------------------------------
 def test_teacher_cache_builds_once_and_completes_partial_builds(tmp_path):
     p = _tiny_ctc_onnx(tmp_path / "t.onnx")
@@ -296,13 +357,13 @@ def test_train_student_and_baseline_from_ppocr(tmp_path, shared_real):
               "--set", "data.max_val_samples=8", "--set", "train.progress=false",
               "--set", f"onnx_teacher.cache_dir={tmp_path / 'cache'}"]
     res = run_module(["distill.train", "--set", "train.stage=student", "--set", f"train.out_dir={tmp_path / 's'}",
-                      *common, *both])
+                      "--set", "onnx_teacher.feature=head", *common, *both])
     assert res.returncode == 0, res.stderr[-3000:]
     assert "32 frames" in res.stdout and "case-merged" in res.stdout
     assert len(list((tmp_path / "cache").glob("*.teacher-*.lmdb"))) == 2  # both sources, none beside the data
     assert not list(tmp_path.glob("words.teacher-*"))
     log = (tmp_path / "s" / "log.csv").read_text()
-    assert "logits=" in log and "ce=" in log
+    assert "logits=" in log and "ce=" in log and "visual=" in log  # the teacher's head features are learned too
     # the unlabeled source's pseudo-labels: PP-OCR reads these crops, most pass the threshold
     found = list((tmp_path / "cache").glob("unl-*.lmdb"))[0]
     cache = TeacherCache(unl, found.name.split(".teacher-")[1][: -len(".lmdb")], cache_dir=tmp_path / "cache")
@@ -333,6 +394,10 @@ def test_onnx_teacher_config_errors(tmp_path):
                       "--set", "model.name=onnx-ctc", "--set", "data.synth.n=10",
                       "--set", f"train.out_dir={tmp_path / 'o'}"])
     assert res.returncode == 2 and "x.onnx: no such ONNX file" in res.stderr
+    res = run_module(["distill.train", "--set", "train.stage=student", "--set", "train.teacher_ckpt=ppocr",
+                      "--set", "model.name=onnx-ctc", "--set", "onnx_teacher.student_input_scale=0.5",
+                      "--set", "data.synth.n=10", "--set", f"train.out_dir={tmp_path / 'o'}"])
+    assert res.returncode == 2 and "onnx_teacher.student_input_scale: expected a factor >= 1, got 0.5" in res.stderr
 
 
 @needs_ppocr

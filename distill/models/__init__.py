@@ -117,7 +117,8 @@ def make_student(teacher_spec: dict, teacher_state: dict | None = None) -> tuple
 
 
 def make_onnx_student(onnx_path: str, charset: str, max_len: int, teacher_classes: list[str],
-                      overrides: dict | None = None, flip_input_channels: bool = True) -> tuple[dict, nn.Module]:
+                      overrides: dict | None = None, flip_input_channels: bool = True,
+                      input_scale: float = 1.0) -> tuple[dict, nn.Module]:
     """The LR student of an ONNX recognizer: its graph with ``overrides`` (stride/pool changes for 16x64 input),
     its classifier cut to ``charset`` (class k+1 <- the teacher class of charset[k], its lower-case twin when only
     that exists) and all its weights. ``teacher_classes``: the teacher's class names, blank first."""
@@ -133,7 +134,7 @@ def make_onnx_student(onnx_path: str, charset: str, max_len: int, teacher_classe
     with open(onnx_path, "rb") as f:
         graph, arrays = strip_weights(f.read())
     kwargs = {"graph": graph, "overrides": overrides or {}, "keep_classes": keep, "logits": "",
-              "flip_input_channels": bool(flip_input_channels)}
+              "flip_input_channels": bool(flip_input_channels), "input_scale": float(input_scale)}
     spec = model_spec("onnx-ctc", cs, max_len, lr=True, **kwargs)
     model = OnnxNet(num_classes(spec), max_len, img_size=LR_SIZE, lr=True, weights=arrays, **kwargs)
     return spec, model

@@ -107,13 +107,15 @@ class OnnxNet(nn.Module):
     keep_classes: classifier columns to keep, in the student's class order (None: all).
     logits: name of the tensor holding the logits (default: the input of the final Softmax).
     flip_input_channels: reverse the first convolution's input channels (BGR-trained weights on RGB input).
+    input_scale: upsample the input by this factor (bilinear, half-pixel) before the graph, so the first layers see
+        the text at the scale the teacher's weights were trained for; 1 = off.
     """
 
     decoder_type = "ctc"
 
     def __init__(self, num_classes: int, max_len: int = 25, img_size=(16, 64), lr: bool = True, graph: bytes = b"",
                  overrides: dict | None = None, keep_classes: list | None = None, logits: str = "",
-                 flip_input_channels: bool = False, weights: dict | None = None) -> None:
+                 flip_input_channels: bool = False, weights: dict | None = None, input_scale: float = 1.0) -> None:
         super().__init__()
         import onnx
 
@@ -121,6 +123,9 @@ class OnnxNet(nn.Module):
             raise ValueError("OnnxNet: model.kwargs.graph is empty (build the student with distill.models.onnx_student)")
         m = onnx.load_from_string(bytes(graph))
         self.max_len, self.img_size, self.blank_id = max_len, tuple(img_size), 0
+        if not input_scale >= 1.0:
+            raise ValueError(f"OnnxNet: input_scale must be >= 1, got {input_scale}")
+        self.input_scale = float(input_scale)
         unsupported = sorted({n.op_type for n in m.graph.node} - SUPPORTED_OPS)
         if unsupported:
             raise ValueError(f"OnnxNet: the graph uses operators not supported here: {unsupported}")
@@ -158,7 +163,7 @@ class OnnxNet(nn.Module):
                 trainable.update(i for i in ins if i in consts and consts[i].size > 1 and consts[i].dtype.kind == "f")
         # The classifier: the last MatMul/Gemm before the output, optionally cut to keep_classes.
         self.logits_name = logits or self._softmax_input(nodes, m.graph.output[0].name)
-        head_w, head_b = self._head(nodes, consts, self.logits_name)
+        head_w, head_b, self.head_input_name = self._head(nodes, consts, self.logits_name)
         if flip_input_channels:
             first = next(n for n in nodes if n[0] == "Conv")
             consts[first[1][1]] = np.ascontiguousarray(consts[first[1][1]][:, ::-1])
@@ -200,7 +205,8 @@ class OnnxNet(nn.Module):
         return out_name
 
     @staticmethod
-    def _head(nodes, consts, logits_name: str) -> tuple[str, str | None]:
+    def _head(nodes, consts, logits_name: str) -> tuple[str, str | None, str]:
+        """(classifier weight, its bias or None, the classifier's input: the frames' features)."""
         producer = {o: (op, ins) for op, ins, outs, _, _ in nodes for o in outs}
         name, bias = logits_name, None
         for _ in range(4):  # logits <- [Add bias] <- MatMul/Gemm
@@ -209,7 +215,7 @@ class OnnxNet(nn.Module):
                 w = next(i for i in ins if i in consts)
                 if op == "Gemm" and len(ins) > 2:
                     bias = ins[2]
-                return w, bias
+                return w, bias, next(i for i in ins[:2] if i != w)
             if op == "Add":
                 c = [i for i in ins if i in consts]
                 if c:
@@ -249,6 +255,8 @@ class OnnxNet(nn.Module):
         return getattr(self.stats if k[0] == "b" else self.consts, k[1])
 
     def run(self, x: Tensor, want: tuple[str, ...]) -> dict[str, Tensor]:
+        if self.input_scale != 1.0:
+            x = F.interpolate(x, scale_factor=self.input_scale, mode="bilinear", align_corners=False)
         env: dict[str, Tensor] = {self.input_name: x}
         for op, ins, outs, a, name in self.nodes:
             args = [self._value(env, i) for i in ins]
@@ -337,9 +345,10 @@ class OnnxNet(nn.Module):
         return {"conv_affine": affine, "hardswish": hswish}
 
     def forward_train(self, x: Tensor, tgt=None, perms=None, generator=None) -> RecOut:
-        r = self.run(x, (self.logits_name, self.features_name))
+        r = self.run(x, (self.logits_name, self.features_name, self.head_input_name))
         lg = r[self.logits_name]
-        return RecOut([lg], [lg], r[self.features_name], None, None)
+        # char_feats: the (B, T, D) frames the classifier reads, the tensor an ONNX teacher's "head" feature matches
+        return RecOut([lg], [r[self.head_input_name]], r[self.features_name], None, None)
 
 
 # -- operators ---------------------------------------------------------------------------------------------------
