@@ -83,7 +83,7 @@ class PPOCRReader(_Base):
         if path is None:
             raise RuntimeError("rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime)")
         pre = OnnxPreproc(height=height, min_width=min_width)
-        self.teacher = OnnxTeacher(str(path), CHARSETS["94"], 1, pre.validate())
+        self.teacher = OnnxTeacher(str(path), CHARSETS["94"], 1, pre)  # it validates the sizes
         default = (height, min_width) == (48, 320)
         self.name = "PP-OCRv4 rec (rapidocr)" + ("" if default else f" @{height}x{min_width}")
         self.format, self.backend = "ONNX", "onnxruntime " + _ort_version()

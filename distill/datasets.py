@@ -140,8 +140,9 @@ class WeightedConcat(Dataset):
 
 class WithTeacherTargets(Dataset):
     """Adds an ONNX teacher's cached targets to each item: ``t_probs`` (F x C frame distributions in the student's
-    classes), ``t_feats`` (F x D, when the teacher exposes a feature) and ``has_label``. Unlabeled sources take the teacher's string as label when its confidence reaches
-    ``conf_threshold``; below it the item trains on the soft targets alone (``has_label`` False)."""
+    classes), ``t_feats`` (F x D, when the teacher exposes a feature) and ``has_label``. Unlabeled sources take the
+    teacher's string as label when its confidence reaches ``conf_threshold``; below it the item trains on the soft
+    targets alone (``has_label`` False)."""
 
     def __init__(self, ds: PairDataset, cache, unlabeled: bool = False, conf_threshold: float = 0.7) -> None:
         self.ds, self.cache, self.unlabeled, self.threshold = ds, cache, unlabeled, conf_threshold

@@ -35,13 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 import cv2
 import numpy as np
 
 __all__ = ["OnnxPreproc", "OnnxTeacher", "TeacherTargets", "TeacherCache", "charset_mapping", "resample_frames",
-           "resample_peaks",
-           "resolve_teacher_path", "PPOCR_PREPROC"]
+           "resample_peaks", "resolve_teacher_path", "PPOCR_PREPROC"]
 
 
 @dataclass(frozen=True)
@@ -320,14 +318,16 @@ def _with_feature_output(path: str, feature: str) -> tuple[bytes, str]:
 
     m = onnx.load(path)
     g = m.graph
-    inits = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
-    name = feature
     if feature == "head":
-        mm = next((n for n in reversed(g.node) if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits), None)
-        if mm is None:
-            raise ValueError(f"{path}: onnx teacher feature 'head': no MatMul/Gemm classifier with constant weights")
-        name = mm.input[0]
-    elif not any(feature in n.output for n in g.node):
+        from .models.onnx_net import classifier_input  # the student resolves its head the same way
+
+        try:
+            name = classifier_input(m)
+        except (ValueError, KeyError, StopIteration) as e:
+            raise ValueError(f"{path}: onnx teacher feature 'head': no MatMul/Gemm classifier found ({e})") from None
+    elif any(feature in n.output for n in g.node):
+        name = feature
+    else:
         raise ValueError(f"{path}: onnx teacher feature {feature!r}: no node of the graph outputs that tensor")
     if name not in {o.name for o in g.output}:
         g.output.append(onnx.helper.make_empty_tensor_value_info(name))

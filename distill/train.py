@@ -154,6 +154,11 @@ def build_onnx_student(cfg: Config, master: bool):
         raise ConfigError(f"train.teacher_ckpt {path}: cannot make a 16x64 student of it ({e}); set "
                           "onnx_teacher.student_overrides (node name -> attributes, e.g. strides) so the graph "
                           "accepts 16x64 input") from None
+    if teacher.feature:  # the student's own tensor of that name learns the teacher's
+        try:
+            model.set_feature_tap(teacher.feature)
+        except ValueError as e:
+            raise ConfigError(f"onnx_teacher.feature {o.feature!r}: {e}") from None
     if master:
         up = f" (upsampled x{o.student_input_scale:g} inside)" if o.student_input_scale != 1 else ""
         print(f"train: onnx-ctc student from {path}: 16x64 input{up}, {teacher.frames} frames, "
@@ -375,9 +380,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     val_acc = None
     while step < cfg.optim.steps:
         for batch in loader_for(epoch, batch_in_epoch):
-            for k in ("hr", "lr", "t_probs", "t_feats", "has_label"):
-                if k in batch:
-                    batch[k] = batch[k].to(device, non_blocking=True)
+            for k, v in batch.items():  # images and whatever targets the dataset adds
+                if torch.is_tensor(v):
+                    batch[k] = v.to(device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 loss, parts = fwd(batch, step)
             if not torch.isfinite(loss):

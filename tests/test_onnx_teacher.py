@@ -263,7 +263,13 @@ def test_teacher_features_resampled_cached_and_named(tmp_path):
     assert np.array_equal(got.feats, direct.feats) and np.array_equal(got.probs, direct.probs)
     assert TeacherCache(data, plain.fingerprint()).path != cache.path  # targets without features: another cache
     out = net.forward_train(torch.from_numpy(x))
-    assert out.char_feats[0].shape == (3, x.shape[3] // 2, 8)
+    assert net.tap_name == t.feature and out.char_feats[0].shape == (3, x.shape[3] // 2, 8)
+    net.set_feature_tap("m")  # a teacher feature by name: the student returns its own tensor of that name
+    tapped = net.forward_train(torch.from_numpy(x)).char_feats[0]
+    assert tapped.shape == (3, 8, 1, x.shape[3] // 2)
+    assert torch.allclose(tapped[:, :, 0].transpose(1, 2), out.char_feats[0])
+    with pytest.raises(ValueError, match="computes no tensor 'nope'"):
+        net.set_feature_tap("nope")
 
 
 # -- the cache -----------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .parseq import RecOut
 
-__all__ = ["OnnxNet", "strip_weights", "SUPPORTED_OPS", "PPOCR_LR_OVERRIDES"]
+__all__ = ["OnnxNet", "strip_weights", "classifier_input", "SUPPORTED_OPS", "PPOCR_LR_OVERRIDES"]
 
 # ONNX TensorProto data types we meet in recognizers -> torch
 _DTYPES = {1: torch.float32, 6: torch.int32, 7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64}
@@ -88,6 +88,15 @@ def strip_weights(model_bytes: bytes, keep_small: int = 16) -> tuple[bytes, dict
                         a.t.name = n.output[0]
                     strip(a.t)
     return m.SerializeToString(), arrays
+
+
+def classifier_input(model) -> str:
+    """The tensor an ONNX recognizer's classifier (its last MatMul/Gemm before the output) reads: the frames'
+    features. Found the way ``OnnxNet`` finds its head, so a teacher's ``head`` feature and the student's tap agree."""
+    g = model.graph
+    nodes = [(n.op_type, list(n.input), list(n.output), {}, n.name) for n in g.node]
+    consts = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    return OnnxNet._head(nodes, consts, OnnxNet._softmax_input(nodes, g.output[0].name))[2]
 
 
 SUPPORTED_OPS = frozenset({
@@ -163,7 +172,7 @@ class OnnxNet(nn.Module):
                 trainable.update(i for i in ins if i in consts and consts[i].size > 1 and consts[i].dtype.kind == "f")
         # The classifier: the last MatMul/Gemm before the output, optionally cut to keep_classes.
         self.logits_name = logits or self._softmax_input(nodes, m.graph.output[0].name)
-        head_w, head_b, self.head_input_name = self._head(nodes, consts, self.logits_name)
+        head_w, head_b, self.tap_name = self._head(nodes, consts, self.logits_name)
         if flip_input_channels:
             first = next(n for n in nodes if n[0] == "Conv")
             consts[first[1][1]] = np.ascontiguousarray(consts[first[1][1]][:, ::-1])
@@ -345,10 +354,17 @@ class OnnxNet(nn.Module):
         return {"conv_affine": affine, "hardswish": hswish}
 
     def forward_train(self, x: Tensor, tgt=None, perms=None, generator=None) -> RecOut:
-        r = self.run(x, (self.logits_name, self.features_name, self.head_input_name))
+        r = self.run(x, (self.logits_name, self.features_name, self.tap_name))
         lg = r[self.logits_name]
-        # char_feats: the (B, T, D) frames the classifier reads, the tensor an ONNX teacher's "head" feature matches
-        return RecOut([lg], [r[self.head_input_name]], r[self.features_name], None, None)
+        # char_feats: the tapped tensor (default the (B, T, D) frames the classifier reads), what an ONNX teacher's
+        # feature of the same name is matched against
+        return RecOut([lg], [r[self.tap_name]], r[self.features_name], None, None)
+
+    def set_feature_tap(self, name: str) -> None:
+        """Return tensor ``name`` of the graph as ``char_feats`` in training (the teacher's ``feature``)."""
+        if name not in {o for n in self.nodes for o in n[2]}:
+            raise ValueError(f"OnnxNet: the graph computes no tensor {name!r} on the way to its logits")
+        self.tap_name = name
 
 
 # -- operators ---------------------------------------------------------------------------------------------------
