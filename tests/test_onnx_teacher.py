@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from apps.peers import ppocr_model
@@ -122,7 +123,8 @@ def test_ppocr_graph_parity_and_lr_student_export(tmp_path):
         assert np.abs(net(torch.from_numpy(x)).numpy() - ref).max() < 1e-4
     n = len(net.nodes)
     fused = net.fuse_for_inference()  # what compress.export does: fewer elementwise passes, same outputs
-    assert fused["conv_affine"] >= 20 and fused["hardswish"] >= 20 and len(net.nodes) < n - 100
+    assert fused["conv_affine"] >= 20 and fused["hardswish"] >= 20 and fused["affine_into_conv"] >= 10
+    assert len(net.nodes) < n - 100
     with torch.no_grad():
         assert np.abs(net(torch.from_numpy(x)).numpy() - ref).max() < 1e-4
 
@@ -150,6 +152,62 @@ def test_ppocr_graph_parity_and_lr_student_export(tmp_path):
     for n in (1, 5):
         got = sess.run(None, {"images": xs[:n].numpy()})[0]
         assert np.abs(got - probs[:n].numpy()).max() < 1e-4
+
+
+def _affine_chain_onnx(path):
+    """conv0 (3x3, padded) -> Relu -> *s+t -> conv1 (1x1) -> Relu -> s2*+t2 -> depthwise 3x3 (padded) -> mean ->
+    classifier."""
+    rng = np.random.default_rng(3)
+
+    def t(name, shape, scale=0.3):
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.normal(0, scale, int(np.prod(shape))).tolist())
+
+    scalars = [helper.make_tensor(n, TensorProto.FLOAT, [1], [v]) for n, v in
+               (("s", 1.7), ("t", -0.4), ("s2", 0.6), ("t2", 0.9))]
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [2])
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="act0"),
+        helper.make_node("Mul", ["s", "r0"], ["m0"], name="mul0"),  # the scalar first
+        helper.make_node("Add", ["m0", "t"], ["a0"], name="add0"),
+        helper.make_node("Conv", ["a0", "w1", "b1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="act1"),
+        helper.make_node("Mul", ["r1", "s2"], ["m1"], name="mul1"),
+        helper.make_node("Add", ["m1", "t2"], ["a1"], name="add1"),
+        helper.make_node("Conv", ["a1", "w2"], ["c2"], name="dw", group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["c2"], ["p"], name="pool", axes=[2], keepdims=1),
+        helper.make_node("Squeeze", ["p", "axes"], ["sq"], name="sq"),
+        helper.make_node("Transpose", ["sq"], ["tr"], perm=[0, 2, 1], name="tr"),
+        helper.make_node("MatMul", ["tr", "fc"], ["logits"], name="fc"),
+    ]
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 32])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 16, 7])],
+                          [t("w0", [8, 3, 3, 3]), t("w1", [8, 8, 1, 1]), t("b1", [8], 0.1), t("w2", [8, 1, 3, 3]),
+                           t("fc", [8, 7]), axes, *scalars])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def test_fuse_folds_scalar_affines_into_unpadded_convs_only(tmp_path):
+    p = _affine_chain_onnx(tmp_path / "chain.onnx")
+    net = OnnxNet(7, graph=p.read_bytes()).eval()
+    x = np.random.default_rng(4).uniform(-1, 1, (2, 3, 16, 32)).astype(np.float32)
+    ref = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    counts = net.fuse_for_inference()
+    # the affine before the 1x1 conv is folded; the one before the padded depthwise conv stays (its zero border
+    # would change)
+    assert counts["affine_into_conv"] == 1
+    ops = [n[0] for n in net.nodes]
+    assert ops.count("Mul") == 1 and ops.count("Add") == 1
+    assert next(n for n in net.nodes if n[4] == "conv1")[1][0] == "r0"
+    with torch.no_grad():
+        got = net(torch.from_numpy(x)).numpy()  # forward() adds the softmax the graph lacks
+    assert np.abs(got - torch.from_numpy(ref).softmax(-1).numpy()).max() < 1e-5
+    path = tmp_path / "fused.onnx"
+    torch.onnx.export(net, (torch.from_numpy(x),), str(path), input_names=["x"], output_names=["probs"],
+                      opset_version=17, dynamo=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert np.abs(sess.run(None, {"x": x})[0] - got).max() < 1e-5
 
 
 # -- mapping and alignment ------------------------------------------------------------------------------------------

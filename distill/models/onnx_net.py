@@ -291,8 +291,9 @@ class OnnxNet(nn.Module):
     def fuse_for_inference(self) -> dict[str, int]:
         """Rewrite the node list for export, with identical outputs: ``Conv -> Mul(s) -> Add(t)`` (a learnable
         affine after a convolution, as in PP-LCNetV3) becomes one Conv with scaled weights and bias; ``x *
-        Clip(x + 3, 0, 6) / 6`` becomes one HardSwish. Each removes memory-bound elementwise passes, which
-        dominate these small networks' CPU time. Training after fusing is not supported. Returns the counts."""
+        Clip(x + 3, 0, 6) / 6`` becomes one HardSwish; a scalar affine feeding an unpadded Conv goes into its
+        weights. Each removes memory-bound elementwise passes, which dominate these small networks' CPU time.
+        Training after fusing is not supported. Returns the counts."""
         def consumers(nodes):
             c: dict[str, int] = {}
             for n in nodes:
@@ -350,8 +351,58 @@ class OnnxNet(nn.Module):
             nodes[div] = ("HardSwish", [x], nodes[div][2], {}, nodes[div][4])
             drop.update((idx, clip, mul))
             hswish += 1
-        self.nodes = [n for j, n in enumerate(nodes) if j not in drop]
-        return {"conv_affine": affine, "hardswish": hswish}
+        nodes = [n for j, n in enumerate(nodes) if j not in drop]
+        nodes, into_conv = self._fold_affine_into_conv(nodes, consumers(nodes))
+        self.nodes = nodes
+        return {"conv_affine": affine, "hardswish": hswish, "affine_into_conv": into_conv}
+
+    def _fold_affine_into_conv(self, nodes: list, use: dict[str, int]) -> tuple[list, int]:
+        """``Mul(x, s) -> Add(t) -> Conv(W, b)`` with scalar s, t and an unpadded Conv becomes ``Conv(x; W*s, b +
+        t*sum(W))``: PP-LCNetV3's affine after each activation. Left as scalar Mul/Add nodes, each is a memory-bound
+        pass and makes ONNX Runtime leave its blocked (NCHWc) layout around it. A padded Conv is left alone: its
+        zero border would become ``t`` after folding, and on maps a few rows high nearly every position is border
+        (folding those too, then fine-tuning, was tried: the PP-OCRv4 student's zero-shot accuracy fell to 0)."""
+        first_use: dict[str, int] = {}
+        for j, n in enumerate(nodes):
+            for i in n[1]:
+                first_use.setdefault(i, j)
+        drop: set[int] = set()
+        done = 0
+        for j, (op, ins, outs, _, _) in enumerate(nodes):
+            if op != "Mul" or len(ins) != 2 or use.get(outs[0], 0) != 1:
+                continue
+            sc = [self._scalar(i) for i in ins]
+            if (sc[0] is None) == (sc[1] is None):
+                continue
+            x, s = (ins[1], sc[0]) if sc[0] is not None else (ins[0], sc[1])
+            k = first_use.get(outs[0])
+            add = nodes[k] if k is not None else None
+            if add is None or add[0] != "Add" or len(add[1]) != 2 or use.get(add[2][0], 0) != 1:
+                continue
+            t = self._scalar(add[1][1] if add[1][0] == outs[0] else add[1][0])
+            c = first_use.get(add[2][0])
+            conv = nodes[c] if c is not None else None
+            if t is None or conv is None or conv[0] != "Conv" or conv[1][0] != add[2][0]:
+                continue
+            cop, cins, couts, ca, cname = conv
+            if any(ca.get("pads", [])) or self._key.get(cins[1], ("",))[0] != "p" or use.get(cins[1], 0) != 1:
+                continue
+            w = self.params[self._key[cins[1]][1]]
+            shift = t * w.sum(dim=(1, 2, 3))
+            if len(cins) > 2 and cins[2] and self._key.get(cins[2], ("",))[0] == "p" and use.get(cins[2], 0) == 1:
+                self.params[self._key[cins[2]][1]].add_(shift)
+            elif len(cins) > 2 and cins[2]:
+                continue
+            else:
+                bname = f"{cname}.folded_bias"
+                self.params[_safe(bname)] = nn.Parameter(shift.clone())
+                self._key[bname] = ("p", _safe(bname))
+                cins = cins[:2] + [bname]
+            w.mul_(s)
+            nodes[c] = (cop, [x] + cins[1:], couts, ca, cname)
+            drop.update((j, k))
+            done += 1
+        return [n for j, n in enumerate(nodes) if j not in drop], done
 
     def forward_train(self, x: Tensor, tgt=None, perms=None, generator=None) -> RecOut:
         r = self.run(x, (self.logits_name, self.features_name, self.tap_name))
