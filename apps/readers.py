@@ -73,8 +73,8 @@ class PPOCRReader(_Base):
     dictionary (``character`` metadata, blank 0, space last). The same preprocessing and decoding that make it a
     teacher in ``distill`` (``distill.onnx_teacher.OnnxTeacher``)."""
 
-    def __init__(self, path: str | None = None, height: int = 48, min_width: int = 320) -> None:
-        from distill.onnx_teacher import OnnxPreproc, OnnxTeacher
+    def __init__(self, path: str | None = None, height: int | None = None, min_width: int | None = None) -> None:
+        from distill.onnx_teacher import PPOCR_PREPROC, OnnxPreproc, OnnxTeacher
         from runtime.charset import CHARSETS
 
         from .peers import ppocr_model
@@ -82,9 +82,11 @@ class PPOCRReader(_Base):
         path = path or ppocr_model("rec")
         if path is None:
             raise RuntimeError("rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime)")
+        height = PPOCR_PREPROC.height if height is None else height  # RapidOCR's own 48x320 unless given
+        min_width = PPOCR_PREPROC.min_width if min_width is None else min_width
         pre = OnnxPreproc(height=height, min_width=min_width)
         self.teacher = OnnxTeacher(str(path), CHARSETS["94"], 1, pre)  # it validates the sizes
-        default = (height, min_width) == (48, 320)
+        default = (height, min_width) == (PPOCR_PREPROC.height, PPOCR_PREPROC.min_width)
         self.name = "PP-OCRv4 rec (rapidocr)" + ("" if default else f" @{height}x{min_width}")
         self.format, self.backend = "ONNX", "onnxruntime " + _ort_version()
         self.precision, self.size_mb = "fp32", Path(path).stat().st_size / 1e6

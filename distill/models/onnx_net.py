@@ -321,15 +321,12 @@ class OnnxNet(nn.Module):
             if len(sh) != 1 or sh[0] is None:
                 continue
             w = self.params[self._key[ins[1]][1]]
+            own = self._own_bias(name, ins, w, use)
+            if own is None:
+                continue
+            ins, b = own
             w.mul_(sc[0])
-            if len(ins) > 2 and ins[2] and self._key.get(ins[2], ("",))[0] == "p":
-                b = self.params[self._key[ins[2]][1]]
-                b.mul_(sc[0]).add_(sh[0])
-            else:
-                bname = f"{name}.fused_bias"
-                self.params[_safe(bname)] = nn.Parameter(torch.full((w.shape[0],), sh[0], dtype=w.dtype))
-                self._key[bname] = ("p", _safe(bname))
-                ins = ins[:2] + [bname]
+            b.mul_(sc[0]).add_(sh[0])
             nodes[idx] = (op, ins, [nodes[add][2][0]], a, name)
             drop.update((mul, add))
             affine += 1
@@ -355,6 +352,17 @@ class OnnxNet(nn.Module):
         nodes, into_conv = self._fold_affine_into_conv(nodes, consumers(nodes))
         self.nodes = nodes
         return {"conv_affine": affine, "hardswish": hswish, "affine_into_conv": into_conv}
+
+    def _own_bias(self, name: str, ins: list[str], w: Tensor, use: dict[str, int]) -> tuple[list[str], Tensor] | None:
+        """The Conv's bias as a parameter only it reads, for a fold to update in place: its own, or a new zero one
+        (``<name>.fused_bias``, added to ``ins``). None when its bias is computed or shared: no fold then."""
+        if len(ins) > 2 and ins[2]:
+            k = self._key.get(ins[2], ("",))
+            return (ins, self.params[k[1]]) if k[0] == "p" and use.get(ins[2], 0) == 1 else None
+        bname = f"{name}.fused_bias"
+        self.params[_safe(bname)] = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype))
+        self._key[bname] = ("p", _safe(bname))
+        return ins[:2] + [bname], self.params[_safe(bname)]
 
     def _fold_affine_into_conv(self, nodes: list, use: dict[str, int]) -> tuple[list, int]:
         """``Mul(x, s) -> Add(t) -> Conv(W, b)`` with scalar s, t and an unpadded Conv becomes ``Conv(x; W*s, b +
@@ -388,16 +396,11 @@ class OnnxNet(nn.Module):
             if any(ca.get("pads", [])) or self._key.get(cins[1], ("",))[0] != "p" or use.get(cins[1], 0) != 1:
                 continue
             w = self.params[self._key[cins[1]][1]]
-            shift = t * w.sum(dim=(1, 2, 3))
-            if len(cins) > 2 and cins[2] and self._key.get(cins[2], ("",))[0] == "p" and use.get(cins[2], 0) == 1:
-                self.params[self._key[cins[2]][1]].add_(shift)
-            elif len(cins) > 2 and cins[2]:
+            own = self._own_bias(cname, cins, w, use)
+            if own is None:
                 continue
-            else:
-                bname = f"{cname}.folded_bias"
-                self.params[_safe(bname)] = nn.Parameter(shift.clone())
-                self._key[bname] = ("p", _safe(bname))
-                cins = cins[:2] + [bname]
+            cins, b = own
+            b.add_(t * w.sum(dim=(1, 2, 3)))
             w.mul_(s)
             nodes[c] = (cop, [x] + cins[1:], couts, ca, cname)
             drop.update((j, k))
