@@ -205,8 +205,26 @@ def _plot(rows: list[Row], path: str) -> None:
     write_bytes_atomic(png.tobytes(), path)
 
 
+def distinct_names(specs: list[str]) -> list[str]:
+    """Each model's file name, with as many parent folders as it takes to tell apart models that share one
+    (``export_a/best.onnx`` and ``export_b/best.onnx``, not two rows named ``best.onnx``)."""
+    parts = [Path(s).parts or (s,) for s in specs]
+    k = [1] * len(specs)
+    while True:
+        names = ["/".join(p[-n:]) for p, n in zip(parts, k)]
+        clash = {n for n in names if names.count(n) > 1}
+        grow = [i for i, n in enumerate(names) if n in clash and k[i] < len(parts[i])]
+        if not grow:
+            return names
+        for i in grow:
+            k[i] += 1
+
+
 def cmd_run(args) -> int:
     rows = [_row_subprocess(m, args) for m in args.models]
+    for r, spec, name in zip(rows, args.models, distinct_names(args.models)):
+        if r.model == Path(spec).name:  # a file's row; peers (ppocr, tesseract) keep their own names
+            r.model = name
     machine = machine_name()
     print(rows_markdown(rows, machine))
     if args.json:

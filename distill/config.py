@@ -157,6 +157,9 @@ class TrainCfg:
     stage: str = "teacher"  # teacher | student | baseline | clip
     out_dir: str = "runs/default"
     teacher_ckpt: str = ""  # student/baseline: the frozen HR teacher (and the student's initialisation)
+    # fine-tuning: the student starts from this checkpoint's weights (same model spec) instead of the teacher's
+    init_ckpt: str = ""
+    qat: bool = False  # simulate the INT8 export while training (onnx-ctc students): quantization-aware fine-tuning
     clip_ckpt: str = ""  # CLIP-OCR: a --stage clip checkpoint or an OpenAI-layout ViT CLIP state dict
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -191,6 +194,10 @@ class Config:
                               "(train one with train.stage=clip, or give an OpenAI ViT CLIP file)")
         if t.stage in ("student", "baseline") and not t.teacher_ckpt:
             raise ConfigError(f"train.teacher_ckpt: stage {t.stage!r} needs a teacher checkpoint")
+        if t.qat and self.model.name != "onnx-ctc":
+            raise ConfigError(f"train.qat: simulated INT8 is implemented for onnx-ctc students, not {self.model.name!r}")
+        if t.init_ckpt and t.stage not in ("student", "baseline"):
+            raise ConfigError(f"train.init_ckpt: fine-tunes a student or baseline, not stage {t.stage!r}")
         if t.amp not in ("auto", "bf16", "off"):
             raise ConfigError(f"train.amp: expected auto, bf16 or off, got {t.amp!r}")
         if self.optim.steps <= 0:

@@ -166,6 +166,21 @@ def build_onnx_student(cfg: Config, master: bool):
     return spec, model, teacher
 
 
+def init_weights(model: torch.nn.Module, spec: dict, path: str, master: bool) -> None:
+    """Fine-tuning: the student's weights from checkpoint ``path``, whose model spec must be the one this config
+    builds (same model, charset and, for ONNX students, the same graph and overrides)."""
+    ck = load_checkpoint(path)
+    theirs = ck["model_spec"]
+    diff = sorted(k for k in set(spec) | set(theirs) if k != "kwargs" and spec.get(k) != theirs.get(k))
+    kw, tkw = spec.get("kwargs", {}), theirs.get("kwargs", {})
+    diff += sorted(f"kwargs.{k}" for k in set(kw) | set(tkw) if kw.get(k) != tkw.get(k))
+    if diff:
+        raise ConfigError(f"train.init_ckpt {path}: its model differs from the one this config builds in {diff}")
+    model.load_state_dict(ck["model"])
+    if master:
+        print(f"train: weights from {path} (step {ck.get('step')}, val accuracy {ck.get('val_acc')})")
+
+
 def load_clip(path: str):
     """(CLIP, input normalisation): a --stage clip checkpoint of ours, or an OpenAI-layout ViT CLIP file."""
     from .models.clip import load_openai_clip
@@ -282,6 +297,12 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             teacher.load_state_dict(tck["model"])
         if cfg.train.stage == "student" and "clipocr" in cfg.distill.method:
             clip, clip_norm = load_clip(cfg.train.clip_ckpt)
+    if cfg.train.init_ckpt and not resume:
+        init_weights(model, spec, cfg.train.init_ckpt, master)
+    if cfg.train.qat:
+        n = model.enable_fake_quant()
+        if master:
+            print(f"train: quantization-aware: int8 weights per channel, uint8 activations at {n} points")
     tok = make_tokenizer(spec["tokenizer"], spec["charset"]) if spec["tokenizer"] in ("attn", "ctc") else None
     try:
         system = TrainingSystem(model, tok, cfg.train.stage, cfg.distill, teacher, cfg.train.seed, clip, clip_norm)
@@ -324,6 +345,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             system.projector.load_state_dict(ck["projector"])
         if system.clip_heads is not None and ck.get("clip_heads"):
             system.clip_heads.load_state_dict(ck["clip_heads"])
+        if cfg.train.qat and ck.get("fake_quant"):
+            system.student.fake_quant.load_state_dict(ck["fake_quant"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         step, best = ck["step"], ck.get("best_acc", -1.0)
@@ -349,6 +372,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "epoch": epoch,
             "batch_in_epoch": batch_in_epoch, "rng": _rng_state(), "best_acc": best, "val_acc": val_acc,
             "teacher_ckpt": cfg.train.teacher_ckpt,
+            "fake_quant": system.student.fake_quant.state_dict() if cfg.train.qat else None,
         })
 
     log_path = out / "log.csv"

@@ -89,3 +89,12 @@ def test_sigma_clipping_drops_outliers():
 
     t = sigma_clipped_times(lambda: time.sleep(next(it) / 1000), warmup=5, runs=40, min_seconds=0)
     assert max(t) < 50 and np.median(t) >= 1
+
+
+def test_rows_of_same_named_files_are_told_apart():
+    from apps.benchmark import distinct_names
+
+    specs = ["ppocr", "runs/a/best.onnx", "runs/b/best.onnx", "runs/b/best.int8.onnx", "x/runs/a/best.onnx"]
+    names = distinct_names(specs)
+    assert names == ["ppocr", "runs/a/best.onnx", "b/best.onnx", "best.int8.onnx", "x/runs/a/best.onnx"]
+    assert len(set(names)) == len(names)

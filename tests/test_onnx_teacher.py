@@ -87,6 +87,50 @@ def test_onnx_net_errors_name_the_problem(tmp_path):
         OnnxNet(5)
 
 
+def test_fake_quant_simulates_the_int8_export(tmp_path):
+    """train.qat's simulation of INT8 reads like ONNX Runtime's quantized model, calibrated on the same images."""
+    from compress.quantize import quantize_int8
+    from distill.models.fake_quant import FakeQuant, fake_quant_weight
+
+    p = _tiny_ctc_onnx(tmp_path / "tiny.onnx", op="Sigmoid", softmax=False)  # logits: the sharpest comparison
+    x = np.random.default_rng(3).uniform(-1, 1, (16, 3, 32, 96)).astype(np.float32)
+    q = quantize_int8(str(p), str(tmp_path / "tiny.int8.onnx"), x, "minmax", batch=16)  # one calibration batch
+    ref = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    int8 = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    net = OnnxNet(7, 25, img_size=(32, 128), graph=p.read_bytes()).eval()
+    assert net.enable_fake_quant(momentum=1.0) == 2  # the conv's input and output
+    with torch.no_grad():
+        net.fake_quant.observing = True  # calibrate on the float network, as ONNX Runtime's calibrator does
+        plain = net.decode_logits(torch.from_numpy(x)).numpy()
+        net.fake_quant.observing = False
+        sim = net.decode_logits(torch.from_numpy(x)).numpy()
+    assert np.abs(plain - ref).max() < 1e-5
+    gap = np.abs(int8 - ref).max()
+    assert gap > 1e-3  # quantization does change the logits here
+    assert np.abs(sim - int8).max() < 0.1 * gap, (np.abs(sim - int8).max(), gap)  # measured: 7 % of it
+    net.disable_fake_quant()
+    with torch.no_grad():
+        assert np.abs(net.decode_logits(torch.from_numpy(x)).numpy() - ref).max() < 1e-5
+    # weights: per output channel on the int8 grid of max|w| / 127, gradients straight through
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    wq = fake_quant_weight(w)
+    s = w.detach().abs().amax(dim=(1, 2, 3), keepdim=True) / 127
+    assert torch.allclose(wq / s, (wq / s).round(), atol=1e-3) and ((wq - w).abs() <= s / 2 + 1e-6).all()
+    wq.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+    # activations: the first training batch sets the range, later ones move it by the momentum; eval keeps it
+    fq = FakeQuant({"a"}, momentum=0.5)
+    fq.activation("a", torch.tensor([1.0, 3.0]), training=True)
+    fq.activation("a", torch.tensor([-1.0, 5.0]), training=True)
+    assert fq.ranges["a"].tolist() == [0.0, 4.0]
+    y = fq.activation("a", torch.tensor([-2.0, 2.0, 9.0]), training=False)
+    assert fq.ranges["a"].tolist() == [0.0, 4.0]  # fixed in eval; 0 stays in the range; outside it is clipped
+    assert torch.allclose(y, torch.tensor([0.0, 2.0, 4.0]), atol=2 / 255 + 1e-6)
+    assert torch.allclose(y * 255 / 4, (y * 255 / 4).round(), atol=1e-4)  # on the uint8 grid of the range
+    with pytest.raises(ValueError, match="momentum must be in"):
+        FakeQuant(set(), momentum=0)
+
+
 def test_input_scale_upsamples_before_the_graph_and_exports(tmp_path):
     """input_scale 2: the graph reads the 2x bilinear (half-pixel) upsampled input, in PyTorch and in the export."""
     p = _tiny_ctc_onnx(tmp_path / "tiny.onnx")
@@ -448,6 +492,25 @@ def test_train_student_and_baseline_from_ppocr(tmp_path, shared_real):
     assert ck["model_spec"]["name"] == "onnx-ctc" and tok.charset == CHARSETS["36"]
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 16, 64)).shape == (1, 32, 37)
+    # quantization-aware fine-tuning of that checkpoint: its weights, simulated INT8, ranges kept for a resume
+    qat = ["distill.train", "--set", "train.stage=student", "--set", f"train.out_dir={tmp_path / 'q'}",
+           "--set", f"train.init_ckpt={tmp_path / 'b' / 'last.pt'}", "--set", "train.qat=true",
+           *common, "--set", f"data.train=[{{path: {words}}}]"]
+    res = run_module(qat)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"weights from {tmp_path / 'b' / 'last.pt'} (step 3" in res.stdout
+    assert "uint8 activations at" in res.stdout
+    q = torch.load(tmp_path / "q" / "last.pt", weights_only=False)
+    assert len(q["fake_quant"]) > 40 and all(lo <= 0 <= hi or lo < hi for lo, hi in q["fake_quant"].values())
+    assert set(q["model"]) == set(ck["model"])  # the fine-tuned model is the plain network: export as usual
+    res = run_module([*qat, "--resume", str(tmp_path / "q" / "last.pt")])  # the ranges load back
+    assert res.returncode == 0 and "resumed from" in res.stdout, res.stderr[-3000:]
+    # a checkpoint of another graph is refused, naming what differs
+    res = run_module([*qat, "--set", f"train.out_dir={tmp_path / 'q2'}",
+                      "--set", "onnx_teacher.student_overrides={p2o.Conv.0: {strides: [1, 1]}, "
+                      "p2o.AveragePool.0: {kernel_shape: [2, 1], strides: [2, 1]}}"])
+    assert res.returncode == 2 and "its model differs from the one this config builds in ['kwargs.overrides']" \
+        in res.stderr, res.stderr[-2000:]
 
 
 def test_onnx_teacher_config_errors(tmp_path):
@@ -462,6 +525,9 @@ def test_onnx_teacher_config_errors(tmp_path):
                       "--set", "model.name=onnx-ctc", "--set", "onnx_teacher.student_input_scale=0.5",
                       "--set", "data.synth.n=10", "--set", f"train.out_dir={tmp_path / 'o'}"])
     assert res.returncode == 2 and "onnx_teacher.student_input_scale: expected a factor >= 1, got 0.5" in res.stderr
+    res = run_module(["distill.train", "--set", "train.stage=student", "--set", "train.teacher_ckpt=t.pt",
+                      "--set", "model.name=cnn-ctc", "--set", "train.qat=true", "--set", "data.synth.n=10"])
+    assert res.returncode == 2 and "train.qat: simulated INT8 is implemented for onnx-ctc students" in res.stderr
 
 
 @needs_ppocr

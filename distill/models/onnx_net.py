@@ -202,6 +202,7 @@ class OnnxNet(nn.Module):
                 fixed.register_buffer(k, t, persistent=False)
                 self._key[name] = ("c", k)
         self.stats, self.consts = bufs, fixed
+        self.fake_quant = None  # a FakeQuant while fine-tuning under simulated INT8 (enable_fake_quant)
         # Drop nodes after the logits: the trailing Softmax is applied by forward().
         self.nodes = self._prune(nodes, self.logits_name)
         self.features_name = self._neck_input(self.nodes)
@@ -267,11 +268,42 @@ class OnnxNet(nn.Module):
         if self.input_scale != 1.0:
             x = F.interpolate(x, scale_factor=self.input_scale, mode="bilinear", align_corners=False)
         env: dict[str, Tensor] = {self.input_name: x}
+        fq = self.fake_quant
         for op, ins, outs, a, name in self.nodes:
             args = [self._value(env, i) for i in ins]
+            if fq is not None and op == "Conv":
+                args[0] = fq.activation(ins[0], args[0], self.training)
+                args[1] = fq.weight(args[1])
             y = _OPS[op](self, args, a, x.device)
+            if fq is not None and outs[0] in fq.points:
+                y = fq.activation(outs[0], y, self.training)
             env[outs[0]] = y
         return {w: env[w] for w in want}
+
+    def enable_fake_quant(self, momentum: float = 0.01) -> int:
+        """Simulate the INT8 export from now on (quantization-aware fine-tuning, ``train.qat``): convolution weights
+        per channel, and the activations ONNX Runtime quantizes around each convolution: its input, and its output
+        after the scalar affine that follows it (what the export folds into it). Returns the number of activation
+        points. Not saved with the weights; ``disable_fake_quant`` turns it off."""
+        from .fake_quant import FakeQuant
+
+        points: set[str] = set()
+        for j, (op, ins, outs, _, _) in enumerate(self.nodes):
+            if op != "Conv":
+                continue
+            points.add(ins[0])
+            out = outs[0]
+            for want in ("Mul", "Add"):  # Conv -> Mul(scalar) -> Add(scalar): quantized after the affine
+                nxt = [n for n in self.nodes if out in n[1]]
+                if len(nxt) != 1 or nxt[0][0] != want or not any(self._scalar(i) is not None for i in nxt[0][1]):
+                    break
+                out = nxt[0][2][0]
+            points.add(out)
+        self.fake_quant = FakeQuant(points, momentum)
+        return len(points)
+
+    def disable_fake_quant(self) -> None:
+        self.fake_quant = None
 
     def decode_logits(self, x: Tensor, early_stop: bool = False) -> Tensor:
         return self.run(x, (self.logits_name,))[self.logits_name]
