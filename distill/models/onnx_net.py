@@ -288,17 +288,13 @@ class OnnxNet(nn.Module):
         from .fake_quant import FakeQuant
 
         points: set[str] = set()
-        for j, (op, ins, outs, _, _) in enumerate(self.nodes):
+        use = self._consumers(self.nodes)
+        for idx, (op, ins, outs, _, _) in enumerate(self.nodes):
             if op != "Conv":
                 continue
             points.add(ins[0])
-            out = outs[0]
-            for want in ("Mul", "Add"):  # Conv -> Mul(scalar) -> Add(scalar): quantized after the affine
-                nxt = [n for n in self.nodes if out in n[1]]
-                if len(nxt) != 1 or nxt[0][0] != want or not any(self._scalar(i) is not None for i in nxt[0][1]):
-                    break
-                out = nxt[0][2][0]
-            points.add(out)
+            affine = self._conv_affine(self.nodes, idx, use)  # the chain fuse_for_inference folds into this Conv
+            points.add(self.nodes[affine[1]][2][0] if affine else outs[0])
         self.fake_quant = FakeQuant(points, momentum)
         return len(points)
 
@@ -326,39 +322,22 @@ class OnnxNet(nn.Module):
         Clip(x + 3, 0, 6) / 6`` becomes one HardSwish; a scalar affine feeding an unpadded Conv goes into its
         weights. Each removes memory-bound elementwise passes, which dominate these small networks' CPU time.
         Training after fusing is not supported. Returns the counts."""
-        def consumers(nodes):
-            c: dict[str, int] = {}
-            for n in nodes:
-                for i in n[1]:
-                    c[i] = c.get(i, 0) + 1
-            c[self.logits_name] = c.get(self.logits_name, 0) + 1
-            c[self.features_name] = c.get(self.features_name, 0) + 1
-            return c
-
         nodes = list(self.nodes)
-        use = consumers(nodes)
+        use = self._consumers(nodes)
         drop: set[int] = set()
         affine = hswish = 0
         for idx, (op, ins, outs, a, name) in enumerate(nodes):
-            if op != "Conv" or use.get(outs[0], 0) != 1 or ins[1] not in self._key or self._key[ins[1]][0] != "p":
+            found = self._conv_affine(nodes, idx, use)
+            if found is None:
                 continue
-            mul = next((j for j, n in enumerate(nodes) if n[0] == "Mul" and outs[0] in n[1]), None)
-            if mul is None or use.get(nodes[mul][2][0], 0) != 1:
-                continue
-            sc = [self._scalar(i) for i in nodes[mul][1] if i != outs[0]]
-            add = next((j for j, n in enumerate(nodes) if n[0] == "Add" and nodes[mul][2][0] in n[1]), None)
-            if len(sc) != 1 or sc[0] is None or add is None:
-                continue
-            sh = [self._scalar(i) for i in nodes[add][1] if i != nodes[mul][2][0]]
-            if len(sh) != 1 or sh[0] is None:
-                continue
+            mul, add, scale, shift = found
             w = self.params[self._key[ins[1]][1]]
             own = self._own_bias(name, ins, w, use)
             if own is None:
                 continue
             ins, b = own
-            w.mul_(sc[0])
-            b.mul_(sc[0]).add_(sh[0])
+            w.mul_(scale)
+            b.mul_(scale).add_(shift)
             nodes[idx] = (op, ins, [nodes[add][2][0]], a, name)
             drop.update((mul, add))
             affine += 1
@@ -381,9 +360,37 @@ class OnnxNet(nn.Module):
             drop.update((idx, clip, mul))
             hswish += 1
         nodes = [n for j, n in enumerate(nodes) if j not in drop]
-        nodes, into_conv = self._fold_affine_into_conv(nodes, consumers(nodes))
+        nodes, into_conv = self._fold_affine_into_conv(nodes, self._consumers(nodes))
         self.nodes = nodes
         return {"conv_affine": affine, "hardswish": hswish, "affine_into_conv": into_conv}
+
+    def _consumers(self, nodes: list) -> dict[str, int]:
+        """How many readers each tensor has; the logits and features count as read (they are outputs)."""
+        c: dict[str, int] = {}
+        for n in nodes:
+            for i in n[1]:
+                c[i] = c.get(i, 0) + 1
+        c[self.logits_name] = c.get(self.logits_name, 0) + 1
+        c[self.features_name] = c.get(self.features_name, 0) + 1
+        return c
+
+    def _conv_affine(self, nodes: list, idx: int, use: dict[str, int]) -> tuple[int, int, float, float] | None:
+        """``nodes[idx]`` as ``Conv(W trainable) -> Mul(s) -> Add(t)`` with scalar s and t, each output read once
+        (PP-LCNetV3's learnable affine): (Mul index, Add index, s, t), or None."""
+        op, ins, outs, _, _ = nodes[idx]
+        if op != "Conv" or use.get(outs[0], 0) != 1 or ins[1] not in self._key or self._key[ins[1]][0] != "p":
+            return None
+        mul = next((j for j, n in enumerate(nodes) if n[0] == "Mul" and outs[0] in n[1]), None)
+        if mul is None or use.get(nodes[mul][2][0], 0) != 1:
+            return None
+        sc = [self._scalar(i) for i in nodes[mul][1] if i != outs[0]]
+        add = next((j for j, n in enumerate(nodes) if n[0] == "Add" and nodes[mul][2][0] in n[1]), None)
+        if len(sc) != 1 or sc[0] is None or add is None:
+            return None
+        sh = [self._scalar(i) for i in nodes[add][1] if i != nodes[mul][2][0]]
+        if len(sh) != 1 or sh[0] is None:
+            return None
+        return mul, add, sc[0], sh[0]
 
     def _own_bias(self, name: str, ins: list[str], w: Tensor, use: dict[str, int]) -> tuple[list[str], Tensor] | None:
         """The Conv's bias as a parameter only it reads, for a fold to update in place: its own, or a new zero one
