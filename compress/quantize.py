@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["quantize_int8", "quantize_from_data", "convert_fp16", "head_nodes", "int8_path", "CALIBRATORS",
-           "INT8_TARGETS"]
+           "INT8_TARGETS", "integer_hardswish"]
 
 CALIBRATORS = ("minmax", "entropy", "percentile")
 INT8_TARGETS = ("cpu", "tensorrt")
@@ -70,6 +70,42 @@ def float_kept_nodes(model) -> list[str]:
     return keep
 
 
+_HSW = "int_hswish"  # name prefix of the nodes integer_hardswish writes
+
+
+def integer_hardswish(model, max_channels: int) -> int:
+    """Rewrite HardSwish(x) as x * Clip(x + 3, 0, 6) * (1/6) where x comes from a Conv with at most ``max_channels``
+    output channels, in place; returns how many. ONNX Runtime has no quantized HardSwish: left alone, each one
+    runs as DequantizeLinear, HardSigmoid, Mul, QuantizeLinear in float between the INT8 convolutions, and those
+    passes cost more than the convolutions (PP-LCNet). Written out, every step is an integer kernel: QLinearAdd whose
+    uint8 output range [0, 6] is the clip, then two QLinearMuls. The catch is precision: each step rounds, and on
+    the PP-OCRv4 student the wide late stages (240 and 480 channels) lose most of the accuracy that way, hence the
+    channel limit."""
+    from onnx import helper, numpy_helper
+
+    consts = {t.name: t for t in model.graph.initializer}
+    conv_out = {n.output[0]: n for n in model.graph.node if n.op_type == "Conv"}
+    new, k = [], 0
+    for n in model.graph.node:
+        conv = conv_out.get(n.input[0]) if n.op_type == "HardSwish" else None
+        w = consts.get(conv.input[1]) if conv is not None else None
+        if w is None or w.dims[0] > max_channels:
+            new.append(n)
+            continue
+        x, p = n.input[0], f"{_HSW}_{k}"
+        new += [helper.make_node("Add", [x, f"{_HSW}_three"], [p + "_a"], name=p + "_add"),
+                helper.make_node("Clip", [p + "_a", f"{_HSW}_zero", f"{_HSW}_six"], [p + "_c"], name=p + "_clip"),
+                helper.make_node("Mul", [x, p + "_c"], [p + "_m"], name=p + "_mul"),
+                helper.make_node("Mul", [p + "_m", f"{_HSW}_sixth"], [n.output[0]], name=p + "_div")]
+        k += 1
+    if k:
+        for name, v in (("three", 3.0), ("zero", 0.0), ("six", 6.0), ("sixth", 1 / 6)):
+            model.graph.initializer.append(numpy_helper.from_array(np.array(v, np.float32), f"{_HSW}_{name}"))
+        del model.graph.node[:]
+        model.graph.node.extend(new)
+    return k
+
+
 class _Reader:
     def __init__(self, name: str, x: np.ndarray, batch: int) -> None:
         self.name, self.x, self.batch, self.i = name, x, batch, 0
@@ -86,7 +122,10 @@ class _Reader:
 
 
 def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str = "minmax",
-                  keep_head_float: bool = True, batch: int = 16, target: str = "cpu") -> Path:
+                  keep_head_float: bool = True, batch: int = 16, target: str = "cpu",
+                  int_hardswish_channels: int = 0) -> Path:
+    """``int_hardswish_channels`` > 0 (cpu target): HardSwish after convolutions of at most that many channels runs
+    in integer kernels (``integer_hardswish``)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -101,15 +140,28 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     out = Path(out_path)
     with tempfile.TemporaryDirectory() as td:
         pre = os.path.join(td, "pre.onnx")
-        quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
+        src_path = fp32_path
+        n_int = 0
+        if int_hardswish_channels and not trt:
+            src = onnx.load(fp32_path)
+            n_int = integer_hardswish(src, int_hardswish_channels)
+            src_path = os.path.join(td, "hswish.onnx")
+            onnx.save(src, src_path)
+        quant_pre_process(src_path, pre, skip_symbolic_shape=True)
         m = onnx.load(pre)
         exclude = (head_nodes(m) if keep_head_float else []) + float_kept_nodes(m)
+        ops = ["Conv", "MatMul", "Gemm"] if trt else ["Conv", "MatMul", "Gemm", "Add"]
+        if n_int:  # the rewritten HardSwish steps are quantized, no other Mul, Clip or constant Add
+            ops += ["Mul", "Clip"]
+            exclude = [e for e in exclude if not e.startswith(_HSW)]
+            exclude += [n.name for n in m.graph.node
+                        if n.op_type in ("Mul", "Clip") and not n.name.startswith(_HSW)]
         name = m.graph.input[0].name
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         quantize_static(pre, str(tmp), _Reader(name, calib, batch), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                         per_channel=True, calibrate_method=cm,
-                        op_types_to_quantize=["Conv", "MatMul", "Gemm"] if trt else ["Conv", "MatMul", "Gemm", "Add"],
+                        op_types_to_quantize=ops,
                         nodes_to_exclude=exclude,
                         # QuantizeBias off: int32 bias Q/DQ is not something TensorRT builds; biases stay float.
                         extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True, "QuantizeBias": False,
@@ -121,6 +173,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     meta["tinytext.int8_calibrator"] = method
     meta["tinytext.int8_target"] = target
     meta["tinytext.int8_head_float"] = str(keep_head_float).lower()
+    if n_int:
+        meta["tinytext.int8_integer_hardswish"] = f"{n_int} (convolutions of <= {int_hardswish_channels} channels)"
     del q.metadata_props[:]
     for k, v in meta.items():
         e = q.metadata_props.add()
@@ -132,7 +186,7 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
 
 def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, method: str = "minmax",
                        keep_head_float: bool = True, cache_dir: str | os.PathLike | None = None,
-                       target: str = "cpu") -> tuple[Path, int]:
+                       target: str = "cpu", int_hardswish_channels: int = 0) -> tuple[Path, int]:
     """Calibrate on ``calib`` with the model's own input size (from its metadata), then quantize.
     Returns (Q/DQ path, number of calibration images)."""
     from runtime.recognizer import model_info
@@ -142,7 +196,8 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
     info = model_info(fp32_path)
     x = calibration_tensors(calib, (info.height, info.width), info.lr, n, 16,
                             cache_dir if cache_dir is not None else Path(fp32_path).parent)
-    return quantize_int8(fp32_path, out_path, x, method, keep_head_float, target=target), len(x)
+    return quantize_int8(fp32_path, out_path, x, method, keep_head_float, target=target,
+                         int_hardswish_channels=int_hardswish_channels), len(x)
 
 
 def convert_fp16(fp32_path: str, out_path: str) -> Path:

@@ -126,6 +126,12 @@ class OnnxTeacherCfg:
     feature: str = ""
     conf_threshold: float = 0.7  # unlabeled crops: the teacher's string is a CTC target from this confidence
     student_overrides: dict = field(default_factory=dict)  # node attribute overrides; ppocr: a built-in preset
+    # Kernels of convolutions whose stride the overrides take from 2 to 1: "upsample" composes them with 2x
+    # bilinear upsampling (the student reads 16x64 as the teacher reads it upsampled x2); "copy" keeps them as they are
+    stride_init: str = "upsample"
+    # The student keeps the graph's BatchNorm statistics while it trains (its weights still learn); false:
+    # re-estimated from the training batches, which on small LR data undid the teacher's zero-shot accuracy
+    freeze_bn: bool = True
     # The student upsamples its 16x64 input by this factor before the graph (bilinear), so its first layers see the
     # text at the scale of the teacher's weights; pair it with overrides that put the strides back later
     student_input_scale: float = 1.0
@@ -224,6 +230,9 @@ class Config:
         if not self.onnx_teacher.student_input_scale >= 1.0:
             raise ConfigError("onnx_teacher.student_input_scale: expected a factor >= 1, got "
                               f"{self.onnx_teacher.student_input_scale}")
+        if self.onnx_teacher.stride_init not in ("upsample", "copy"):
+            raise ConfigError(f"onnx_teacher.stride_init: expected upsample or copy, got "
+                              f"{self.onnx_teacher.stride_init!r}")
         if self.distill.method not in ("kdltr", "clipocr", "kdltr+clipocr"):
             raise ConfigError(f"distill.method: unknown {self.distill.method!r}")
         return self

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 __all__ = ["OnnxPreproc", "OnnxTeacher", "TeacherTargets", "TeacherCache", "charset_mapping", "resample_frames",
-           "resample_peaks", "resolve_teacher_path", "PPOCR_PREPROC"]
+           "resample_peaks", "resolve_teacher_path", "PPOCR_PREPROC", "frames_read"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,18 @@ def resample_frames(p: np.ndarray, frames: int) -> np.ndarray:
             r[i, j] = max(0.0, min(b, j + 1) - max(a, j))
     r /= r.sum(1, keepdims=True)
     return (r @ p.astype(np.float64)).astype(np.float32)
+
+
+def frames_read(probs: np.ndarray, charset: str) -> str:
+    """Greedy CTC reading (blank 0) of per-frame distributions over ``charset``: what a student that matched these
+    targets exactly would read. Compared with the teacher's own string it tells whether resampling kept the word:
+    PP-OCRv4's 40 frames area-resampled to 16 read its string on 53-68 % of real crops, and a student trained on
+    such targets lost 16 points on svt_test; resampled to 32, or taken from the teacher at 32x128 (16 frames of its
+    own), 97-99 %."""
+    from runtime.fastpath import decode
+
+    d = decode(np.asarray(probs, np.float32)[None], "ctc", 0)
+    return "".join(charset[k - 1] for k in d.ids[0][: d.lengths[0]])
 
 
 def resample_peaks(p: np.ndarray, frames: int) -> np.ndarray:
@@ -433,7 +445,7 @@ class TeacherCache:
         if not todo and have:
             return self.summary()
         env = self._open_write()
-        conf, dropped = [], []
+        conf, dropped, agree = [], [], []
         bar = tqdm(total=len(todo), desc=f"teacher -> {self.path.name}", disable=not progress, dynamic_ncols=True)
 
         def run(group):
@@ -457,6 +469,7 @@ class TeacherCache:
                             txn.put(k.encode(), _pack(t))
                             conf.append(t.conf)
                             dropped.append(t.dropped)
+                            agree.append(frames_read(t.probs, teacher.student_charset) == t.text)
                     bar.update(len(group))
         finally:
             pool.shutdown()
@@ -464,6 +477,7 @@ class TeacherCache:
         summary = {"samples": len(have) + len(conf), "new": len(conf),
                    "mean_conf": float(np.mean(conf)) if conf else None,
                    "mean_dropped_mass": float(np.mean(dropped)) if dropped else None, "mapping": teacher.report,
+                   "frames_agree": float(np.mean(agree)) if agree else None,
                    "teacher": os.path.basename(teacher.path)}
         with env.begin(write=True) as txn:
             txn.put(b"__summary__", json.dumps(summary).encode())

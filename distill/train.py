@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import os
 import random
 import sys
@@ -85,6 +86,8 @@ def build_datasets(cfg: Config, synth_dir: Path | None, policy: LabelPolicy, tea
     """The weighted training mix and the val reader. With an ONNX ``teacher`` (stage student), every source gets
     the teacher's cached targets; rank 0 builds the caches first."""
     aug = text_augment if cfg.data.augment else None
+    if aug is not None and teacher is not None:  # its targets are cached per crop: keep the characters in place
+        aug = functools.partial(text_augment, geometric=False)
     sources, weights = [], []
     if synth_dir is not None:
         sources.append((PairDataset(str(synth_dir / "train"), policy=policy, seed=cfg.train.seed), False))
@@ -119,10 +122,18 @@ def with_teacher_targets(cfg: Config, teacher, ds: PairDataset, unlabeled: bool,
     if rank == 0:
         summary = cache.build(teacher, ds.reader, len(ds), o.batch, o.workers, cfg.train.progress)
         m = summary.get("mapping", {})
+        fa = summary.get("frames_agree")  # absent from caches built before it was measured
+        agree = "" if fa is None else f"; its frames read its own string on {100 * fa:.1f} %"
         print(f"train: teacher targets {cache.path} ({summary.get('samples')} samples, mean confidence "
               f"{summary.get('mean_conf') or float('nan'):.3f}, mean dropped mass "
               f"{summary.get('mean_dropped_mass') or float('nan'):.4f}; classes {m.get('mapped_exact')} exact, "
-              f"{m.get('merged_case')} case-merged, {m.get('dropped')} dropped)")
+              f"{m.get('merged_case')} case-merged, {m.get('dropped')} dropped{agree})")
+        if fa is not None and fa < 0.9:
+            print(f"train: warning: {cache.path.name}: the teacher's frames, resampled to the student's {teacher.frames}, "
+                  f"read its own string on only {100 * fa:.1f} % of the crops: the frame-level "
+                  "KL would teach broken words. Give the teacher an input whose frames match the student's "
+                  "(onnx_teacher.height/min_width/max_width), use onnx_teacher.resample: peaks, or more student "
+                  "frames", file=sys.stderr)
     if dist.is_initialized():
         dist.barrier()
     return WithTeacherTargets(ds, cache, unlabeled, o.conf_threshold)
@@ -144,12 +155,13 @@ def build_onnx_student(cfg: Config, master: bool):
     if not overrides and (cfg.train.teacher_ckpt == "ppocr" or "PP-OCRv4_rec" in Path(path).name):
         overrides = PPOCR_LR_OVERRIDES
     try:
-        spec, model = make_onnx_student(path, charset, cfg.model.max_len, teacher.classes, overrides,
-                                        flip_input_channels=o.channel_order == "bgr",
-                                        input_scale=o.student_input_scale)
+        spec, model, composed = make_onnx_student(path, charset, cfg.model.max_len, teacher.classes, overrides,
+                                                  flip_input_channels=o.channel_order == "bgr",
+                                                  input_scale=o.student_input_scale, stride_init=o.stride_init)
         with torch.no_grad():
             teacher.frames = model.eval().decode_logits(torch.zeros(1, 3, *model.img_size)).shape[1]
         model.train()
+        model.freeze_bn_stats = o.freeze_bn
     except (ValueError, RuntimeError, KeyError) as e:
         raise ConfigError(f"train.teacher_ckpt {path}: cannot make a 16x64 student of it ({e}); set "
                           "onnx_teacher.student_overrides (node name -> attributes, e.g. strides) so the graph "
@@ -162,7 +174,8 @@ def build_onnx_student(cfg: Config, master: bool):
     if master:
         up = f" (upsampled x{o.student_input_scale:g} inside)" if o.student_input_scale != 1 else ""
         print(f"train: onnx-ctc student from {path}: 16x64 input{up}, {teacher.frames} frames, "
-              f"overrides {overrides or 'none'}{', feature ' + teacher.feature if teacher.feature else ''}")
+              f"overrides {overrides or 'none'}{', feature ' + teacher.feature if teacher.feature else ''}"
+              + (f", kernels composed with x2 upsampling: {', '.join(composed)}" if composed else ""))
     return spec, model, teacher
 
 

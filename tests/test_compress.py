@@ -244,3 +244,54 @@ def test_export_cli_gate(trained, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "| artifact | precision |" in r.stdout and "int8" in r.stdout and "TensorRT static check: OK" in r.stdout
     assert (tmp_path / "last.int8-trt.onnx").is_file() and not (tmp_path / "last.int8.onnx").exists()
+
+
+def _hswish_net(path):
+    """Conv(3->8) -> HardSwish -> Conv(8->16) -> HardSwish: a PP-LCNet-like pair of layers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, s).astype(np.float32), n)
+             for n, s in (("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (16, 8, 1, 1)), ("b2", (16,)))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["c1"], ["h1"], name="hs1"),
+             helper.make_node("Conv", ["h1", "w2", "b2"], ["c2"], name="conv2"),
+             helper.make_node("HardSwish", ["c2"], ["y"], name="hs2")]
+    g = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 8, 16])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+def test_integer_hardswish_is_exact_in_float_and_runs_in_integer_kernels(tmp_path):
+    """The rewrite x * Clip(x + 3, 0, 6) / 6 equals HardSwish; quantized, ONNX Runtime runs it as QLinearAdd and
+    QLinearMul (no float HardSigmoid left for the rewritten layer) and stays close to FP32."""
+    import onnxruntime as ort
+
+    from compress.quantize import integer_hardswish, quantize_int8
+
+    src = _hswish_net(tmp_path / "hs.onnx")
+    m = onnx.load(str(src))
+    assert integer_hardswish(m, max_channels=8) == 1  # conv2 has 16 channels: left alone
+    assert [n.op_type for n in m.graph.node].count("HardSwish") == 1
+    onnx.save(m, str(tmp_path / "rewritten.onnx"))
+    x = np.random.default_rng(1).normal(0, 1.5, (64, 3, 8, 16)).astype(np.float32)
+
+    def run(p, opt_path=None):
+        so = ort.SessionOptions()
+        if opt_path:
+            so.optimized_model_filepath = str(opt_path)
+        return ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    ref = run(src)
+    assert np.abs(run(tmp_path / "rewritten.onnx") - ref).max() < 1e-5
+    ops = {}
+    for k in (0, 8):
+        q = quantize_int8(str(src), str(tmp_path / f"q{k}.onnx"), x, int_hardswish_channels=k)
+        got = run(q, tmp_path / f"opt{k}.onnx")
+        assert np.abs(got - ref).mean() < 0.05 * np.abs(ref).mean()
+        ops[k] = [n.op_type for n in onnx.load(str(tmp_path / f"opt{k}.onnx")).graph.node]
+        meta = {p.key: p.value for p in onnx.load(str(q)).metadata_props}
+        assert ("tinytext.int8_integer_hardswish" in meta) == (k > 0)
+    assert "QLinearMul" not in ops[0] and ops[0].count("HardSigmoid") == 2
+    assert "QLinearAdd" in ops[8] and "QLinearMul" in ops[8] and ops[8].count("HardSigmoid") == 1

@@ -15,8 +15,9 @@ from onnx import TensorProto, helper
 
 from apps.peers import ppocr_model
 from distill.models import build_model, make_onnx_student
-from distill.models.onnx_net import PPOCR_LR_OVERRIDES, OnnxNet, strip_weights
-from distill.onnx_teacher import OnnxTeacher, TeacherCache, charset_mapping, resample_frames, resample_peaks
+from distill.models.onnx_net import PPOCR_LR_OVERRIDES, OnnxNet, strip_weights, upsample_halved_strides
+from distill.onnx_teacher import (OnnxTeacher, TeacherCache, charset_mapping, frames_read, resample_frames,
+                                  resample_peaks)
 from distill.unlabeled import UnlabeledFolder, UnlabeledLmdb, open_unlabeled, video_regions_to_lmdb
 from runtime.charset import CHARSETS
 from runtime.datasets import DataError, open_dataset
@@ -27,8 +28,9 @@ REC = ppocr_model("rec")
 needs_ppocr = pytest.mark.skipif(REC is None, reason="rapidocr-onnxruntime (PP-OCRv4 recognizer) not installed")
 
 
-def _tiny_ctc_onnx(path, n_chars: int = 5, softmax: bool = True, op: str = "Relu"):
-    """A small CTC recognizer graph: conv (stride 2) -> op -> mean over height -> MatMul + bias [-> Softmax]."""
+def _tiny_ctc_onnx(path, n_chars: int = 5, softmax: bool = True, op: str = "Relu", bn: bool = False):
+    """A small CTC recognizer graph: conv (stride 2) [-> BatchNorm] -> op -> mean over height -> MatMul + bias
+    [-> Softmax]."""
     rng = np.random.default_rng(0)
     C = n_chars + 2  # blank + chars + space
     w = helper.make_tensor("w", TensorProto.FLOAT, [8, 3, 3, 3], rng.normal(0, 0.3, 216).astype(np.float32).tolist())
@@ -46,12 +48,19 @@ def _tiny_ctc_onnx(path, n_chars: int = 5, softmax: bool = True, op: str = "Relu
         helper.make_node("MatMul", ["t", "fc"], ["mm"], name="fc"),
         helper.make_node("Add", ["mm", "b"], ["logits"], name="bias"),
     ]
+    extra = []
+    if bn:  # conv -> BatchNormalization -> op
+        nodes[0].output[0] = "c0"
+        nodes.insert(1, helper.make_node("BatchNormalization", ["c0", "g", "be", "mu", "var"], ["c"], name="bn"))
+        extra = [helper.make_tensor(n, TensorProto.FLOAT, [8], v.tolist()) for n, v in
+                 (("g", np.ones(8)), ("be", np.zeros(8)), ("mu", rng.normal(0, 1, 8)), ("var", np.ones(8)))]
     out = "logits"
     if softmax:
         nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=2, name="sm"))
         out = "probs"
     g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", "T", C])], [w, fc, b, axes, shape])
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", "T", C])],
+                          [w, fc, b, axes, shape, *extra])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     onnx.save(m, str(path))
     return path
@@ -154,6 +163,62 @@ def test_input_scale_upsamples_before_the_graph_and_exports(tmp_path):
         OnnxNet(7, graph=p.read_bytes(), input_scale=0.5)
 
 
+def test_bn_statistics_stay_frozen_while_training_unless_asked(tmp_path):
+    """freeze_bn_stats (the default, onnx_teacher.freeze_bn): training mode normalises with the graph's running
+    statistics and leaves them alone; off: batch statistics, running averages updated."""
+    p = _tiny_ctc_onnx(tmp_path / "bn.onnx", bn=True)
+    net = OnnxNet(7, 25, img_size=(16, 64), graph=p.read_bytes())
+    x = torch.randn(4, 3, 16, 64) * 3 + 1
+    mu = dict(net.stats.named_buffers())
+    before = {k: v.clone() for k, v in mu.items()}
+    with torch.no_grad():
+        train_out = net.train()(x)
+        eval_out = net.eval()(x)
+    assert torch.allclose(train_out, eval_out) and all(torch.equal(before[k], v) for k, v in mu.items())
+    net.freeze_bn_stats = False
+    with torch.no_grad():
+        assert not torch.allclose(net.train()(x), eval_out, atol=1e-4)
+    assert any(not torch.equal(before[k], v) for k, v in dict(net.stats.named_buffers()).items())
+    assert len(before) == 2  # running mean and variance
+
+
+def test_halved_stride_kernels_read_the_input_as_the_original_reads_it_upsampled():
+    """stride_init upsample: a 3x3 stride-2 kernel becomes the stride-1 kernel whose output on x equals the original
+    on x upsampled x2 (bilinear, half-pixel) away from the border; per axis ([2, 1] strides, depthwise too); a
+    kernel the composition does not fit (1x1) and strides not halved are left alone."""
+    rng = np.random.default_rng(3)
+    ws = {"wa": rng.normal(0, 1, (4, 3, 3, 3)), "wb": rng.normal(0, 1, (4, 3, 1, 1)),
+          "wc": rng.normal(0, 1, (3, 1, 3, 3)), "wd": rng.normal(0, 1, (4, 3, 3, 3))}
+    ws = {k: v.astype(np.float32) for k, v in ws.items()}
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="a", strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "wb"], ["b"], name="b", strides=[2, 2]),
+             helper.make_node("Conv", ["x", "wc"], ["c"], name="c", strides=[2, 1], pads=[1, 1, 1, 1], group=3),
+             helper.make_node("Conv", ["x", "wd"], ["d"], name="d", strides=[2, 2], pads=[1, 1, 1, 1])]
+    inits = [helper.make_tensor(k, TensorProto.FLOAT, v.shape, v.ravel().tolist()) for k, v in ws.items()]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in "abcd"], inits)
+    graph = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    weights = {"wa": ws["wa"].copy()}  # a stripped weight; the others still sit in the graph
+    overrides = {"a": {"strides": [1, 1]}, "b": {"strides": [1, 1]}, "c": {"strides": [1, 1]},
+                 "d": {"strides": [2, 2]}}
+    done = upsample_halved_strides(graph, weights, overrides)
+    assert done == ["a", "c"] and set(weights) == {"wa", "wc"}  # b: 1x1 does not fit, d: stride not halved
+
+    x = torch.from_numpy(rng.normal(0, 1, (2, 3, 12, 20)).astype(np.float32))
+    up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    ref = F.conv2d(up, torch.from_numpy(ws["wa"]), stride=2, padding=1)
+    got = F.conv2d(x, torch.from_numpy(weights["wa"]), stride=1, padding=1)
+    assert got.shape == ref.shape == (2, 4, 12, 20)
+    assert (got - ref)[..., 1:-1, 1:-1].abs().max() < 1e-5
+    assert (got - ref).abs().max() > 1e-3  # the border differs (zero padding vs edge replication): a real change
+    copied = F.conv2d(x, torch.from_numpy(ws["wa"]), stride=1, padding=1)
+    assert (copied - ref)[..., 1:-1, 1:-1].abs().max() > 0.1
+    up_h = F.interpolate(x, scale_factor=(2, 1), mode="bilinear", align_corners=False)  # height only
+    ref = F.conv2d(up_h, torch.from_numpy(ws["wc"]), stride=(2, 1), padding=1, groups=3)
+    got = F.conv2d(x, torch.from_numpy(weights["wc"]), stride=1, padding=1, groups=3)
+    assert (got - ref)[..., 1:-1, :].abs().max() < 1e-5
+
+
 @needs_ppocr
 def test_ppocr_graph_parity_and_lr_student_export(tmp_path):
     """PP-OCRv4 through OnnxNet equals ONNX Runtime; its LR student rebuilds from the spec and re-exports with a
@@ -173,7 +238,7 @@ def test_ppocr_graph_parity_and_lr_student_export(tmp_path):
         assert np.abs(net(torch.from_numpy(x)).numpy() - ref).max() < 1e-4
 
     t = OnnxTeacher("ppocr", CHARSETS["36"], 32)
-    spec, student = make_onnx_student(str(REC), "36", 25, t.classes, PPOCR_LR_OVERRIDES)
+    spec, student, _ = make_onnx_student(str(REC), "36", 25, t.classes, PPOCR_LR_OVERRIDES)
     student.eval()
     xs = torch.from_numpy(np.random.default_rng(1).uniform(-1, 1, (5, 3, 16, 64)).astype(np.float32))
     with torch.no_grad():
@@ -295,6 +360,8 @@ def test_peak_resampling_keeps_every_character():
     assert d.ids[0][: d.lengths[0]].tolist() == [1, 2, 2, 3]  # a blank frame kept between the repeated b's
     assert np.allclose(peaks.sum(1), 1, atol=1e-5)
     assert decode(resample_peaks(p, 3)[None].astype(np.float32), "ctc", 0).lengths[0] <= 3  # what fits, in order
+    # the cache's check of its targets: what a student matching them would read
+    assert frames_read(p, "abc") == "abbc" and frames_read(peaks, "abc") == "abbc" and frames_read(area, "abc") != "abbc"
 
 
 def _dict_file(tmp_path, chars="abcde"):
@@ -387,6 +454,9 @@ def test_teacher_cache_builds_once_and_completes_partial_builds(tmp_path):
     s2 = cache.build(t, reader, progress=False)  # an interrupted build is completed, nothing recomputed
     assert s2["new"] == 3 and s2["samples"] == 6
     assert cache.build(t, reader, progress=False)["samples"] == 6
+    # the share of crops whose cached frames read the teacher's own string (8 frames: these short words fit)
+    texts = [cache.get(k) for k in reader.keys]
+    assert s2["frames_agree"] == np.mean([frames_read(x.probs, "abc") == x.text for x in texts[3:]])
     got = cache.get(reader.keys[4])
     direct = t.targets([reader[4].image])[0]
     assert got.text == direct.text and np.array_equal(got.probs, direct.probs)
@@ -468,6 +538,7 @@ def test_train_student_and_baseline_from_ppocr(tmp_path, shared_real):
                       "--set", "onnx_teacher.feature=head", *common, *both])
     assert res.returncode == 0, res.stderr[-3000:]
     assert "32 frames" in res.stdout and "case-merged" in res.stdout
+    assert "its frames read its own string on" in res.stdout  # the cached targets' check, per source
     assert len(list((tmp_path / "cache").glob("*.teacher-*.lmdb"))) == 2  # both sources, none beside the data
     assert not list(tmp_path.glob("words.teacher-*"))
     log = (tmp_path / "s" / "log.csv").read_text()
@@ -525,6 +596,10 @@ def test_onnx_teacher_config_errors(tmp_path):
                       "--set", "model.name=onnx-ctc", "--set", "onnx_teacher.student_input_scale=0.5",
                       "--set", "data.synth.n=10", "--set", f"train.out_dir={tmp_path / 'o'}"])
     assert res.returncode == 2 and "onnx_teacher.student_input_scale: expected a factor >= 1, got 0.5" in res.stderr
+    res = run_module(["distill.train", "--set", "train.stage=student", "--set", "train.teacher_ckpt=ppocr",
+                      "--set", "model.name=onnx-ctc", "--set", "onnx_teacher.stride_init=bicubic",
+                      "--set", "data.synth.n=10", "--set", f"train.out_dir={tmp_path / 'o'}"])
+    assert res.returncode == 2 and "onnx_teacher.stride_init: expected upsample or copy, got 'bicubic'" in res.stderr
     res = run_module(["distill.train", "--set", "train.stage=student", "--set", "train.teacher_ckpt=t.pt",
                       "--set", "model.name=cnn-ctc", "--set", "train.qat=true", "--set", "data.synth.n=10"])
     assert res.returncode == 2 and "train.qat: simulated INT8 is implemented for onnx-ctc students" in res.stderr
@@ -548,3 +623,23 @@ def test_kd_gain_onnx_teacher_contender(tmp_path, shared_real):
     assert teacher_hr["real_lr16"] > 40  # the HR reference column: PP-OCR reads real HR crops
     md = (tmp_path / "kg" / "kd_gain.md").read_text()
     assert "student distilled from the ONNX teacher" in md and "ahead of its LR-only baseline" in md
+
+
+def test_photometric_only_augmentation_keeps_characters_in_place():
+    """With cached teacher frames the augmentation must not move the text: geometric=False never shears or crops
+    (shape and the bright column stay), while the default does both on some draws."""
+    from distill.augment import text_augment
+
+    img = np.full((32, 100, 3), 40, np.uint8)
+    img[:, 37] = 220  # one bright column: where a character would sit
+    def peak(o):  # the column that stands out most, whichever the polarity
+        col = o[..., 0].astype(int).mean(0)
+        return int(np.argmax(np.abs(col - np.median(col))))
+
+    moved = 0
+    for seed in range(60):
+        out = text_augment(img.copy(), np.random.default_rng(seed), p=1.0, geometric=False)
+        assert out.shape == img.shape and peak(out) == 37
+        full = text_augment(img.copy(), np.random.default_rng(seed), p=1.0)
+        moved += full.shape != img.shape or peak(full) != 37
+    assert moved > 10
