@@ -22,6 +22,7 @@ from distill.checkpoint import CheckpointError, load_model
 from runtime.preprocess import MEAN, STD
 
 from .calibration import add_calibration_args
+from .graph_rewrites import scalar_affine_to_conv
 from .parity import ParityError, parity_check, parity_images
 
 __all__ = ["export_onnx", "model_metadata", "main"]
@@ -89,6 +90,9 @@ def export_onnx(ckpt: str, out_dir: str, opset: int = 17, simplify: bool = True,
     m = onnx.load(str(tmp))
     if simplify:
         m = _simplify(m)
+    n_affine = scalar_affine_to_conv(m)  # exact; keeps ONNX Runtime's NCHWc convolutions chained (graph_rewrites)
+    if n_affine:
+        print(f"export: {n_affine} scalar affine (Mul -> Add) pairs written as depthwise 1x1 convolutions")
     set_metadata(m, model_metadata(spec, ckpt))
     onnx.checker.check_model(m)
     onnx.save(m, str(tmp))

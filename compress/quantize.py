@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .graph_rewrites import conv_to_scalar_affine
+
 __all__ = ["quantize_int8", "quantize_from_data", "convert_fp16", "head_nodes", "int8_path", "CALIBRATORS",
            "INT8_TARGETS", "integer_hardswish"]
 
@@ -147,6 +149,11 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
             n_int = integer_hardswish(src, int_hardswish_channels)
             src_path = os.path.join(td, "hswish.onnx")
             onnx.save(src, src_path)
+        if trt:  # the export's affine convolutions go back to Mul/Add, left float for TensorRT to fuse
+            src = onnx.load(fp32_path)
+            if conv_to_scalar_affine(src):
+                src_path = os.path.join(td, "affine.onnx")
+                onnx.save(src, src_path)
         quant_pre_process(src_path, pre, skip_symbolic_shape=True)
         m = onnx.load(pre)
         exclude = (head_nodes(m) if keep_head_float else []) + float_kept_nodes(m)

@@ -1,7 +1,8 @@
-"""``python -m compress.ship --teacher T.pt --student S.pt --out weights --calib DATA``
+"""``python -m compress.ship [--teacher T.pt] --student S.pt --out weights --calib DATA``
 
 Prepares the shipped default weights: checkpoints stripped of optimizer/RNG state (a few MB), the student exported
-to FP32 and INT8 ONNX (parity- and accuracy-gated by the same code as ``compress.export``)."""
+to FP32 and INT8 ONNX (parity- and accuracy-gated by the same code as ``compress.export``). Without ``--teacher``
+(a student of an ONNX teacher such as PP-OCRv4, which its own project ships) only the student is written."""
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ DEFAULT_DIR = Path(__file__).resolve().parents[1] / "weights"
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m compress.ship", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--teacher", required=True, help="HR teacher checkpoint")
+    p.add_argument("--teacher", default=None, help="HR teacher checkpoint (default: none, only the student is shipped)")
     p.add_argument("--student", required=True, help="LR student checkpoint")
     p.add_argument("--out", default=str(DEFAULT_DIR), help="weights directory")
     p.add_argument("--name", default="ctc", help="file name stem: <name>-teacher-hr.pt, <name>-student-lr.*")
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    t = strip_checkpoint(args.teacher, out / f"{args.name}-teacher-hr.pt")
+    t = strip_checkpoint(args.teacher, out / f"{args.name}-teacher-hr.pt") if args.teacher else None
     s = strip_checkpoint(args.student, out / f"{args.name}-student-lr.pt")
     onnx_path = export_onnx(str(s), str(out))
     # Both INT8 flavours: uint8 activations for ONNX Runtime on CPUs, symmetric int8 for TensorRT (Jetson).
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     print(check_trt_buildable(str(qt), require_qdq=True))
     rows = [evaluate_onnx(str(m), args.gate_data or args.calib) for m in (onnx_path, q, qt)]
     print(gate_table(rows))
-    for f in (t, s, onnx_path, q, qt):
+    for f in [f for f in (t, s, onnx_path, q, qt) if f is not None]:
         print(f"ship: {f} ({f.stat().st_size / 1e6:.2f} MB)")
     return 0
 

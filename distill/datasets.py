@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -34,6 +35,8 @@ class PairDataset(Dataset):
     lr_mode: ``stored`` (TextZoom's LR images), ``degrade`` (made from HR by the camera chain) or ``auto``
     (stored when the layout has LR images, degrade otherwise).
     augment: optional ``fn(hr_uint8, rng) -> hr_uint8`` applied to the HR crop before LR is made from it.
+    clean: with ``degrade``, the share of samples whose LR is the HR crop area-resized to ``lr_size`` and nothing
+    else (the ``lr16`` condition of the benchmarks) instead of a draw of the camera chain.
     """
 
     def __init__(
@@ -47,7 +50,10 @@ class PairDataset(Dataset):
         policy: LabelPolicy | None = None,
         augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
         limit: int = 0,
+        clean: float = 0.0,
     ) -> None:
+        if not 0.0 <= clean <= 1.0:
+            raise ValueError(f"clean: expected a share in [0, 1], got {clean}")
         self.reader = source if isinstance(source, Reader) else open_dataset(source, policy)
         self.limit = int(limit)
         if lr_mode == "auto":
@@ -56,8 +62,11 @@ class PairDataset(Dataset):
             raise ValueError(f"lr_mode: expected auto, stored or degrade, got {lr_mode!r}")
         if lr_mode == "stored" and self.reader.layout != "textzoom":
             raise ValueError(f"{self.reader.path}: lr_mode 'stored' needs a TextZoom-layout lmdb, got {self.reader.layout}")
+        if clean and lr_mode != "degrade":
+            raise ValueError(f"{self.reader.path}: clean LR is drawn instead of the camera chain, so it needs lr_mode "
+                             f"degrade (this source's LR is {lr_mode})")
         self.hr_size, self.lr_size = hr_size, lr_size
-        self.lr_mode, self.level, self.seed = lr_mode, level, seed
+        self.lr_mode, self.level, self.seed, self.clean = lr_mode, level, seed, float(clean)
         self.augment = augment
         self.epoch = 0
         self.skipped: list[str] = []  # keys met that could not be decoded (per process)
@@ -80,6 +89,8 @@ class PairDataset(Dataset):
             hr = self.augment(hr, rng)
         if self.lr_mode == "stored":
             lr = s.lr
+        elif self.clean and rng.random() < self.clean:  # (no draw when clean is 0: older seeds keep their samples)
+            lr = cv2.resize(hr, (self.lr_size[1], self.lr_size[0]), interpolation=cv2.INTER_AREA)
         else:
             lr, _, _ = degrade(hr, rng, strength_for(self.level, rng))
         return {"hr": image_to_tensor(hr, self.hr_size), "lr": image_to_tensor(lr, self.lr_size), "label": s.label,

@@ -98,10 +98,10 @@ def build_datasets(cfg: Config, synth_dir: Path | None, policy: LabelPolicy, tea
 
             src = open_unlabeled(s.path)
             ds = PairDataset(src, lr_mode="degrade", level=s.level, seed=cfg.train.seed + 1 + i, augment=aug,
-                             limit=s.limit)
+                             limit=s.limit, clean=s.clean)
         else:
             ds = PairDataset(s.path, lr_mode=s.lr_mode, level=s.level, seed=cfg.train.seed + 1 + i, policy=policy,
-                             augment=aug if s.lr_mode != "stored" else None, limit=s.limit)
+                             augment=aug if s.lr_mode != "stored" else None, limit=s.limit, clean=s.clean)
         sources.append((ds, s.unlabeled))
         weights.append(s.weight)
     if teacher is not None:

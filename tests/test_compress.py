@@ -295,3 +295,50 @@ def test_integer_hardswish_is_exact_in_float_and_runs_in_integer_kernels(tmp_pat
         assert ("tinytext.int8_integer_hardswish" in meta) == (k > 0)
     assert "QLinearMul" not in ops[0] and ops[0].count("HardSigmoid") == 2
     assert "QLinearAdd" in ops[8] and "QLinearMul" in ops[8] and ops[8].count("HardSigmoid") == 1
+
+
+def test_scalar_affine_becomes_a_depthwise_conv_with_identical_outputs(tmp_path):
+    """PP-LCNetV3's learnable affine (Mul by a scalar, Add a scalar) between convolutions is rewritten as a depthwise
+    1x1 Conv: same outputs, no Mul/Add left where the pattern is exact; a Mul read twice is left alone."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.graph_rewrites import scalar_affine_to_conv
+
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, s).astype(np.float32), n)
+             for n, s in (("w1", (8, 3, 1, 1)), ("b1", (8,)), ("w2", (8, 1, 3, 3)), ("b2", (8,)))]
+    inits += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("s1", 0.4), ("t1", -0.3),
+                                                                               ("s2", [1.7]), ("t2", 0.25))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="pw"),
+             helper.make_node("HardSwish", ["c1"], ["h1"], name="hs1"),
+             helper.make_node("Mul", ["s1", "h1"], ["m1"], name="lab1_mul"),  # scalar first, as paddle2onnx writes it
+             helper.make_node("Add", ["m1", "t1"], ["a1"], name="lab1_add"),
+             helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], name="dw", group=8, pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c2", "s2"], ["m2"], name="lab2_mul"),
+             helper.make_node("Add", ["m2", "t2"], ["a2"], name="lab2_add"),
+             helper.make_node("Add", ["a2", "m2"], ["y"], name="reads_m2_too")]  # m2 has two readers: kept
+    g = helper.make_graph(nodes, "lab", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 16])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = rng.normal(0, 1.5, (4, 3, 8, 16)).astype(np.float32)
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    ref = run(m)
+    assert scalar_affine_to_conv(m) == 1
+    onnx.checker.check_model(m)
+    ops = [(n.op_type, n.name) for n in m.graph.node]
+    assert ("Mul", "lab1_mul") not in ops and ("Add", "lab1_add") not in ops and ("Mul", "lab2_mul") in ops
+    conv = next(n for n in m.graph.node if n.name == "lab1_add.affine_conv")
+    assert {a.name: helper.get_attribute_value(a) for a in conv.attribute}["group"] == 8
+    assert "s1" not in {t.name for t in m.graph.initializer}  # the scalars it read are gone with it
+    assert np.abs(run(m) - ref).max() < 1e-5
+    # before INT8 for TensorRT the rewrite is undone: Mul and Add by scalars again, same outputs
+    from compress.graph_rewrites import conv_to_scalar_affine
+
+    assert conv_to_scalar_affine(m) == 1
+    onnx.checker.check_model(m)
+    assert [n.op_type for n in m.graph.node].count("Mul") == 2 and [n.op_type for n in m.graph.node].count("Conv") == 2
+    assert np.abs(run(m) - ref).max() < 1e-5

@@ -95,6 +95,26 @@ def test_lr_changes_per_epoch_but_is_reproducible(tmp_path):
     assert not torch.equal(a, ds[0]["lr"])
 
 
+def test_clean_share_gives_the_plain_area_resized_crop(tmp_path):
+    from conftest import textzoom_items
+    from distill.datasets import image_to_tensor
+    from runtime.conditions import apply_condition
+    from runtime.preprocess import LR_SIZE
+
+    p = write_lmdb(tmp_path / "s", str_items([f"w{i}" for i in range(40)]))
+    chain, plain, half = (PairDataset(str(p), seed=3, clean=c) for c in (0.0, 1.0, 0.5))
+    assert torch.equal(chain[0]["lr"], PairDataset(str(p), seed=3)[0]["lr"])  # clean 0: the samples of before
+    plain_lr = [image_to_tensor(apply_condition("lr16", chain.reader[i].image), LR_SIZE) for i in range(40)]
+    assert all(torch.equal(plain[i]["lr"], plain_lr[i]) for i in range(40))  # the benchmarks' lr16, exactly
+    n_plain = sum(torch.equal(half[i]["lr"], plain_lr[i]) for i in range(40))
+    assert 8 <= n_plain <= 32  # about half, the rest through the camera chain
+    assert torch.equal(half[5]["hr"], chain[5]["hr"])
+    with pytest.raises(ValueError, match="tz.*lr_mode degrade"):
+        PairDataset(str(write_lmdb(tmp_path / "tz", textzoom_items(["ab"]))), clean=0.3)
+    with pytest.raises(ValueError, match=r"clean: expected a share in \[0, 1\]"):
+        PairDataset(str(p), clean=1.5)
+
+
 def test_weighted_concat(tmp_path):
     a = PairDataset(str(write_lmdb(tmp_path / "a", str_items(["a"] * 5))))
     b = PairDataset(str(write_lmdb(tmp_path / "b", str_items(["b"] * 50))))

@@ -261,6 +261,17 @@ def test_ppocr_graph_parity_and_lr_student_export(tmp_path):
     for n in (1, 5):
         got = sess.run(None, {"images": xs[:n].numpy()})[0]
         assert np.abs(got - probs[:n].numpy()).max() < 1e-4
+    # compress.export's rewrite of PP-LCNetV3's learnable affines (torch writes their scalars as Constant nodes)
+    from compress.graph_rewrites import scalar_affine_to_conv
+
+    m = onnx.load(str(path))
+    ops = [n.op_type for n in m.graph.node]
+    k = scalar_affine_to_conv(m)
+    assert k >= 15
+    after = [n.op_type for n in m.graph.node]
+    assert ops.count("Mul") - after.count("Mul") == k and after.count("Conv") - ops.count("Conv") == k
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.abs(sess.run(None, {"images": xs.numpy()})[0] - probs.numpy()).max() < 1e-4
 
 
 def _affine_chain_onnx(path):

@@ -73,6 +73,17 @@ def test_config_errors_name_the_key(synth, tmp_path):
     assert r.returncode == 2 and "train.teacher_ckpt" in r.stderr
 
 
+def test_set_indexes_lists_and_checks_the_clean_share():
+    from distill.config import ConfigError
+
+    cfg = load_config("configs/ppocr_student.yaml", ["data.train.1.clean=0.25"])
+    assert [s.clean for s in cfg.data.train] == [0.0, 0.25, 0.0]
+    with pytest.raises(ConfigError, match=r"data.train\[0\].clean: expected a share in \[0, 1\], got 2"):
+        load_config("configs/ppocr_student.yaml", ["data.train.0.clean=2"])
+    with pytest.raises(ConfigError, match="data.train is a list of 3; expected an index 0..2, got '3'"):
+        load_config("configs/ppocr_student.yaml", ["data.train.3.clean=0.5"])
+
+
 def test_resume_after_kill_is_exact(synth, tmp_path):
     ov = lambda out: overrides(synth, out, "parseq-tiny", "optim.steps=12", "train.ckpt_every=3", "train.val_every=6")
     train(load_config("configs/smoke.yaml", ov(tmp_path / "straight")))
