@@ -14,37 +14,44 @@ ruined the PP-OCRv4 student (svt_test lr16 3.7 % under ONNX Runtime, 71.0 % with
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-__all__ = ["scalar_affine_to_conv", "conv_to_scalar_affine"]
+__all__ = ["scalar_affine_to_conv", "conv_to_scalar_affine", "constant_lookup"]
+
+_SUFFIX = ".affine_conv"  # name suffix of the convolutions scalar_affine_to_conv writes; its inverse finds them
 
 
-def _scalar_inputs(graph):
-    """name -> value for every scalar initializer or Constant output."""
+def constant_lookup(graph) -> Callable[[str], np.ndarray | None]:
+    """name -> the array of an initializer or a Constant node's tensor, None for computed tensors; converted on
+    demand (a graph's weights are not all copied to find a few scalars)."""
     from onnx import numpy_helper
 
-    out = {}
-    for t in graph.initializer:
-        a = numpy_helper.to_array(t)
-        if a.size == 1:
-            out[t.name] = float(a.ravel()[0])
-    for n in graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            a = numpy_helper.to_array(n.attribute[0].t)
-            if a.size == 1:
-                out[n.output[0]] = float(a.ravel()[0])
-    return out
+    inits = {t.name: t for t in graph.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in graph.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+
+    def value(name: str) -> np.ndarray | None:
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        if name in consts:
+            return numpy_helper.to_array(consts[name])
+        return None
+
+    return value
 
 
-def _split(node, scalars) -> tuple[str | None, float | None]:
-    """(tensor input, scalar) of a binary Mul/Add with one scalar input."""
+def _split(node, value) -> tuple[str | None, float | None]:
+    """(tensor input, scalar) of a binary Mul/Add with one scalar input; ``value``: a ``constant_lookup``."""
     if len(node.input) != 2:
         return None, None
     a, b = node.input
-    if b in scalars and a not in scalars:
-        return a, scalars[b]
-    if a in scalars and b not in scalars:
-        return b, scalars[a]
+    va, vb = value(a), value(b)
+    if vb is not None and vb.size == 1 and va is None:
+        return a, float(vb.ravel()[0])
+    if va is not None and va.size == 1 and vb is None:
+        return b, float(va.ravel()[0])
     return None, None
 
 
@@ -61,7 +68,7 @@ def scalar_affine_to_conv(model) -> int:
         dims = v.type.tensor_type.shape.dim
         if len(dims) == 4 and dims[1].HasField("dim_value"):
             channels[v.name] = dims[1].dim_value
-    scalars = _scalar_inputs(g)
+    value = constant_lookup(g)
     readers: dict[str, int] = {}
     for n in g.node:
         for i in n.input:
@@ -69,41 +76,39 @@ def scalar_affine_to_conv(model) -> int:
     for o in g.output:
         readers[o.name] = readers.get(o.name, 0) + 1
     producer = {o: n for n in g.node for o in n.output}
-    taken = set()
+    read_scalars: set[str] = set()
     count = 0
     for add in list(g.node):
         if add.op_type != "Add":
             continue
-        y, t = _split(add, scalars)
+        y, t = _split(add, value)
         mul = producer.get(y) if y is not None else None
-        if mul is None or mul.op_type != "Mul" or readers.get(y, 0) != 1 or id(mul) in taken:
+        if mul is None or mul.op_type != "Mul" or readers.get(y, 0) != 1:  # one reader: each Mul meets one Add
             continue
-        x, s = _split(mul, scalars)
+        x, s = _split(mul, value)
         if x is None or x not in channels:
             continue
         c = channels[x]
-        w_name, b_name = f"{add.name or add.output[0]}.affine_w", f"{add.name or add.output[0]}.affine_b"
-        g.initializer.append(numpy_helper.from_array(np.full((c, 1, 1, 1), s, np.float32), w_name))
-        g.initializer.append(numpy_helper.from_array(np.full((c,), t, np.float32), b_name))
-        conv = helper.make_node("Conv", [x, w_name, b_name], [add.output[0]], name=f"{add.name}.affine_conv",
-                                group=c, kernel_shape=[1, 1])
+        base = add.name or add.output[0]  # unnamed nodes: their output names, unique in the graph
+        g.initializer.append(numpy_helper.from_array(np.full((c, 1, 1, 1), s, np.float32), f"{base}.affine_w"))
+        g.initializer.append(numpy_helper.from_array(np.full((c,), t, np.float32), f"{base}.affine_b"))
+        conv = helper.make_node("Conv", [x, f"{base}.affine_w", f"{base}.affine_b"], [add.output[0]],
+                                name=base + _SUFFIX, group=c, kernel_shape=[1, 1])
         at = list(g.node).index(mul)
         g.node.remove(mul)
         g.node.remove(add)
         g.node.insert(at, conv)
-        taken.add(id(mul))
+        read_scalars.update(i for i in (*mul.input, *add.input) if value(i) is not None)
         count += 1
     if count:
-        # Constants that only fed the rewritten nodes would be left dangling: drop them
+        # The scalars that only the rewritten nodes read would be left dangling: drop them
         used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-        for n in [n for n in g.node if n.op_type == "Constant" and n.output[0] not in used]:
+        orphans = read_scalars - used
+        for n in [n for n in g.node if n.op_type == "Constant" and n.output[0] in orphans]:
             g.node.remove(n)
-        for t in [t for t in g.initializer if t.name not in used]:
+        for t in [t for t in g.initializer if t.name in orphans]:
             g.initializer.remove(t)
     return count
-
-
-_SUFFIX = ".affine_conv"
 
 
 def conv_to_scalar_affine(model) -> int:

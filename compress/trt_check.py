@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .graph_rewrites import constant_lookup
+
 __all__ = ["TRT_SUPPORTED_OPS", "TrtCheck", "check_trt_buildable"]
 
 # Operators of TensorRT's ONNX parser (onnx-tensorrt operator support list, TensorRT 10) that our exports use or
@@ -37,23 +39,13 @@ class TrtCheck:
 
 def check_trt_buildable(path: str, require_qdq: bool = False) -> TrtCheck:
     import onnx
-    from onnx import numpy_helper
 
     m = onnx.load(path)
     opset = max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=0)
     problems: list[str] = []
     if opset < 13:
         problems.append(f"opset {opset} < 13: per-channel Q/DQ needs opset 13+")
-    inits = {t.name: t for t in m.graph.initializer}
-    consts = {n.output[0]: n for n in m.graph.node if n.op_type == "Constant"}
-
-    def value(name: str):
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        if name in consts:
-            return numpy_helper.to_array(consts[name].attribute[0].t)
-        return None
-
+    value = constant_lookup(m.graph)
     qdq = 0
     for n in m.graph.node:
         if n.domain not in ("", "ai.onnx"):
