@@ -145,9 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="INT8 flavour: cpu = uint8 activations for ONNX Runtime's fast CPU kernels (<stem>.int8.onnx); "
                         "tensorrt = symmetric int8 Q/DQ that TensorRT builds (<stem>.int8-trt.onnx)")
     p.add_argument("--quantize-head", action="store_true", help="quantize the output head too (default: float)")
-    p.add_argument("--int8-int-hardswish", type=int, default=0, metavar="CHANNELS",
-                   help="cpu flavour: HardSwish after convolutions of at most this many channels runs in integer "
-                        "kernels (faster on ONNX Runtime, less exact; 0 = off)")
+    p.add_argument("--int8-float-convs", type=int, default=0, metavar="N",
+                   help="keep the first N convolutions (and all before the next one) in float: the layers that "
+                        "quantize worst and cost least in mobile networks")
+    p.add_argument("--int8-float-activations", action="store_true",
+                   help="cpu flavour: leave HardSwish, gates and means between INT8 layers as float islands "
+                        "(default: off, they run in ONNX Runtime's integer kernels)")
     p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val split)")
     p.add_argument("--gate-n", type=int, default=1000, help="validation samples in the accuracy gate")
     p.add_argument("--budget", type=float, default=1.0, help="max accuracy points INT8/FP16 may lose vs FP32")
@@ -175,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.int8:
             q, n = quantize_from_data(str(path), str(int8_path(path, args.int8_target)), args.calib, args.calib_n,
                                       args.calibrator, not args.quantize_head, target=args.int8_target,
-                                      int_hardswish_channels=args.int8_int_hardswish)
+                                      integer_activations=not args.int8_float_activations,
+                                      float_convs=args.int8_float_convs)
             made.append(q)
             print(f"export: wrote {q} ({q.stat().st_size / 1e6:.2f} MB, {args.int8_target} flavour, {args.calibrator}, "
                   f"{n} calibration images)")

@@ -8,7 +8,8 @@ flavours (``INT8_TARGETS``), because the two runtimes want different activations
   *slower* than FP32 at batch 32 on the shipped CTC student: MLAS has no fast s8 x s8 path and re-quantizes).
 - ``cpu``: asymmetric uint8 activations x int8 weights, residual Adds quantized too: the U8S8 kernels of ONNX
   Runtime's CPU provider (VNNI on x86, dot-product on ARM). Measured 0.41x of FP32 at batch 32, same accuracy.
-  Not TensorRT-buildable (zero points are not 0): ``trt_check`` says so.
+  HardSwish, squeeze-excitation gates and means then run in integer kernels too
+  (``graph_rewrites.qdq_integer_activations``). Not TensorRT-buildable (zero points are not 0): ``trt_check`` says so.
 
 Softmax and layer norm stay in float, and so does the output head by default (``keep_head_float``), where
 quantization costs the most accuracy.
@@ -21,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .graph_rewrites import conv_to_scalar_affine
+from .graph_rewrites import conv_to_scalar_affine, qdq_integer_activations
 
-__all__ = ["quantize_int8", "quantize_from_data", "convert_fp16", "head_nodes", "int8_path", "CALIBRATORS",
-           "INT8_TARGETS", "integer_hardswish"]
+__all__ = ["quantize_int8", "quantize_from_data", "convert_fp16", "head_nodes", "float_prefix", "int8_path",
+           "CALIBRATORS", "INT8_TARGETS"]
 
 CALIBRATORS = ("minmax", "entropy", "percentile")
 INT8_TARGETS = ("cpu", "tensorrt")
@@ -72,40 +73,24 @@ def float_kept_nodes(model) -> list[str]:
     return keep
 
 
-_HSW = "int_hswish"  # name prefix of the nodes integer_hardswish writes
+def float_prefix(model, convs: int) -> list[str]:
+    """Names of the nodes before the (convs + 1)-th convolution in graph order (unnamed ones get a name, in place).
 
-
-def integer_hardswish(model, max_channels: int) -> int:
-    """Rewrite HardSwish(x) as x * Clip(x + 3, 0, 6) * (1/6) where x comes from a Conv with at most ``max_channels``
-    output channels, in place; returns how many. ONNX Runtime has no quantized HardSwish: left alone, each one
-    runs as DequantizeLinear, HardSigmoid, Mul, QuantizeLinear in float between the INT8 convolutions, and those
-    passes cost more than the convolutions (PP-LCNet). Written out, every step is an integer kernel: QLinearAdd whose
-    uint8 output range [0, 6] is the clip, then two QLinearMuls. The catch is precision: each step rounds, and on
-    the PP-OCRv4 student the wide late stages (240 and 480 channels) lose most of the accuracy that way, hence the
-    channel limit."""
-    from onnx import helper, numpy_helper
-
-    consts = {t.name: t for t in model.graph.initializer}
-    conv_out = {n.output[0]: n for n in model.graph.node if n.op_type == "Conv"}
-    new, k = [], 0
-    for n in model.graph.node:
-        conv = conv_out.get(n.input[0]) if n.op_type == "HardSwish" else None
-        w = consts.get(conv.input[1]) if conv is not None else None
-        if w is None or w.dims[0] > max_channels:
-            new.append(n)
-            continue
-        x, p = n.input[0], f"{_HSW}_{k}"
-        new += [helper.make_node("Add", [x, f"{_HSW}_three"], [p + "_a"], name=p + "_add"),
-                helper.make_node("Clip", [p + "_a", f"{_HSW}_zero", f"{_HSW}_six"], [p + "_c"], name=p + "_clip"),
-                helper.make_node("Mul", [x, p + "_c"], [p + "_m"], name=p + "_mul"),
-                helper.make_node("Mul", [p + "_m", f"{_HSW}_sixth"], [n.output[0]], name=p + "_div")]
-        k += 1
-    if k:
-        for name, v in (("three", 3.0), ("zero", 0.0), ("six", 6.0), ("sixth", 1 / 6)):
-            model.graph.initializer.append(numpy_helper.from_array(np.array(v, np.float32), f"{_HSW}_{name}"))
-        del model.graph.node[:]
-        model.graph.node.extend(new)
-    return k
+    The first layers of a mobile network quantize worst and cost least: few channels, and per-tensor uint8 ranges
+    crush the small channels that depthwise convolutions then amplify. On the PP-OCRv4 student the 12 convolutions
+    on its full 16x64 grid (16 to 128 channels) cost 5.6 of the 6.3 points INT8 lost on svt_test lr16 (percentile
+    calibration); kept float they add 1-3 ms to 40-46 ms for a batch of 32 on 2 cores (kernels on one thread: 96 vs
+    83 ms). Int8 weights alone cost 1.2 points: the loss is in the activations."""
+    names, seen = [], 0
+    for i, n in enumerate(model.graph.node):
+        if n.op_type == "Conv":
+            seen += 1
+            if seen > convs:
+                break
+        if not n.name:
+            n.name = f"float_prefix_{i}"
+        names.append(n.name)
+    return names
 
 
 class _Reader:
@@ -125,9 +110,11 @@ class _Reader:
 
 def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str = "minmax",
                   keep_head_float: bool = True, batch: int = 16, target: str = "cpu",
-                  int_hardswish_channels: int = 0) -> Path:
-    """``int_hardswish_channels`` > 0 (cpu target): HardSwish after convolutions of at most that many channels runs
-    in integer kernels (``integer_hardswish``)."""
+                  integer_activations: bool = True, float_convs: int = 0) -> Path:
+    """``integer_activations`` (cpu target): HardSwish, squeeze-excitation gates and means between INT8 layers run
+    in ONNX Runtime's integer kernels instead of float islands (``graph_rewrites.qdq_integer_activations``).
+    ``float_convs``: the first that many convolutions and everything before the next one stay float
+    (``float_prefix``)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -136,6 +123,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
         raise ValueError(f"--calibrator: expected one of {CALIBRATORS}, got {method!r}")
     if target not in INT8_TARGETS:
         raise ValueError(f"--int8-target: expected one of {INT8_TARGETS}, got {target!r}")
+    if float_convs < 0:
+        raise ValueError(f"--int8-float-convs: expected a count >= 0, got {float_convs}")
     trt = target == "tensorrt"
     cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
           "percentile": CalibrationMethod.Percentile}[method]
@@ -143,12 +132,6 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     with tempfile.TemporaryDirectory() as td:
         pre = os.path.join(td, "pre.onnx")
         src_path = fp32_path
-        n_int = 0
-        if int_hardswish_channels and not trt:
-            src = onnx.load(fp32_path)
-            n_int = integer_hardswish(src, int_hardswish_channels)
-            src_path = os.path.join(td, "hswish.onnx")
-            onnx.save(src, src_path)
         if trt:  # the export's affine convolutions go back to Mul/Add, left float for TensorRT to fuse
             src = onnx.load(fp32_path)
             if conv_to_scalar_affine(src):
@@ -157,12 +140,10 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
         quant_pre_process(src_path, pre, skip_symbolic_shape=True)
         m = onnx.load(pre)
         exclude = (head_nodes(m) if keep_head_float else []) + float_kept_nodes(m)
+        if float_convs:
+            exclude += float_prefix(m, float_convs)
+            onnx.save(m, pre)  # float_prefix names unnamed nodes: exclusion goes by name
         ops = ["Conv", "MatMul", "Gemm"] if trt else ["Conv", "MatMul", "Gemm", "Add"]
-        if n_int:  # the rewritten HardSwish steps are quantized, no other Mul, Clip or constant Add
-            ops += ["Mul", "Clip"]
-            exclude = [e for e in exclude if not e.startswith(_HSW)]
-            exclude += [n.name for n in m.graph.node
-                        if n.op_type in ("Mul", "Clip") and not n.name.startswith(_HSW)]
         name = m.graph.input[0].name
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         quantize_static(pre, str(tmp), _Reader(name, calib, batch), quant_format=QuantFormat.QDQ,
@@ -174,14 +155,17 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
                         extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True, "QuantizeBias": False,
                                        "CalibMovingAverage": method == "minmax"})
     q = onnx.load(str(tmp))
+    n_int = qdq_integer_activations(q) if integer_activations and not trt else {}
     src = onnx.load(fp32_path, load_external_data=False)
     meta = {p.key: p.value for p in src.metadata_props}
     meta["tinytext.precision"] = "int8"
     meta["tinytext.int8_calibrator"] = method
     meta["tinytext.int8_target"] = target
     meta["tinytext.int8_head_float"] = str(keep_head_float).lower()
-    if n_int:
-        meta["tinytext.int8_integer_hardswish"] = f"{n_int} (convolutions of <= {int_hardswish_channels} channels)"
+    if float_convs:
+        meta["tinytext.int8_float_convs"] = str(float_convs)
+    if any(n_int.values()):
+        meta["tinytext.int8_integer_activations"] = ", ".join(f"{k} {v}" for k, v in n_int.items())
     del q.metadata_props[:]
     for k, v in meta.items():
         e = q.metadata_props.add()
@@ -193,7 +177,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
 
 def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, method: str = "minmax",
                        keep_head_float: bool = True, cache_dir: str | os.PathLike | None = None,
-                       target: str = "cpu", int_hardswish_channels: int = 0) -> tuple[Path, int]:
+                       target: str = "cpu", integer_activations: bool = True,
+                       float_convs: int = 0) -> tuple[Path, int]:
     """Calibrate on ``calib`` with the model's own input size (from its metadata), then quantize.
     Returns (Q/DQ path, number of calibration images)."""
     from runtime.recognizer import model_info
@@ -204,7 +189,7 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
     x = calibration_tensors(calib, (info.height, info.width), info.lr, n, 16,
                             cache_dir if cache_dir is not None else Path(fp32_path).parent)
     return quantize_int8(fp32_path, out_path, x, method, keep_head_float, target=target,
-                         int_hardswish_channels=int_hardswish_channels), len(x)
+                         integer_activations=integer_activations, float_convs=float_convs), len(x)
 
 
 def convert_fp16(fp32_path: str, out_path: str) -> Path:

@@ -14,7 +14,7 @@ from distill.checkpoint import strip_checkpoint
 
 from .export import export_onnx
 from .gate import evaluate_onnx, gate_table
-from .quantize import int8_path, quantize_from_data
+from .quantize import CALIBRATORS, int8_path, quantize_from_data
 from .trt_check import check_trt_buildable
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(DEFAULT_DIR), help="weights directory")
     p.add_argument("--name", default="ctc", help="file name stem: <name>-teacher-hr.pt, <name>-student-lr.*")
     p.add_argument("--calib", required=True, help="INT8 calibration data (synthetic root or lmdb)")
+    p.add_argument("--calibrator", default="minmax", choices=CALIBRATORS, help="INT8 calibration method")
+    p.add_argument("--int8-float-convs", type=int, default=0, metavar="N",
+                   help="INT8: keep the first N convolutions in float (compress.export's option)")
     p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val)")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -36,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     s = strip_checkpoint(args.student, out / f"{args.name}-student-lr.pt")
     onnx_path = export_onnx(str(s), str(out))
     # Both INT8 flavours: uint8 activations for ONNX Runtime on CPUs, symmetric int8 for TensorRT (Jetson).
-    q, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "cpu")), args.calib,
-                              cache_dir=out / ".calib-cache", target="cpu")
+    q, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "cpu")), args.calib, method=args.calibrator,
+                              cache_dir=out / ".calib-cache", target="cpu", float_convs=args.int8_float_convs)
     qt, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "tensorrt")), args.calib,
-                               cache_dir=out / ".calib-cache", target="tensorrt")
+                               method=args.calibrator, cache_dir=out / ".calib-cache", target="tensorrt",
+                               float_convs=args.int8_float_convs)
     shutil.rmtree(out / ".calib-cache", ignore_errors=True)  # a cache, not an artifact to commit
     print(check_trt_buildable(str(qt), require_qdq=True))
     rows = [evaluate_onnx(str(m), args.gate_data or args.calib) for m in (onnx_path, q, qt)]
