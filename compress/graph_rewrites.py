@@ -233,6 +233,9 @@ def qdq_integer_activations(model) -> dict[str, int]:
         else:
             continue
         dq_x = prod[x]
+        zp_x = value(dq_x.input[2]) if len(dq_x.input) > 2 and dq_x.input[2] else None
+        if zp_x is None or zp_x.dtype != np.uint8:  # the uint8 grids below need uint8 activations (cpu flavour)
+            continue
         if act.op_type in ("HardSwish", "HardSigmoid") and act.input[0] == x:
             a = float(_attrs(act).get("alpha", 0.2)) if act.op_type == "HardSigmoid" else 1 / 6
             b = float(_attrs(act).get("beta", 0.5)) if act.op_type == "HardSigmoid" else 0.5
@@ -268,7 +271,8 @@ def qdq_integer_activations(model) -> dict[str, int]:
         counts[kind] += 1
     g.initializer.extend(consts)
     counts["affine"] = _absorb_affines(g, replaced)
-    _drop_unused(g, {n for n in replaced if constant_lookup(g)(n) is not None})
+    value = constant_lookup(g)  # with the new initializers
+    _drop_unused(g, {n for n in replaced if value(n) is not None})
     return counts
 
 

@@ -313,6 +313,13 @@ def test_int8_activations_run_in_integer_kernels_as_accurately_as_float_islands(
     err = {k: np.abs(v - ref).mean() for k, v in out.items()}
     assert err[True] < 0.1 * np.abs(ref).mean()  # five random layers: both flavours sit near 7 %
     assert err[True] < 1.25 * err[False], err
+    # int8 activations (the TensorRT flavour) keep their float HardSwish and gate: the rewrite's grids are uint8
+    from compress.graph_rewrites import qdq_integer_activations
+
+    qt = onnx.load(str(quantize_int8(str(src), str(tmp_path / "qt.onnx"), x, target="tensorrt")))
+    assert "HardSigmoid" in [n.op_type for n in qt.graph.node]  # HardSwish as the pre-processing inlines it
+    counts = qdq_integer_activations(qt)
+    assert counts["hardswish"] == counts["gate"] == counts["affine"] == 0
 
 
 def test_int8_float_convs_keeps_the_first_layers_float(tmp_path):
