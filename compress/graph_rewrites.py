@@ -73,13 +73,7 @@ def scalar_affine_to_conv(model) -> int:
         if len(dims) == 4 and dims[1].HasField("dim_value"):
             channels[v.name] = dims[1].dim_value
     value = constant_lookup(g)
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
-    for o in g.output:
-        readers[o.name] = readers.get(o.name, 0) + 1
-    producer = {o: n for n in g.node for o in n.output}
+    producer, readers = _links(g)
     read_scalars: set[str] = set()
     count = 0
     for add in list(g.node):
@@ -87,7 +81,7 @@ def scalar_affine_to_conv(model) -> int:
             continue
         y, t = _split(add, value)
         mul = producer.get(y) if y is not None else None
-        if mul is None or mul.op_type != "Mul" or readers.get(y, 0) != 1:  # one reader: each Mul meets one Add
+        if mul is None or mul.op_type != "Mul" or len(readers.get(y, [])) != 1:  # one reader: each Mul meets one Add
             continue
         x, s = _split(mul, value)
         if x is None or x not in channels:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Callable, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from runtime.conditions import area_resize
 from runtime.datasets import CorruptSample, LabelPolicy, Reader, open_dataset
 from runtime.preprocess import HR_SIZE, LR_SIZE, prepare
 
@@ -90,7 +90,7 @@ class PairDataset(Dataset):
         if self.lr_mode == "stored":
             lr = s.lr
         elif self.clean and rng.random() < self.clean:  # (no draw when clean is 0: older seeds keep their samples)
-            lr = cv2.resize(hr, (self.lr_size[1], self.lr_size[0]), interpolation=cv2.INTER_AREA)
+            lr = area_resize(hr, self.lr_size)
         else:
             lr, _, _ = degrade(hr, rng, strength_for(self.level, rng))
         return {"hr": image_to_tensor(hr, self.hr_size), "lr": image_to_tensor(lr, self.lr_size), "label": s.label,

@@ -17,7 +17,7 @@ import numpy as np
 
 from .preprocess import LR_SIZE
 
-__all__ = ["CONDITIONS", "apply_condition", "jpeg_roundtrip", "LR_SIZE"]
+__all__ = ["CONDITIONS", "apply_condition", "area_resize", "jpeg_roundtrip", "LR_SIZE"]
 
 
 def jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
@@ -28,8 +28,13 @@ def jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
+def area_resize(img: np.ndarray, size: tuple[int, int] = LR_SIZE) -> np.ndarray:
+    """``lr16``'s resize: pixel-area averaging to ``size`` = (H, W), nothing else (training's plain LR uses it too)."""
+    return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
 def _lr16(img: np.ndarray) -> np.ndarray:
-    return cv2.resize(img, (LR_SIZE[1], LR_SIZE[0]), interpolation=cv2.INTER_AREA)
+    return area_resize(img, LR_SIZE)
 
 
 def _lr16blur(img: np.ndarray) -> np.ndarray:
