@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("error: --int8 from a float model needs --calib DATA", file=sys.stderr)
                 return 2
             src, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "tensorrt")),
-                                        args.calib, args.calib_n, args.calibrator, target="tensorrt")
+                                        args.calib, args.calib_n, args.calibrator, target="tensorrt",
+                                        conditions=args.calib_conditions)
             print(f"build_engine: wrote calibrated Q/DQ ONNX {src}")
         elif args.fp16 and not str(onnx_path).endswith(".fp16.onnx"):
             src = convert_fp16(str(onnx_path), str(onnx_path.with_name(onnx_path.name.replace(".onnx", ".fp16.onnx"))))

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             q, n = quantize_from_data(str(path), str(int8_path(path, args.int8_target)), args.calib, args.calib_n,
                                       args.calibrator, not args.quantize_head, target=args.int8_target,
                                       integer_activations=not args.int8_float_activations,
-                                      float_convs=args.int8_float_convs)
+                                      float_convs=args.int8_float_convs, conditions=args.calib_conditions)
             made.append(q)
             print(f"export: wrote {q} ({q.stat().st_size / 1e6:.2f} MB, {args.int8_target} flavour, {args.calibrator}, "
                   f"{n} calibration images)")

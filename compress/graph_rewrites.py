@@ -274,7 +274,7 @@ def _absorb_affines(g, replaced: set[str]) -> int:
     """The scalar affines ``scalar_affine_to_conv`` wrote as depthwise convolutions, where one follows a Mul of
     ``qdq_integer_activations``: y = s*m + t goes into that QLinearMul, s > 0 into its second factor's scale and t
     into its output zero point, which then writes y at y's own scale. Saves a pass over the tensor per affine;
-    ``replaced`` collects the inputs of removed nodes."""
+    ``replaced`` collects the inputs of removed nodes and the scales replaced."""
     from onnx import helper, numpy_helper
 
     value = constant_lookup(g)
@@ -322,6 +322,7 @@ def _absorb_affines(g, replaced: set[str]) -> int:
         f_s = float(value(dq_f.input[1])) * float(w.ravel()[0])
         g.initializer.extend([numpy_helper.from_array(np.array(f_s, np.float32), base + ".absorbed_f_s"),
                               numpy_helper.from_array(np.array(zp, np.uint8), base + ".absorbed_zp")])
+        replaced.add(dq_f.input[1])  # the island's own scale: orphaned unless something else reads it
         dq_f.input[1] = base + ".absorbed_f_s"
         mul.output[0] = base + ".absorbed"
         q_new = helper.make_node("QuantizeLinear", [base + ".absorbed", q_y.input[1], base + ".absorbed_zp"],

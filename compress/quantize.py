@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -77,8 +78,8 @@ def float_prefix(model, convs: int) -> list[str]:
     """Names of the nodes before the (convs + 1)-th convolution in graph order (unnamed ones get a name, in place).
 
     The first layers of a mobile network quantize worst and cost least: few channels, and per-tensor uint8 ranges
-    crush the small channels that depthwise convolutions then amplify. On the PP-OCRv4 student the 12 convolutions
-    on its full 16x64 grid (16 to 128 channels) cost 5.6 of the 6.3 points INT8 lost on svt_test lr16 (percentile
+    crush the small channels that depthwise convolutions then amplify. On the PP-OCRv4 student (input x1, last
+    release) the 12 convolutions on its full 16x64 grid (16 to 128 channels) cost 5.6 of the 6.3 points INT8 lost on svt_test lr16 (percentile
     calibration); kept float they add 1-3 ms to 40-46 ms for a batch of 32 on 2 cores (kernels on one thread: 96 vs
     83 ms). Int8 weights alone cost 1.2 points: the loss is in the activations."""
     names, seen = [], 0
@@ -110,11 +111,12 @@ class _Reader:
 
 def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str = "minmax",
                   keep_head_float: bool = True, batch: int = 16, target: str = "cpu",
-                  integer_activations: bool = True, float_convs: int = 0) -> Path:
+                  integer_activations: bool = True, float_convs: int = 0,
+                  calib_conditions: Sequence[str] = ()) -> Path:
     """``integer_activations`` (cpu target): HardSwish, squeeze-excitation gates and means between INT8 layers run
     in ONNX Runtime's integer kernels instead of float islands (``graph_rewrites.qdq_integer_activations``).
     ``float_convs``: the first that many convolutions and everything before the next one stay float
-    (``float_prefix``)."""
+    (``float_prefix``). ``calib_conditions``: how the LR calibration images were made, recorded in the metadata."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -160,6 +162,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     meta = {p.key: p.value for p in src.metadata_props}
     meta["tinytext.precision"] = "int8"
     meta["tinytext.int8_calibrator"] = method
+    if calib_conditions:
+        meta["tinytext.int8_calib_conditions"] = ",".join(calib_conditions)
     meta["tinytext.int8_target"] = target
     meta["tinytext.int8_head_float"] = str(keep_head_float).lower()
     if float_convs:
@@ -178,18 +182,22 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
 def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, method: str = "minmax",
                        keep_head_float: bool = True, cache_dir: str | os.PathLike | None = None,
                        target: str = "cpu", integer_activations: bool = True,
-                       float_convs: int = 0) -> tuple[Path, int]:
+                       float_convs: int = 0, conditions: Sequence[str] | None = None) -> tuple[Path, int]:
     """Calibrate on ``calib`` with the model's own input size (from its metadata), then quantize.
+    ``conditions``: the LR conditions HR crops go through (default ``calibration.CALIB_CONDITIONS``).
     Returns (Q/DQ path, number of calibration images)."""
     from runtime.recognizer import model_info
 
-    from .calibration import calibration_tensors
+    from .calibration import CALIB_CONDITIONS, calibration_tensors
 
     info = model_info(fp32_path)
     x = calibration_tensors(calib, (info.height, info.width), info.lr, n, 16,
-                            cache_dir if cache_dir is not None else Path(fp32_path).parent)
+                            cache_dir if cache_dir is not None else Path(fp32_path).parent,
+                            conditions or CALIB_CONDITIONS)
+    conds = tuple(conditions or CALIB_CONDITIONS) if info.lr else ()
     return quantize_int8(fp32_path, out_path, x, method, keep_head_float, target=target,
-                         integer_activations=integer_activations, float_convs=float_convs), len(x)
+                         integer_activations=integer_activations, float_convs=float_convs,
+                         calib_conditions=conds), len(x)
 
 
 def convert_fp16(fp32_path: str, out_path: str) -> Path:

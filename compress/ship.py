@@ -14,6 +14,7 @@ from distill.checkpoint import strip_checkpoint
 
 from .export import export_onnx
 from .gate import evaluate_onnx, gate_table
+from .calibration import CALIB_CONDITIONS, conditions_arg
 from .quantize import CALIBRATORS, int8_path, quantize_from_data
 from .trt_check import check_trt_buildable
 
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="ctc", help="file name stem: <name>-teacher-hr.pt, <name>-student-lr.*")
     p.add_argument("--calib", required=True, help="INT8 calibration data (synthetic root or lmdb)")
     p.add_argument("--calibrator", default="minmax", choices=CALIBRATORS, help="INT8 calibration method")
+    p.add_argument("--calib-conditions", default=",".join(CALIB_CONDITIONS), type=conditions_arg,
+                   help="LR conditions that make calibration images from HR crops, in turn (compress.export's option)")
     p.add_argument("--int8-float-convs", type=int, default=0, metavar="N",
                    help="INT8: keep the first N convolutions in float (compress.export's option)")
     p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val)")
@@ -40,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     onnx_path = export_onnx(str(s), str(out))
     # Both INT8 flavours: uint8 activations for ONNX Runtime on CPUs, symmetric int8 for TensorRT (Jetson).
     q, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "cpu")), args.calib, method=args.calibrator,
-                              cache_dir=out / ".calib-cache", target="cpu", float_convs=args.int8_float_convs)
+                              cache_dir=out / ".calib-cache", target="cpu", float_convs=args.int8_float_convs,
+                              conditions=args.calib_conditions)
     qt, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "tensorrt")), args.calib,
                                method=args.calibrator, cache_dir=out / ".calib-cache", target="tensorrt",
-                               float_convs=args.int8_float_convs)
+                               float_convs=args.int8_float_convs, conditions=args.calib_conditions)
     shutil.rmtree(out / ".calib-cache", ignore_errors=True)  # a cache, not an artifact to commit
     print(check_trt_buildable(str(qt), require_qdq=True))
     rows = [evaluate_onnx(str(m), args.gate_data or args.calib) for m in (onnx_path, q, qt)]

@@ -172,7 +172,8 @@ def build_onnx_student(cfg: Config, master: bool):
         except ValueError as e:
             raise ConfigError(f"onnx_teacher.feature {o.feature!r}: {e}") from None
     if master:
-        up = f" (upsampled x{o.student_input_scale:g} inside)" if o.student_input_scale != 1 else ""
+        sh, sw = model.input_scale
+        up = f" (upsampled x{sh:g} in height, x{sw:g} in width inside)" if (sh, sw) != (1, 1) else ""
         print(f"train: onnx-ctc student from {path}: 16x64 input{up}, {teacher.frames} frames, "
               f"overrides {overrides or 'none'}{', feature ' + teacher.feature if teacher.feature else ''}"
               + (f", kernels composed with x2 upsampling: {', '.join(composed)}" if composed else ""))
@@ -312,6 +313,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             clip, clip_norm = load_clip(cfg.train.clip_ckpt)
     if cfg.train.init_ckpt and not resume:
         init_weights(model, spec, cfg.train.init_ckpt, master)
+    # The weights training starts from (before a resume loads its own): wise.pt averages them with best.pt.
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.train.wise_alpha else None
     if cfg.train.qat:
         n = model.enable_fake_quant()
         if master:
@@ -486,9 +489,34 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         if not (out / "best.pt").exists():
             checkpoint("best.pt", val_acc)
         print(f"train: done at step {step}; best val accuracy {best:.2f}%; checkpoints in {out}")
+        if start is not None:
+            write_wise(out, start, cfg.train.wise_alpha, system.student, tok, val_reader, cfg, device)
     if dist.is_initialized():
         dist.barrier()
     return {"step": step, "best_acc": best, "out_dir": str(out), "model": system.student}
+
+
+def wise_weights(start: dict, trained: dict, alpha: float) -> dict:
+    """alpha * start + (1 - alpha) * trained for floating tensors; counters, integers and tensors the start lacks
+    (quantization-aware ranges) stay trained."""
+    return {k: torch.lerp(v.float(), start[k].float().to(v.device), alpha).to(v.dtype)
+            if v.is_floating_point() and k in start and start[k].shape == v.shape else v for k, v in trained.items()}
+
+
+def write_wise(out: Path, start: dict, alpha: float, student: torch.nn.Module, tok, val_reader, cfg: Config,
+               device) -> None:
+    """wise.pt: best.pt with its weights averaged with the starting ones, validated like best.pt."""
+    ck = load_checkpoint(out / "best.pt")
+    ck["model"] = wise_weights(start, ck["model"], alpha)
+    ck["wise_alpha"] = alpha
+    if val_reader is not None:
+        keep = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        student.load_state_dict(ck["model"])
+        ck["val_acc"] = validate(student, tok, val_reader, cfg.train.stage, device, 128, cfg.data.max_val_samples)
+        student.load_state_dict(keep)
+    save_checkpoint(out / "wise.pt", ck)
+    acc = f"val accuracy {ck['val_acc']:.2f}%" if ck.get("val_acc") is not None else "no val split"
+    print(f"train: wise.pt = {alpha:g} x start + {1 - alpha:g} x best.pt ({acc})")
 
 
 def build_parser() -> argparse.ArgumentParser:

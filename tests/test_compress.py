@@ -64,6 +64,33 @@ def test_parity_gate_fails_on_a_different_model(trained, tmp_path):
         parity_check(other, tok, str(p), parity_images(None, True, 16))
 
 
+def test_calibration_conditions_make_lr_from_hr_crops_in_turn(tmp_path):
+    """HR crops of an STR lmdb become LR calibration inputs by the named conditions in turn (default: plain and
+    blurred-and-compressed 16x64), each choice cached under its own key; unknown names are refused by name."""
+    from compress.calibration import CALIB_CONDITIONS, CalibrationError, calibration_tensors, conditions_arg
+    from runtime.conditions import apply_condition
+    from runtime.datasets import open_dataset
+    from runtime.preprocess import prepare
+
+    from conftest import str_items, write_lmdb
+
+    data = write_lmdb(tmp_path / "str", str_items([f"w{i}" for i in range(8)]))
+    crops = [s.image for s in open_dataset(data).iter_valid()]
+    assert CALIB_CONDITIONS == ("lr16", "lr16blur")
+    x = calibration_tensors(str(data), (16, 64), True, 8, 1, tmp_path / "c")
+    want = [prepare(apply_condition(CALIB_CONDITIONS[i % 2], im), (16, 64)) for i, im in enumerate(crops)]
+    assert np.array_equal(x, np.stack(want))
+    plain = calibration_tensors(str(data), (16, 64), True, 8, 1, tmp_path / "c", ("lr16",))
+    assert np.array_equal(plain[0], x[0]) and not np.array_equal(plain[1], x[1])  # odd crops: blurred by default
+    assert len(list((tmp_path / "c").glob("calib-*.npy"))) == 2
+    with pytest.raises(CalibrationError, match=r"--calib-conditions: expected LR conditions .* got \['hr'\]"):
+        calibration_tensors(str(data), (16, 64), True, 8, 1, None, ("hr",))
+    assert conditions_arg("lr16blur, lr16") == ("lr16blur", "lr16")
+    res = subprocess.run([sys.executable, "-m", "compress.export", "--ckpt", "x.pt", "--out", str(tmp_path),
+                          "--calib-conditions", "lr8"], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 2 and "--calib-conditions: expected LR conditions" in res.stderr and "'lr8'" in res.stderr
+
+
 def test_int8_qdq_calibration_cache_and_trt_static_check(trained, tmp_path, capsys):
     from compress.calibration import CalibrationError, calibration_tensors
     from compress.export import export_onnx
@@ -310,6 +337,9 @@ def test_int8_activations_run_in_integer_kernels_as_accurately_as_float_islands(
     assert (ops[False].count("QLinearConv"), ops[True].count("QLinearConv")) == (6, 5)  # the affine's conv is gone
     assert "tinytext.int8_integer_activations" not in meta[False]
     assert meta[True]["tinytext.int8_integer_activations"] == "hardswish 2, gate 1, squeeze 1, affine 1"
+    qm = onnx.load(str(tmp_path / "qTrue.onnx"))
+    read = {i for n in qm.graph.node for i in n.input}
+    assert [t.name for t in qm.graph.initializer if t.name not in read] == []  # nothing the rewrites replaced is left
     err = {k: np.abs(v - ref).mean() for k, v in out.items()}
     assert err[True] < 0.1 * np.abs(ref).mean()  # five random layers: both flavours sit near 7 %
     assert err[True] < 1.25 * err[False], err

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from apps.peers import ppocr_model
+from distill.config import ConfigError, load_config
 from distill.models import build_model, make_onnx_student
 from distill.models.onnx_net import PPOCR_LR_OVERRIDES, OnnxNet, strip_weights, upsample_halved_strides
 from distill.onnx_teacher import (OnnxTeacher, TeacherCache, charset_mapping, frames_read, resample_frames,
@@ -140,17 +141,19 @@ def test_fake_quant_simulates_the_int8_export(tmp_path):
         FakeQuant(set(), momentum=0)
 
 
-def test_input_scale_upsamples_before_the_graph_and_exports(tmp_path):
-    """input_scale 2: the graph reads the 2x bilinear (half-pixel) upsampled input, in PyTorch and in the export."""
+@pytest.mark.parametrize("scale, size, frames", [(2.0, (128, 32), 64), ([1.5, 1], (64, 24), 32)])
+def test_input_scale_upsamples_before_the_graph_and_exports(tmp_path, scale, size, frames):
+    """input_scale 2: the graph reads the 2x bilinear (half-pixel) upsampled input, in PyTorch and in the export;
+    [1.5, 1] (height, width): the height alone, the text's scale for the weights, and the same columns."""
     p = _tiny_ctc_onnx(tmp_path / "tiny.onnx")
-    net = OnnxNet(7, 25, img_size=(16, 64), graph=p.read_bytes(), input_scale=2.0).eval()
+    net = OnnxNet(7, 25, img_size=(16, 64), graph=p.read_bytes(), input_scale=scale).eval()
     x = np.random.default_rng(2).uniform(-1, 1, (3, 3, 16, 64)).astype(np.float32)
-    up = np.stack([cv2.resize(im.transpose(1, 2, 0), (128, 32), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    up = np.stack([cv2.resize(im.transpose(1, 2, 0), size, interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
                    for im in x])  # OpenCV's bilinear is half-pixel too: an independent reference
     ref = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": up})[0]
     with torch.no_grad():
         got = net(torch.from_numpy(x)).numpy()
-    assert got.shape == ref.shape == (3, 64, 7)
+    assert got.shape == ref.shape == (3, frames, 7)
     assert np.abs(got - ref).max() < 1e-4
     path = tmp_path / "scaled.onnx"
     torch.onnx.export(net, (torch.from_numpy(x[:2]),), str(path), input_names=["images"], output_names=["probs"],
@@ -159,8 +162,10 @@ def test_input_scale_upsamples_before_the_graph_and_exports(tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for n in (1, 3):
         assert np.abs(sess.run(None, {"images": x[:n]})[0] - got[:n]).max() < 1e-5
-    with pytest.raises(ValueError, match="input_scale must be >= 1, got 0.5"):
-        OnnxNet(7, graph=p.read_bytes(), input_scale=0.5)
+    for bad, shown in ((0.5, "0.5"), ([2, 0.5], r"\[2, 0.5\]"), ([2], r"\[2\]")):
+        with pytest.raises(ValueError, match=r"input_scale must be a factor >= 1 or \[height, width\] factors >= 1, "
+                                             rf"got {shown}"):
+            OnnxNet(7, graph=p.read_bytes(), input_scale=bad)
 
 
 def test_bn_statistics_stay_frozen_while_training_unless_asked(tmp_path):
@@ -565,11 +570,22 @@ def test_train_student_and_baseline_from_ppocr(tmp_path, shared_real):
                       *common, *both])
     assert res.returncode == 2 and "data.train[1].unlabeled" in res.stderr
     res = run_module(["distill.train", "--set", "train.stage=baseline", "--set", f"train.out_dir={tmp_path / 'b'}",
-                      *common, "--set", f"data.train=[{{path: {words}}}]"])
+                      *common, "--set", f"data.train=[{{path: {words}}}]", "--set", "train.wise_alpha=0.25"])
     assert res.returncode == 0, res.stderr[-3000:]
     assert "logits=" not in (tmp_path / "b" / "log.csv").read_text()
+    assert "train: wise.pt = 0.25 x start + 0.75 x best.pt (val accuracy" in res.stdout
     from distill.checkpoint import load_model
 
+    # wise.pt: a quarter of the weights the run started from (PP-OCRv4's, as the student builds them) and three
+    # quarters of best.pt's; BatchNorm statistics stay frozen, so they are the start's
+    start = make_onnx_student(str(REC), "36", 25, OnnxTeacher("ppocr", CHARSETS["36"], 32).classes,
+                              PPOCR_LR_OVERRIDES)[1].state_dict()
+    best, wise = (torch.load(tmp_path / "b" / f, weights_only=False) for f in ("best.pt", "wise.pt"))
+    assert wise["wise_alpha"] == 0.25 and wise["val_acc"] is not None
+    moved = [k for k in start if not torch.equal(best["model"][k], start[k])]
+    assert len(moved) > 50
+    for k in start:
+        assert torch.allclose(wise["model"][k], 0.25 * start[k] + 0.75 * best["model"][k], atol=1e-6), k
     model, tok, ck = load_model(tmp_path / "b" / "last.pt")
     assert ck["model_spec"]["name"] == "onnx-ctc" and tok.charset == CHARSETS["36"]
     with torch.no_grad():
@@ -606,11 +622,24 @@ def test_onnx_teacher_config_errors(tmp_path):
     res = run_module(["distill.train", "--set", "train.stage=student", "--set", "train.teacher_ckpt=ppocr",
                       "--set", "model.name=onnx-ctc", "--set", "onnx_teacher.student_input_scale=0.5",
                       "--set", "data.synth.n=10", "--set", f"train.out_dir={tmp_path / 'o'}"])
-    assert res.returncode == 2 and "onnx_teacher.student_input_scale: expected a factor >= 1, got 0.5" in res.stderr
+    assert res.returncode == 2 and ("onnx_teacher.student_input_scale: expected a factor >= 1 or [height, width] "
+                                    "factors >= 1, got 0.5") in res.stderr
+    config = load_config(None, ["train.stage=student", "train.teacher_ckpt=ppocr", "model.name=onnx-ctc",
+                                "data.synth.n=10", "onnx_teacher.student_input_scale=[1.5, 1]"])
+    assert config.onnx_teacher.student_input_scale == [1.5, 1]
+    for bad in ("[1.5]", "[1.5, 0.9]", "[1.5, true]", "'x'"):
+        with pytest.raises(ConfigError, match=r"student_input_scale: expected a factor >= 1 or \[height, width\]"):
+            load_config(None, ["train.stage=student", "train.teacher_ckpt=ppocr", "model.name=onnx-ctc",
+                               "data.synth.n=10", f"onnx_teacher.student_input_scale={bad}"])
     res = run_module(["distill.train", "--set", "train.stage=student", "--set", "train.teacher_ckpt=ppocr",
                       "--set", "model.name=onnx-ctc", "--set", "onnx_teacher.stride_init=bicubic",
                       "--set", "data.synth.n=10", "--set", f"train.out_dir={tmp_path / 'o'}"])
     assert res.returncode == 2 and "onnx_teacher.stride_init: expected upsample or copy, got 'bicubic'" in res.stderr
+    res = run_module(["distill.train", "--set", "train.stage=teacher", "--set", "train.wise_alpha=0.5",
+                      "--set", "data.synth.n=10"])
+    assert res.returncode == 2 and "train.wise_alpha: averages a fine-tuned student with its start" in res.stderr
+    res = run_module(["distill.train", "--set", "train.wise_alpha=1", "--set", "data.synth.n=10"])
+    assert res.returncode == 2 and "train.wise_alpha: expected a share in [0, 1), got 1.0" in res.stderr
     res = run_module(["distill.train", "--set", "train.stage=student", "--set", "train.teacher_ckpt=t.pt",
                       "--set", "model.name=cnn-ctc", "--set", "train.qat=true", "--set", "data.synth.n=10"])
     assert res.returncode == 2 and "train.qat: simulated INT8 is implemented for onnx-ctc students" in res.stderr

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -12,7 +12,7 @@ from runtime.preprocess import HR_SIZE, LR_SIZE
 
 from .clip import CLIP
 from .cnn import CNNAttn, CNNCTC
-from .onnx_net import PPOCR_LR_OVERRIDES, OnnxNet, strip_weights, upsample_halved_strides
+from .onnx_net import PPOCR_LR_OVERRIDES, OnnxNet, scale_pair, strip_weights, upsample_halved_strides
 from .parseq import PARSeq, RecOut, gen_tgt_perms
 
 __all__ = ["MODELS", "build_model", "model_spec", "make_student", "make_onnx_student", "PPOCR_LR_OVERRIDES",
@@ -118,7 +118,8 @@ def make_student(teacher_spec: dict, teacher_state: dict | None = None) -> tuple
 
 def make_onnx_student(onnx_path: str, charset: str, max_len: int, teacher_classes: list[str],
                       overrides: dict | None = None, flip_input_channels: bool = True,
-                      input_scale: float = 1.0, stride_init: str = "upsample") -> tuple[dict, nn.Module, list[str]]:
+                      input_scale: float | Sequence[float] = 1.0,
+                      stride_init: str = "upsample") -> tuple[dict, nn.Module, list[str]]:
     """The LR student of an ONNX recognizer: its graph with ``overrides`` (stride/pool changes for 16x64 input),
     its classifier cut to ``charset`` (class k+1 <- the teacher class of charset[k], its lower-case twin when only
     that exists) and all its weights. ``teacher_classes``: the teacher's class names, blank first.
@@ -139,8 +140,9 @@ def make_onnx_student(onnx_path: str, charset: str, max_len: int, teacher_classe
     if stride_init not in ("upsample", "copy"):
         raise ValueError(f"stride_init: expected upsample or copy, got {stride_init!r}")
     composed = upsample_halved_strides(graph, arrays, overrides or {}) if stride_init == "upsample" else []
+    sh, sw = scale_pair(input_scale, "input_scale")
     kwargs = {"graph": graph, "overrides": overrides or {}, "keep_classes": keep, "logits": "",
-              "flip_input_channels": bool(flip_input_channels), "input_scale": float(input_scale)}
+              "flip_input_channels": bool(flip_input_channels), "input_scale": sh if sh == sw else [sh, sw]}
     spec = model_spec("onnx-ctc", cs, max_len, lr=True, **kwargs)
     model = OnnxNet(num_classes(spec), max_len, img_size=LR_SIZE, lr=True, weights=arrays, **kwargs)
     return spec, model, composed

@@ -12,7 +12,7 @@ channels are reordered to our RGB, and the classifier keeps only the columns of 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -161,6 +161,16 @@ SUPPORTED_OPS = frozenset({
 })
 
 
+def scale_pair(value: Any, what: str) -> tuple[float, float]:
+    """An upsampling factor as (height, width): a number stands for both. Factors below 1 are refused (a student
+    that shrinks its LR input would throw away the pixels it has)."""
+    pair = [value, value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1.0 for v in pair)):
+        raise ValueError(f"{what} must be a factor >= 1 or [height, width] factors >= 1, got {value!r}")
+    return float(pair[0]), float(pair[1])
+
+
 class OnnxNet(nn.Module):
     """A CTC recognizer from an ONNX graph. forward -> class probabilities (B, T, C) like our other models;
     ``decode_logits`` -> logits; ``forward_train`` -> RecOut with the frames before the classifier.
@@ -171,14 +181,15 @@ class OnnxNet(nn.Module):
     logits: name of the tensor holding the logits (default: the input of the final Softmax).
     flip_input_channels: reverse the first convolution's input channels (BGR-trained weights on RGB input).
     input_scale: upsample the input by this factor (bilinear, half-pixel) before the graph, so the first layers see
-        the text at the scale the teacher's weights were trained for; 1 = off.
+        the text at the scale the teacher's weights were trained for; a number, or [height, width] factors; 1 = off.
     """
 
     decoder_type = "ctc"
 
     def __init__(self, num_classes: int, max_len: int = 25, img_size=(16, 64), lr: bool = True, graph: bytes = b"",
                  overrides: dict | None = None, keep_classes: list | None = None, logits: str = "",
-                 flip_input_channels: bool = False, weights: dict | None = None, input_scale: float = 1.0) -> None:
+                 flip_input_channels: bool = False, weights: dict | None = None,
+                 input_scale: float | Sequence[float] = 1.0) -> None:
         super().__init__()
         import onnx
 
@@ -186,9 +197,7 @@ class OnnxNet(nn.Module):
             raise ValueError("OnnxNet: model.kwargs.graph is empty (build the student with distill.models.onnx_student)")
         m = onnx.load_from_string(bytes(graph))
         self.max_len, self.img_size, self.blank_id = max_len, tuple(img_size), 0
-        if not input_scale >= 1.0:
-            raise ValueError(f"OnnxNet: input_scale must be >= 1, got {input_scale}")
-        self.input_scale = float(input_scale)
+        self.input_scale = scale_pair(input_scale, "OnnxNet: input_scale")
         unsupported = sorted({n.op_type for n in m.graph.node} - SUPPORTED_OPS)
         if unsupported:
             raise ValueError(f"OnnxNet: the graph uses operators not supported here: {unsupported}")
@@ -323,7 +332,7 @@ class OnnxNet(nn.Module):
         return getattr(self.stats if k[0] == "b" else self.consts, k[1])
 
     def run(self, x: Tensor, want: tuple[str, ...]) -> dict[str, Tensor]:
-        if self.input_scale != 1.0:
+        if self.input_scale != (1.0, 1.0):
             x = F.interpolate(x, scale_factor=self.input_scale, mode="bilinear", align_corners=False)
         env: dict[str, Tensor] = {self.input_name: x}
         fq = self.fake_quant
