@@ -311,8 +311,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             teacher.load_state_dict(tck["model"])
         if cfg.train.stage == "student" and "clipocr" in cfg.distill.method:
             clip, clip_norm = load_clip(cfg.train.clip_ckpt)
-    if cfg.train.init_ckpt and not resume:
-        init_weights(model, spec, cfg.train.init_ckpt, master)
+    # A resumed run loads its own weights below; it reads init_ckpt again only when wise.pt needs the start.
+    if cfg.train.init_ckpt and (not resume or cfg.train.wise_alpha):
+        init_weights(model, spec, cfg.train.init_ckpt, master and not resume)
     # The weights training starts from (before a resume loads its own): wise.pt averages them with best.pt.
     start = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.train.wise_alpha else None
     if cfg.train.qat:

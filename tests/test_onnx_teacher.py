@@ -593,7 +593,7 @@ def test_train_student_and_baseline_from_ppocr(tmp_path, shared_real):
     # quantization-aware fine-tuning of that checkpoint: its weights, simulated INT8, ranges kept for a resume
     qat = ["distill.train", "--set", "train.stage=student", "--set", f"train.out_dir={tmp_path / 'q'}",
            "--set", f"train.init_ckpt={tmp_path / 'b' / 'last.pt'}", "--set", "train.qat=true",
-           *common, "--set", f"data.train=[{{path: {words}}}]"]
+           "--set", "train.wise_alpha=0.5", *common, "--set", f"data.train=[{{path: {words}}}]"]
     res = run_module(qat)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"weights from {tmp_path / 'b' / 'last.pt'} (step 3" in res.stdout
@@ -601,8 +601,12 @@ def test_train_student_and_baseline_from_ppocr(tmp_path, shared_real):
     q = torch.load(tmp_path / "q" / "last.pt", weights_only=False)
     assert len(q["fake_quant"]) > 40 and all(lo <= 0 <= hi or lo < hi for lo, hi in q["fake_quant"].values())
     assert set(q["model"]) == set(ck["model"])  # the fine-tuned model is the plain network: export as usual
+    wise = torch.load(tmp_path / "q" / "wise.pt", weights_only=False)["model"]
     res = run_module([*qat, "--resume", str(tmp_path / "q" / "last.pt")])  # the ranges load back
     assert res.returncode == 0 and "resumed from" in res.stdout, res.stderr[-3000:]
+    # a resumed run's start is still init_ckpt's weights, not the ONNX file's: the same wise.pt
+    again = torch.load(tmp_path / "q" / "wise.pt", weights_only=False)["model"]
+    assert all(torch.equal(wise[k], again[k]) for k in wise)
     # a checkpoint of another graph is refused, naming what differs
     res = run_module([*qat, "--set", f"train.out_dir={tmp_path / 'q2'}",
                       "--set", "onnx_teacher.student_overrides={p2o.Conv.0: {strides: [1, 1]}, "
