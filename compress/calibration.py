@@ -19,8 +19,8 @@ from runtime.conditions import CONDITIONS, apply_condition
 from runtime.datasets import LabelPolicy, open_dataset
 from runtime.preprocess import MEAN, STD, prepare
 
-__all__ = ["CalibrationError", "calibration_tensors", "resolve_calib_path", "add_calibration_args", "conditions_arg",
-           "CALIB_CONDITIONS"]
+__all__ = ["CalibrationError", "calibration_tensors", "resolve_calib_path", "add_calibration_args", "add_conditions_arg",
+           "conditions_arg", "lr_conditions", "CALIB_CONDITIONS"]
 
 PREPROC_VERSION = 2  # 2: runtime.preprocess.prepare (fastpath resampler) instead of PIL
 # LR made from HR crops alternates between plain and blurred-and-compressed 16x64: the INT8 ranges then cover both
@@ -47,11 +47,10 @@ def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512
     path = resolve_calib_path(data)
     if not path.exists():
         raise CalibrationError(f"--calib {data}: no such dataset")
-    conditions = tuple(conditions)
-    unknown = [c for c in conditions if c not in CONDITIONS or c == "hr"]
-    if unknown or not conditions:
-        raise CalibrationError(f"--calib-conditions: expected LR conditions from "
-                               f"{sorted(set(CONDITIONS) - {'hr'})}, got {list(conditions)}")
+    try:
+        conditions = lr_conditions(conditions)
+    except ValueError as e:
+        raise CalibrationError(f"--calib-conditions: {e}") from None
     key = hashlib.sha1(f"{path.resolve()}|{n}|{size}|{lr}|{MEAN}|{STD}|{PREPROC_VERSION}|{conditions if lr else ''}"
                        .encode()).hexdigest()[:12]
     cache = Path(cache_dir) / f"calib-{key}.npy" if cache_dir else None
@@ -85,21 +84,32 @@ def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512
     return x
 
 
+def lr_conditions(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` as a tuple when each is a condition that makes LR (any of runtime.conditions but ``hr``)."""
+    names = tuple(names)
+    if not names or any(c not in CONDITIONS or c == "hr" for c in names):
+        raise ValueError(f"expected LR conditions from {sorted(set(CONDITIONS) - {'hr'})}, got {list(names)}")
+    return names
+
+
 def conditions_arg(text: str) -> tuple[str, ...]:
     """argparse type of --calib-conditions: comma-separated LR condition names."""
-    names = tuple(c.strip() for c in text.split(",") if c.strip())
-    bad = [c for c in names if c not in CONDITIONS or c == "hr"]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"expected LR conditions from {sorted(set(CONDITIONS) - {'hr'})}, "
-                                         f"got {text!r}")
-    return names
+    try:
+        return lr_conditions([c.strip() for c in text.split(",") if c.strip()])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_conditions_arg(p) -> None:
+    """--calib-conditions, for every command that calibrates (export, build_engine, ship)."""
+    p.add_argument("--calib-conditions", default=",".join(CALIB_CONDITIONS), type=conditions_arg,
+                   help="LR conditions (runtime.conditions) that make LR calibration images from HR crops, "
+                        "in turn")
 
 
 def add_calibration_args(p, calib_help: str) -> None:
     """The calibration options ``compress.export`` and ``compress.build_engine`` share."""
     p.add_argument("--calib", default=None, help=calib_help)
     p.add_argument("--calib-n", type=int, default=512, help="calibration images")
-    p.add_argument("--calib-conditions", default=",".join(CALIB_CONDITIONS), type=conditions_arg,
-                   help="LR conditions (runtime.conditions) that make LR calibration images from HR crops, "
-                        "in turn")
+    add_conditions_arg(p)
     p.add_argument("--calibrator", default="minmax", choices=["minmax", "entropy", "percentile"], help="INT8 calibrator")

@@ -191,13 +191,12 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
     from .calibration import CALIB_CONDITIONS, calibration_tensors
 
     info = model_info(fp32_path)
+    conds = tuple(conditions or CALIB_CONDITIONS)
     x = calibration_tensors(calib, (info.height, info.width), info.lr, n, 16,
-                            cache_dir if cache_dir is not None else Path(fp32_path).parent,
-                            conditions or CALIB_CONDITIONS)
-    conds = tuple(conditions or CALIB_CONDITIONS) if info.lr else ()
+                            cache_dir if cache_dir is not None else Path(fp32_path).parent, conds)
     return quantize_int8(fp32_path, out_path, x, method, keep_head_float, target=target,
                          integer_activations=integer_activations, float_convs=float_convs,
-                         calib_conditions=conds), len(x)
+                         calib_conditions=conds if info.lr else ()), len(x)
 
 
 def convert_fp16(fp32_path: str, out_path: str) -> Path:

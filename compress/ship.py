@@ -14,7 +14,7 @@ from distill.checkpoint import strip_checkpoint
 
 from .export import export_onnx
 from .gate import evaluate_onnx, gate_table
-from .calibration import CALIB_CONDITIONS, conditions_arg
+from .calibration import add_conditions_arg
 from .quantize import CALIBRATORS, int8_path, quantize_from_data
 from .trt_check import check_trt_buildable
 
@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="ctc", help="file name stem: <name>-teacher-hr.pt, <name>-student-lr.*")
     p.add_argument("--calib", required=True, help="INT8 calibration data (synthetic root or lmdb)")
     p.add_argument("--calibrator", default="minmax", choices=CALIBRATORS, help="INT8 calibration method")
-    p.add_argument("--calib-conditions", default=",".join(CALIB_CONDITIONS), type=conditions_arg,
-                   help="LR conditions that make calibration images from HR crops, in turn (compress.export's option)")
+    add_conditions_arg(p)
     p.add_argument("--int8-float-convs", type=int, default=0, metavar="N",
                    help="INT8: keep the first N convolutions in float (compress.export's option)")
     p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val)")
