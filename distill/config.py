@@ -160,6 +160,9 @@ class DistillCfg:
     beam: int = 3
     alpha: float = 0.2
     min_p: float = 0.1
+    # CTC students: the visual focus loss is weighted by the teacher's character frames (1 - p(blank), see
+    # losses.ctc_focus_mask), the CTC stand-in for the attention mask; false: every position counts the same
+    ctc_focus_mask: bool = True
     clipocr: ClipOcrCfg = field(default_factory=ClipOcrCfg)
 
 

@@ -177,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         onnx_teachers = {}
         if "onnx-teacher" in wanted:
             ocfg, oteacher = _train_onnx_pair(args, out)
-            ckpts.update({"onnx-student": str(out / "onnx-student" / "last.pt"),
-                          "onnx-baseline": str(out / "onnx-baseline" / "last.pt")})
+            ckpts.update(_onnx_pair_ckpts(ocfg, out))
             onnx_teachers["onnx-teacher"] = oteacher
         extra = {k: v for k, v in ckpts.items() if k != "student"}
         synth_dir = prepare_synth(base)
@@ -205,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{summary}\n\n{PAPER}\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "kd_gain.md").write_text(text)
-    write_json_atomic({"steps": steps, "minutes": args.minutes, "teacher": teacher, "rows": rows, "ahead": ahead,
+    write_json_atomic({"steps": steps, "minutes": args.minutes, "teacher": teacher, "checkpoints": ckpts,
+                       "rows": rows, "ahead": ahead,
                        "reports": {"synthetic": [r.to_dict() for r in synth], "real": [r.to_dict() for r in real]}},
                       out / "kd_gain.json")
     print(text)
@@ -243,6 +243,13 @@ def _train_onnx_pair(args, out: Path) -> tuple[Config, str]:
     return ocfg, ocfg.train.teacher_ckpt
 
 
+def _onnx_pair_ckpts(ocfg: Config, out: Path) -> dict[str, str]:
+    """The checkpoints the onnx-teacher pair is scored by: the recipe's shipped form, wise.pt when it sets
+    train.wise_alpha (both members average with their common start), else last.pt."""
+    name = "wise.pt" if ocfg.train.wise_alpha else "last.pt"
+    return {k: str(out / k / name) for k in ("onnx-student", "onnx-baseline")}
+
+
 def _onnx_summary(rows: list[dict], real_name: str) -> str:
     st = next((r for r in rows if r["model"] == "onnx-student"), None)
     bl = next((r for r in rows if r["model"] == "onnx-baseline"), None)
@@ -261,8 +268,8 @@ def _onnx_only(args, out: Path) -> int:
         ocfg, oteacher = _train_onnx_pair(args, out)
         val = Path(ocfg.data.val)
         synth_dir = val.parent if (val.parent / "test").exists() else None
-        kw = dict(max_samples=args.max_samples, onnx_teachers={"onnx-teacher": oteacher},
-                  extra_students={k: str(out / k / "last.pt") for k in ("onnx-student", "onnx-baseline")})
+        ckpts = _onnx_pair_ckpts(ocfg, out)
+        kw = dict(max_samples=args.max_samples, onnx_teachers={"onnx-teacher": oteacher}, extra_students=ckpts)
         synth = evaluate_models(None, [str(synth_dir)], None, **kw) if synth_dir else []
         real = evaluate_models(None, [args.real], None, lr_from_hr=True, **kw) if Path(args.real).exists() else []
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
@@ -273,7 +280,7 @@ def _onnx_only(args, out: Path) -> int:
     text = f"# KD gain: the ONNX teacher's student ({args.minutes} min budget)\n\n{md}\n\n{_onnx_summary(rows, real_name)}\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "kd_gain.md").write_text(text)
-    write_json_atomic({"minutes": args.minutes, "teacher": oteacher, "rows": rows,
+    write_json_atomic({"minutes": args.minutes, "teacher": oteacher, "checkpoints": ckpts, "rows": rows,
                        "reports": {"synthetic": [r.to_dict() for r in synth], "real": [r.to_dict() for r in real]}},
                       out / "kd_gain.json")
     print(text)

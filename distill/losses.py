@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["visual_focus_loss", "attention_mask", "SemanticProjector", "semantic_contrastive_loss", "beam_best_path",
+__all__ = ["visual_focus_loss", "attention_mask", "ctc_char_frames", "ctc_focus_mask", "SemanticProjector", "semantic_contrastive_loss", "beam_best_path",
            "soft_logits_loss", "frame_kl_loss", "ce_loss", "ctc_loss"]
 
 
@@ -27,6 +27,25 @@ def attention_mask(attn: Tensor, valid: Tensor) -> Tensor:
     a = attn.flatten(2) * valid[..., None].to(attn.dtype)
     m = a.max(1).values
     return m / m.amax(1, keepdim=True).clamp_min(1e-8)
+
+
+def ctc_char_frames(t_logits: Tensor, blank_id: int = 0) -> Tensor:
+    """(B, T) bool: the frames where a CTC teacher emits a character (its argmax is not blank): a CTC model's
+    "characters", for the semantic contrastive loss."""
+    return t_logits.argmax(-1) != blank_id
+
+
+def ctc_focus_mask(t_logits: Tensor, rows: int, blank_id: int = 0, spread: int = 3) -> Tensor:
+    """The CTC counterpart of ``attention_mask``: a CTC teacher has no attention maps, but its per-frame character
+    probability (1 - p(blank)) says which columns hold text. CTC emits one peaked frame per character while the
+    character's ink spans neighbouring columns, so the mask is max-pooled over ``spread`` frames, scaled to [0, 1]
+    per image and repeated over the feature map's ``rows``. t_logits: (B, W, C) -> (B, rows*W), row-major like
+    ``_tokens``."""
+    p = 1.0 - t_logits.detach().float().softmax(-1)[..., blank_id]  # (B, W)
+    if spread > 1:
+        p = F.max_pool1d(p[:, None], spread, 1, spread // 2)[:, 0]
+    p = p / p.amax(1, keepdim=True).clamp_min(1e-8)
+    return p[:, None, :].expand(-1, rows, -1).reshape(p.shape[0], -1)
 
 
 def visual_focus_loss(fs: Tensor, ft: Tensor, mask: Tensor | None = None, eps: float = 1e-5) -> Tensor:

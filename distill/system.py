@@ -39,7 +39,7 @@ class TrainingSystem(nn.Module):
                 t.eval().requires_grad_(False)
         self.kdltr = stage == "student" and "kdltr" in distill.method and teacher is not None
         self.projector = None
-        if self.kdltr and distill.semantic.enabled and not self.ctc:
+        if self.kdltr and distill.semantic.enabled:
             self.projector = L.SemanticProjector(self._char_dim())
         self.clip_heads = None
         if stage == "student" and "clipocr" in distill.method:
@@ -109,10 +109,18 @@ class TrainingSystem(nn.Module):
             if self.kdltr:
                 with torch.no_grad():
                     tout = self.teacher.forward_train(batch["hr"])
+                t_logits = tout.logits[0]
                 if self.cfg.logits.enabled:
-                    parts["logits"] = L.frame_kl_loss(out.logits[0], tout.logits[0], self.cfg.temperature)
+                    parts["logits"] = L.frame_kl_loss(out.logits[0], t_logits, self.cfg.temperature)
                 if self.cfg.visual.enabled:
-                    parts["visual"] = L.visual_focus_loss(out.visual, tout.visual)
+                    # The paper masks by the teacher's attention; a CTC teacher's character frames play that part.
+                    mask = L.ctc_focus_mask(t_logits, tout.visual.shape[2]) if self.cfg.ctc_focus_mask else None
+                    parts["visual"] = L.visual_focus_loss(out.visual, tout.visual, mask)
+                if self.projector is not None:
+                    # Character-level features of a CTC model: the frames where the teacher emits a character.
+                    parts["semantic"] = L.semantic_contrastive_loss(self.projector, out.char_feats[0],
+                                                                    tout.char_feats[0], L.ctc_char_frames(t_logits),
+                                                                    self.cfg.tau)
         else:
             assert isinstance(self.tok, AttnTokenizer)
             # CLIP-OCR's token mixers need a fixed decoder length: pad targets to max_len then.

@@ -29,6 +29,27 @@ def test_attention_mask_uses_valid_steps_only():
     assert m.tolist() == [[1.0, 0.0, 0.0, 0.0]]
 
 
+def test_ctc_focus_mask_follows_the_teachers_character_frames():
+    logits = torch.full((1, 8, 5), -10.0)
+    logits[..., 0] = 10.0  # blank everywhere ...
+    logits[0, 2, 0], logits[0, 2, 3] = -10.0, 10.0  # ... except one character at frame 2
+    logits[0, 6, 0], logits[0, 6, 4] = 0.0, 0.0  # and an even split at frame 6
+    assert L.ctc_char_frames(logits).tolist() == [[False, False, True, False, False, False, False, False]]
+    m = L.ctc_focus_mask(logits, rows=2, spread=1)
+    assert m.shape == (1, 16) and m[0, 2] == 1.0 and m[0, 10] == 1.0  # row 1 repeats row 0
+    assert m[0, 6] == pytest.approx(0.5, abs=1e-3) and m[0, 0] < 1e-6
+    # spread 3: the character's neighbours count too (its ink spans them), frame 4 stays out
+    wide = L.ctc_focus_mask(logits, rows=1, spread=3)[0]
+    assert wide[1] == wide[3] == 1.0 and wide[4] < 1e-6 and wide[5] == pytest.approx(0.5, abs=1e-3)
+    # as the visual focus weights: a wrong feature costs far more at the character's column than at a blank one
+    torch.manual_seed(0)
+    f = torch.randn(1, 16, 2, 8)
+    at_blank, at_char = f.clone(), f.clone()
+    at_blank[..., 0] = f[..., 0] + 3 * torch.randn(1, 16, 2)
+    at_char[..., 2] = f[..., 2] + 3 * torch.randn(1, 16, 2)
+    assert L.visual_focus_loss(at_blank, f, m).item() < 0.25 * L.visual_focus_loss(at_char, f, m).item()
+
+
 def test_semantic_contrastive_prefers_aligned_characters():
     torch.manual_seed(0)
     proj = L.SemanticProjector(32)

@@ -3,6 +3,7 @@ mapping, frame resampling, the target cache, unlabeled sources, and a training r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -663,6 +664,8 @@ def test_kd_gain_onnx_teacher_contender(tmp_path, shared_real):
     d = json.loads((tmp_path / "kg" / "kd_gain.json").read_text())
     models = {r["model"] for r in d["rows"]}
     assert models == {"onnx-teacher", "onnx-student", "onnx-baseline"}
+    # the recipe sets train.wise_alpha: the pair is scored as it ships, by its weight-space averages
+    assert sorted(Path(c).name for c in d["checkpoints"].values()) == ["wise.pt", "wise.pt"]
     teacher_hr = next(r for r in d["rows"] if r["contender"].startswith("ONNX teacher (HR"))
     assert teacher_hr["real_lr16"] > 40  # the HR reference column: PP-OCR reads real HR crops
     md = (tmp_path / "kg" / "kd_gain.md").read_text()

@@ -57,9 +57,7 @@ def test_teacher_student_baseline(model, synth, tmp_path):
         rows = (tmp_path / stage / "log.csv").read_text().splitlines()
         parts = " ".join(rows[1:])
         if stage == "student":
-            assert "logits=" in parts and "visual=" in parts
-            if model != "cnn-ctc":
-                assert "semantic=" in parts
+            assert "logits=" in parts and "visual=" in parts and "semantic=" in parts
         else:
             assert "logits=" not in parts and "visual=" not in parts
 
