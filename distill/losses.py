@@ -1,6 +1,7 @@
 """KD-LTR's distillation losses (Guo et al., ACM MM 2023), each a plain function of tensors.
 
 * visual focus: per-channel z-scored features, 1 - cosine at each position, weighted by the teacher's attention
+  (CTC teachers: by their character frames, ``ctc_focus_mask``)
 * semantic contrastive: InfoNCE between student and teacher character features through one shared projection
 * soft logits: KL(teacher || student) at temperature T, the teacher's target sharpened towards its best
   sequence from a small beam search
@@ -12,8 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["visual_focus_loss", "attention_mask", "ctc_char_frames", "ctc_focus_mask", "SemanticProjector", "semantic_contrastive_loss", "beam_best_path",
-           "soft_logits_loss", "frame_kl_loss", "ce_loss", "ctc_loss"]
+__all__ = ["visual_focus_loss", "attention_mask", "ctc_char_frames", "ctc_focus_mask", "SemanticProjector",
+           "semantic_contrastive_loss", "beam_best_path", "soft_logits_loss", "frame_kl_loss", "ce_loss", "ctc_loss"]
 
 
 def _tokens(x: Tensor) -> Tensor:

@@ -2,7 +2,8 @@
 
 teacher:  CE (or CTC) on HR images.
 baseline: the LR student, CE (or CTC) on LR images only: the reference the KD gain is measured against.
-student:  KD-LTR on LR images from a frozen HR teacher: visual focus + semantic contrastive + soft logits + CE.
+student:  KD-LTR on LR images from a frozen HR teacher: visual focus + semantic contrastive + soft logits + CE
+          (CTC students: per frame, with the teacher's character frames as mask and as "characters").
 """
 from __future__ import annotations
 
