@@ -19,8 +19,8 @@ from runtime.conditions import CONDITIONS, apply_condition
 from runtime.datasets import LabelPolicy, open_dataset
 from runtime.preprocess import MEAN, STD, prepare
 
-__all__ = ["CalibrationError", "calibration_tensors", "resolve_calib_path", "add_calibration_args", "add_conditions_arg",
-           "conditions_arg", "lr_conditions", "CALIB_CONDITIONS"]
+__all__ = ["CalibrationError", "calibration_tensors", "resolve_calib_path", "add_calibration_args",
+           "add_conditions_arg", "conditions_arg", "lr_conditions", "CALIB_CONDITIONS"]
 
 PREPROC_VERSION = 2  # 2: runtime.preprocess.prepare (fastpath resampler) instead of PIL
 # LR made from HR crops alternates between plain and blurred-and-compressed 16x64: the INT8 ranges then cover both

@@ -79,9 +79,9 @@ def float_prefix(model, convs: int) -> list[str]:
 
     The first layers of a mobile network quantize worst and cost least: few channels, and per-tensor uint8 ranges
     crush the small channels that depthwise convolutions then amplify. On the PP-OCRv4 student (input x1, last
-    release) the 12 convolutions on its full 16x64 grid (16 to 128 channels) cost 5.6 of the 6.3 points INT8 lost on svt_test lr16 (percentile
-    calibration); kept float they add 1-3 ms to 40-46 ms for a batch of 32 on 2 cores (kernels on one thread: 96 vs
-    83 ms). Int8 weights alone cost 1.2 points: the loss is in the activations."""
+    release) the 12 convolutions on its full 16x64 grid (16 to 128 channels) cost 5.6 of the 6.3 points INT8 lost
+    on svt_test lr16 (percentile calibration); kept float they add 1-3 ms to 40-46 ms for a batch of 32 on 2 cores
+    (kernels on one thread: 96 vs 83 ms). Int8 weights alone cost 1.2 points: the loss is in the activations."""
     names, seen = [], 0
     for i, n in enumerate(model.graph.node):
         if n.op_type == "Conv":

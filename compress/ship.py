@@ -12,9 +12,9 @@ from pathlib import Path
 
 from distill.checkpoint import strip_checkpoint
 
+from .calibration import add_conditions_arg
 from .export import export_onnx
 from .gate import evaluate_onnx, gate_table
-from .calibration import add_conditions_arg
 from .quantize import CALIBRATORS, int8_path, quantize_from_data
 from .trt_check import check_trt_buildable
 
