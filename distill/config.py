@@ -146,6 +146,9 @@ class OnnxTeacherCfg:
     cache_dir: str = ""  # where target caches go; default beside each source, <out_dir>/../teacher-cache if read-only
 
 
+KD_SCHEDULES = ("constant", "cosine", "linear")
+
+
 @dataclass
 class DistillCfg:
     """KD-LTR defaults from the paper's code."""
@@ -163,6 +166,11 @@ class DistillCfg:
     # CTC students: the visual focus loss is weighted by the teacher's character frames (1 - p(blank), see
     # losses.ctc_focus_mask), the CTC stand-in for the attention mask; false: every position counts the same
     ctc_focus_mask: bool = True
+    # How the weights of the KD terms (visual, semantic, logits; never CE) move over optim.steps: constant (the
+    # paper), or cosine / linear decay to 0 by the last step, so the student ends on its labels alone. A teacher
+    # that sees HR sets targets an LR student cannot fully reach; early on they speed it up, late they hold it
+    # below what its labels would teach it (annealed KD, Jafari et al. 2021).
+    kd_schedule: str = "constant"
     clipocr: ClipOcrCfg = field(default_factory=ClipOcrCfg)
 
 
@@ -171,7 +179,8 @@ class TrainCfg:
     stage: str = "teacher"  # teacher | student | baseline | clip
     out_dir: str = "runs/default"
     teacher_ckpt: str = ""  # student/baseline: the frozen HR teacher (and the student's initialisation)
-    # fine-tuning: the student starts from this checkpoint's weights (same model spec) instead of the teacher's
+    # fine-tuning: the model starts from this checkpoint's weights (same model spec) instead of the teacher's (a
+    # student) or random ones (a teacher trained further on a new schedule)
     init_ckpt: str = ""
     qat: bool = False  # simulate the INT8 export while training (onnx-ctc students): quantization-aware fine-tuning
     # Weight-space ensemble with the starting weights (WiSE-FT, Wortsman et al. 2022): at the end, wise.pt holds
@@ -220,8 +229,8 @@ class Config:
         if t.wise_alpha and t.stage not in ("student", "baseline"):
             raise ConfigError(f"train.wise_alpha: averages a fine-tuned student with its start; stage {t.stage!r} "
                               "starts from random weights")
-        if t.init_ckpt and t.stage not in ("student", "baseline"):
-            raise ConfigError(f"train.init_ckpt: fine-tunes a student or baseline, not stage {t.stage!r}")
+        if t.init_ckpt and t.stage == "clip":
+            raise ConfigError("train.init_ckpt: fine-tunes a teacher, student or baseline, not stage 'clip'")
         if t.amp not in ("auto", "bf16", "off"):
             raise ConfigError(f"train.amp: expected auto, bf16 or off, got {t.amp!r}")
         if self.optim.steps <= 0:
@@ -257,6 +266,9 @@ class Config:
         if self.onnx_teacher.stride_init not in ("upsample", "copy"):
             raise ConfigError(f"onnx_teacher.stride_init: expected upsample or copy, got "
                               f"{self.onnx_teacher.stride_init!r}")
+        if self.distill.kd_schedule not in KD_SCHEDULES:
+            raise ConfigError(f"distill.kd_schedule: expected one of {', '.join(KD_SCHEDULES)}, got "
+                              f"{self.distill.kd_schedule!r}")
         if self.distill.method not in ("kdltr", "clipocr", "kdltr+clipocr"):
             raise ConfigError(f"distill.method: unknown {self.distill.method!r}")
         return self

@@ -1,10 +1,11 @@
-"""``python -m distill.kd_gain --minutes M --out DIR [--teacher CKPT] [--config YAML] [--set ...]``
+"""``python -m distill.kd_gain (--minutes M | --steps N) --out DIR [--teacher CKPT] [--config YAML] [--set ...]``
 
 Shows what distillation buys: the KD-LTR student and the baseline student (the same LR model trained on LR alone)
 are trained from the same initialisation (the teacher's weights) for the same number of steps, on the same data
 order, and evaluated with the teacher-on-bicubic on the synthetic test splits and on a real set of HR crops made LR
 by the named conditions (``lr16``, ``lr16blur``). The step count is derived from the time budget: M minutes per
-contender at the KD student's measured speed (the slower of the two), so both get identical updates.
+contender at the KD student's measured speed (the slower of the two), so both get identical updates; ``--steps``
+fixes it instead, so a run repeats on another machine.
 
 Writes ``DIR/kd_gain.json`` and ``DIR/kd_gain.md``.
 """
@@ -105,7 +106,11 @@ def gain_table(synth_reports: list[EvalReport], real_reports: list[EvalReport], 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m distill.kd_gain", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--minutes", type=float, required=True, help="training budget per contender (KD and baseline)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="training budget per contender (KD and baseline), turned into a step count at the KD "
+                        "student's measured speed; default: none, --steps must be given")
+    p.add_argument("--steps", type=int, default=0,
+                   help="fixed step count per contender instead of a time budget; 0 = from --minutes")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--config", default="configs/smoke.yaml", help="training config (data, model, distillation)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override")
@@ -125,8 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _step_count(args, seconds_per_step) -> int:
+    """--steps when given, else --minutes at the measured speed (``seconds_per_step()``, only called then)."""
+    if args.steps:
+        return args.steps
+    sec = seconds_per_step()
+    steps = max(args.min_steps, int(args.minutes * 60 / sec))
+    print(f"kd_gain: step {sec * 1000:.0f} ms -> {steps} steps per contender for {args.minutes} min")
+    return steps
+
+
+def _budget(args) -> str:
+    return f"{args.minutes} min budget" if not args.steps else "fixed by --steps"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.minutes is None) == (not args.steps):
+        parser.error("give exactly one of --minutes and --steps")
+    if args.steps < 0 or (args.minutes is not None and args.minutes <= 0):
+        parser.error(f"--steps / --minutes: must be > 0, got {args.steps or args.minutes}")
     out = Path(args.out)
     try:
         wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
@@ -146,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             train(tcfg)
             teacher = str(out / "teacher" / "best.pt")
         load_checkpoint(teacher)
-        sec = measure_step_time(base, teacher)
-        steps = max(args.min_steps, int(args.minutes * 60 / sec))
-        print(f"kd_gain: KD student step {sec * 1000:.0f} ms -> {steps} steps per contender for {args.minutes} min")
+        steps = _step_count(args, lambda: measure_step_time(base, teacher))
         clip_ckpt = args.clip
         if any("clipocr" in c for c in wanted) and clip_ckpt is None:
             ccfg = copy.deepcopy(base)
@@ -200,12 +222,12 @@ def main(argv: list[str] | None = None) -> int:
                f" ({', '.join(k for k, v in ahead.items() if not v) or 'all'}{' behind' if not all(ahead.values()) else ''})")
     if onnx_teachers:
         summary += "\n\n" + _onnx_summary(rows, real_name)
-    text = (f"# KD gain ({steps} steps per student, {args.minutes} min budget, teacher {teacher})\n\n{md}\n\n"
+    text = (f"# KD gain ({steps} steps per student, {_budget(args)}, teacher {teacher})\n\n{md}\n\n"
             f"{summary}\n\n{PAPER}\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "kd_gain.md").write_text(text)
-    write_json_atomic({"steps": steps, "minutes": args.minutes, "teacher": teacher, "checkpoints": ckpts,
-                       "rows": rows, "ahead": ahead,
+    write_json_atomic({"steps": steps, "minutes": args.minutes, "fixed_steps": bool(args.steps), "teacher": teacher,
+                       "checkpoints": ckpts, "rows": rows, "ahead": ahead,
                        "reports": {"synthetic": [r.to_dict() for r in synth], "real": [r.to_dict() for r in real]}},
                       out / "kd_gain.json")
     print(text)
@@ -229,9 +251,7 @@ def measure_onnx_step_time(cfg: Config, n: int = 3) -> float:
 def _train_onnx_pair(args, out: Path) -> tuple[Config, str]:
     """Train the onnx-teacher contender (student) and its baseline with equal steps; returns (config, teacher)."""
     ocfg = load_config(args.onnx_config, args.overrides + ["train.progress=false"])
-    sec = measure_onnx_step_time(ocfg)
-    steps = max(args.min_steps, int(args.minutes * 60 / sec))
-    print(f"kd_gain: onnx-teacher student step {sec * 1000:.0f} ms -> {steps} steps for {args.minutes} min")
+    steps = _step_count(args, lambda: measure_onnx_step_time(ocfg))
     for stage, key in (("student", "onnx-student"), ("baseline", "onnx-baseline")):
         cfg = copy.deepcopy(ocfg)
         cfg.train.stage, cfg.train.out_dir, cfg.optim.steps = stage, str(out / key), steps
@@ -277,7 +297,7 @@ def _onnx_only(args, out: Path) -> int:
         return 2
     real_name = Path(args.real).name
     md, rows = gain_table(synth, real, real_name)
-    text = f"# KD gain: the ONNX teacher's student ({args.minutes} min budget)\n\n{md}\n\n{_onnx_summary(rows, real_name)}\n"
+    text = f"# KD gain: the ONNX teacher's student ({_budget(args)})\n\n{md}\n\n{_onnx_summary(rows, real_name)}\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "kd_gain.md").write_text(text)
     write_json_atomic({"minutes": args.minutes, "teacher": oteacher, "checkpoints": ckpts, "rows": rows,

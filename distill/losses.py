@@ -8,13 +8,16 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["visual_focus_loss", "attention_mask", "ctc_char_frames", "ctc_focus_mask", "SemanticProjector",
-           "semantic_contrastive_loss", "beam_best_path", "soft_logits_loss", "frame_kl_loss", "ce_loss", "ctc_loss"]
+           "semantic_contrastive_loss", "beam_best_path", "soft_logits_loss", "frame_kl_loss", "ce_loss", "ctc_loss",
+           "kd_schedule_factor"]
 
 
 def _tokens(x: Tensor) -> Tensor:
@@ -123,6 +126,19 @@ def soft_logits_loss(s_logits: Tensor, t_logits: Tensor, valid: Tensor, temperat
     kl = (pt * (pt.clamp_min(1e-8).log() - log_ps)).sum(-1)  # (B, T)
     v = valid.to(kl.dtype)
     return (kl * v).sum() / v.sum().clamp_min(1.0) * T * T
+
+
+def kd_schedule_factor(schedule: str, step: int, total: int) -> float:
+    """The factor on the KD terms' weights at ``step`` of ``total`` (distill.kd_schedule): 1 throughout for
+    constant; from 1 at step 0 to 0 at the last step, by a half cosine or a straight line."""
+    if schedule == "constant" or total <= 1:
+        return 1.0
+    t = min(max(step / (total - 1), 0.0), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "linear":
+        return 1.0 - t
+    raise ValueError(f"distill.kd_schedule: unknown {schedule!r}")
 
 
 def frame_kl_loss(s_logits: Tensor, t_logits: Tensor, temperature: float = 4.0) -> Tensor:

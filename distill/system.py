@@ -23,8 +23,9 @@ __all__ = ["TrainingSystem"]
 class TrainingSystem(nn.Module):
     def __init__(self, student: nn.Module, tokenizer: Tokenizer | None, stage: str, distill: DistillCfg,
                  teacher: nn.Module | None = None, seed: int = 0, clip: nn.Module | None = None,
-                 clip_norm: str = "ours") -> None:
+                 clip_norm: str = "ours", total_steps: int = 0) -> None:
         super().__init__()
+        self.total_steps = total_steps  # the length of distill.kd_schedule's decay
         self.student = student
         self.tok = tokenizer
         self.stage = stage
@@ -167,6 +168,8 @@ class TrainingSystem(nn.Module):
             weights = {"ce": ce_w, "visual": self.cfg.visual.weight, "semantic": self.cfg.semantic.weight,
                        "logits": self.cfg.logits.weight, "word": self.cfg.clipocr.word_weight}
             weights.update({k: self.cfg.clipocr.weight for k in parts if k.startswith("sds_")})
+            kd = L.kd_schedule_factor(self.cfg.kd_schedule, step, self.total_steps)
+            weights.update({k: weights[k] * kd for k in ("visual", "semantic", "logits")})
         else:
             weights = {"ce": 1.0}
         total = sum(weights[k] * v for k, v in parts.items())

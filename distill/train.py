@@ -37,7 +37,7 @@ from .augment import text_augment
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, is_onnx_teacher, load_config
 from .datasets import PairDataset, WeightedConcat, WithTeacherTargets, collate
-from .models import PPOCR_LR_OVERRIDES, build_model, make_onnx_student, make_student, model_spec
+from .models import PPOCR_LR_OVERRIDES, build_model, make_onnx_student, make_student, model_spec, resolved_kwargs
 from .predict import score_samples
 from .system import TrainingSystem
 
@@ -187,6 +187,11 @@ def init_weights(model: torch.nn.Module, spec: dict, path: str, master: bool) ->
     theirs = ck["model_spec"]
     diff = sorted(k for k in set(spec) | set(theirs) if k != "kwargs" and spec.get(k) != theirs.get(k))
     kw, tkw = spec.get("kwargs", {}), theirs.get("kwargs", {})
+    if theirs.get("name") == spec["name"]:
+        try:  # older checkpoints stored only the arguments given, not the defaults
+            tkw = resolved_kwargs(spec["name"], tkw)
+        except ValueError:
+            pass  # arguments this version lacks: reported as a difference below
     diff += sorted(f"kwargs.{k}" for k in set(kw) | set(tkw) if kw.get(k) != tkw.get(k))
     if diff:
         raise ConfigError(f"train.init_ckpt {path}: its model differs from the one this config builds in {diff}")
@@ -322,7 +327,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             print(f"train: quantization-aware: int8 weights per channel, uint8 activations at {n} points")
     tok = make_tokenizer(spec["tokenizer"], spec["charset"]) if spec["tokenizer"] in ("attn", "ctc") else None
     try:
-        system = TrainingSystem(model, tok, cfg.train.stage, cfg.distill, teacher, cfg.train.seed, clip, clip_norm)
+        system = TrainingSystem(model, tok, cfg.train.stage, cfg.distill, teacher, cfg.train.seed, clip, clip_norm,
+                                cfg.optim.steps)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     system.to(device)

@@ -91,3 +91,14 @@ def test_ctc_and_ce():
     assert torch.isfinite(loss) and logits.grad.abs().sum() > 0
     s, n = L.ce_loss(torch.randn(2, 4, 10), torch.tensor([[1, 2, 0, 9], [3, 9, 9, 9]]), pad_id=9)
     assert int(n) == 4 and s.item() > 0
+
+
+def test_kd_schedule_factor():
+    assert [L.kd_schedule_factor("constant", s, 5) for s in range(5)] == [1.0] * 5
+    assert [L.kd_schedule_factor("linear", s, 5) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    cos = [L.kd_schedule_factor("cosine", s, 5) for s in range(5)]
+    assert cos[0] == 1.0 and cos[2] == pytest.approx(0.5) and cos[4] == pytest.approx(0.0, abs=1e-12)
+    assert cos[1] > 0.75 and cos[3] < 0.25  # slower than linear at first, faster at the end
+    assert L.kd_schedule_factor("cosine", 9, 5) == pytest.approx(0.0, abs=1e-12)  # past the end: stays off
+    with pytest.raises(ValueError, match="kd_schedule"):
+        L.kd_schedule_factor("step", 1, 5)

@@ -144,13 +144,73 @@ def test_ddp_two_cpu_processes_end_identical(synth, tmp_path):
 def test_kd_gain_tiny(synth, tmp_path, shared_real):
     t = tmp_path / "t"
     train(load_config("configs/smoke.yaml", overrides(synth, t, "cnn-ctc")))
-    r = subprocess.run([sys.executable, "-m", "distill.kd_gain", "--minutes", "0.01", "--out", str(tmp_path / "g"),
-                        "--teacher", str(t / "last.pt"), "--max-samples", "12", "--min-steps", "3",
+    r = subprocess.run([sys.executable, "-m", "distill.kd_gain", "--steps", "3", "--out", str(tmp_path / "g"),
+                        "--teacher", str(t / "last.pt"), "--max-samples", "12",
                         *sum([["--set", o] for o in overrides(synth, t, "cnn-ctc")[:-1]], [])],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "g" / "kd_gain.json").read_text())
+    assert res["steps"] == 3 and res["fixed_steps"]
+    for who in ("student", "baseline"):  # --steps fixes the step count of both contenders
+        assert load_checkpoint(tmp_path / "g" / who / "last.pt")["step"] == 3
     names = [row["contender"] for row in res["rows"]]
     assert names == ["teacher (HR input, reference)", "teacher on bicubic(LR)", "baseline student (LR only)", "KD-LTR student"]
     assert set(res["ahead"]) == {"easy", "medium", "hard", "svt_test_lr16", "svt_test_lr16blur"}
     assert "| KD-LTR student |" in (tmp_path / "g" / "kd_gain.md").read_text()
+
+
+def test_kd_gain_needs_one_budget(tmp_path):
+    for budget in ([], ["--minutes", "1", "--steps", "5"]):
+        r = subprocess.run([sys.executable, "-m", "distill.kd_gain", "--out", str(tmp_path), *budget],
+                           cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 2 and "exactly one of --minutes and --steps" in r.stderr
+
+
+def test_kd_schedule_anneals_the_kd_terms_to_nothing(synth, tmp_path):
+    from distill.models import build_model, make_student, model_spec
+    from distill.system import TrainingSystem
+    from runtime.charset import make_tokenizer
+
+    cfg = load_config("configs/smoke.yaml", ["distill.kd_schedule=cosine"])
+    torch.manual_seed(0)
+    tspec = model_spec("cnn-ctc", "36", 12, widths=[8, 8, 16, 16, 16], hidden=32)
+    teacher = build_model(tspec)
+    spec, student, _ = make_student(tspec, teacher.state_dict())
+    system = TrainingSystem(student, make_tokenizer("ctc", spec["charset"]), "student", cfg.distill, teacher,
+                            total_steps=11)
+    batch = {"hr": torch.randn(4, 3, 32, 128), "lr": torch.randn(4, 3, 16, 64), "label": ["ab", "c1", "xyz", "7"]}
+    totals = {}
+    for step in (0, 5, 10):
+        loss, parts = system(batch, step)
+        kd = sum(getattr(cfg.distill, k).weight * parts[k] for k in ("visual", "semantic", "logits"))
+        totals[step] = (loss.item(), parts["ce"] * cfg.distill.ce.weight, kd)
+    assert totals[0][2] > 0.01  # the teacher disagrees with an LR twin on random input
+    assert totals[0][0] == pytest.approx(totals[0][1] + totals[0][2], rel=1e-5)  # full weight at the start
+    assert totals[5][0] == pytest.approx(totals[5][1] + 0.5 * totals[5][2], rel=1e-5)  # half way: half
+    assert totals[10][0] == pytest.approx(totals[10][1], rel=1e-5)  # the last step: labels alone
+    from distill.config import ConfigError
+
+    with pytest.raises(ConfigError, match="distill.kd_schedule: expected one of constant, cosine, linear, got 'cos'"):
+        load_config("configs/smoke.yaml", ["distill.kd_schedule=cos"])
+
+
+def test_teacher_trains_further_from_an_older_checkpoint(synth, tmp_path):
+    """train.init_ckpt for a teacher; a checkpoint from before model specs spelled out every argument still fits,
+    and a real difference is still named."""
+    train(load_config("configs/smoke.yaml", overrides(synth, tmp_path / "t", "cnn-ctc")))
+    ck = torch.load(tmp_path / "t" / "last.pt", weights_only=False)
+    ck["model_spec"]["kwargs"] = {"widths": [8, 8, 16, 16, 16], "hidden": 32}  # the arguments given, no defaults
+    torch.save(ck, tmp_path / "old.pt")
+    out = train(load_config("configs/smoke.yaml", overrides(synth, tmp_path / "t2", "cnn-ctc",
+                                                            f"train.init_ckpt={tmp_path / 'old.pt'}", "optim.steps=1")))
+    assert out["step"] == 1
+    w0, w1 = ck["model"], load_checkpoint(tmp_path / "t2" / "last.pt")["model"]
+    learnt = [k for k in w0 if w0[k].is_floating_point() and "running" not in k]  # not BN statistics
+    assert max((w0[k] - w1[k]).abs().max().item() for k in learnt) < 0.05  # one small step from its weights
+    from distill.config import ConfigError
+
+    ck["model_spec"]["kwargs"]["hidden"] = 48
+    torch.save(ck, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match=r"its model differs .* \['kwargs.hidden'\]"):
+        train(load_config("configs/smoke.yaml", overrides(synth, tmp_path / "t3", "cnn-ctc",
+                                                          f"train.init_ckpt={tmp_path / 'other.pt'}")))

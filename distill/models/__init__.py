@@ -15,8 +15,8 @@ from .cnn import CNNAttn, CNNCTC
 from .onnx_net import PPOCR_LR_OVERRIDES, OnnxNet, scale_pair, strip_weights, upsample_halved_strides
 from .parseq import PARSeq, RecOut, gen_tgt_perms
 
-__all__ = ["MODELS", "build_model", "model_spec", "make_student", "make_onnx_student", "PPOCR_LR_OVERRIDES",
-           "load_official_parseq", "RecOut", "gen_tgt_perms",
+__all__ = ["MODELS", "build_model", "model_spec", "resolved_kwargs", "make_student", "make_onnx_student",
+           "PPOCR_LR_OVERRIDES", "load_official_parseq", "RecOut", "gen_tgt_perms",
            "HR_SIZE", "LR_SIZE"]
 
 
@@ -67,7 +67,7 @@ _CLASSES = {"clip": CLIP, "parseq-tiny": PARSeq, "parseq-small": PARSeq, "cnn-at
 _SET_BY_BUILDER = {"self", "num_classes", "max_len", "img_size", "patch_size", "lr", "weights"}
 
 
-def _resolved_kwargs(name: str, kwargs: dict) -> dict:
+def resolved_kwargs(name: str, kwargs: dict) -> dict:
     """Every architecture argument spelled out, so a checkpoint rebuilds its model even if defaults change."""
     sig = inspect.signature(_CLASSES[name].__init__)
     known = {k for k in sig.parameters if k not in _SET_BY_BUILDER}
@@ -85,7 +85,7 @@ def model_spec(name: str, charset: str = "36", max_len: int = 25, lr: bool = Fal
     if name not in MODELS:
         raise ValueError(f"model: unknown name {name!r}; known: {sorted(MODELS)}")
     return {"name": name, "charset": resolve_charset(charset), "max_len": int(max_len), "lr": bool(lr),
-            "kwargs": _resolved_kwargs(name, kwargs), "tokenizer": MODELS[name][1]}
+            "kwargs": resolved_kwargs(name, kwargs), "tokenizer": MODELS[name][1]}
 
 
 def num_classes(spec: dict) -> int:
