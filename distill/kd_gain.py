@@ -130,13 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _step_count(args, seconds_per_step) -> int:
-    """--steps when given, else --minutes at the measured speed (``seconds_per_step()``, only called then)."""
+def _step_count(args, seconds_per_step, who: str) -> int:
+    """--steps when given, else --minutes at the measured speed of ``who`` (``seconds_per_step()``, only called
+    then)."""
     if args.steps:
         return args.steps
     sec = seconds_per_step()
     steps = max(args.min_steps, int(args.minutes * 60 / sec))
-    print(f"kd_gain: step {sec * 1000:.0f} ms -> {steps} steps per contender for {args.minutes} min")
+    print(f"kd_gain: {who} step {sec * 1000:.0f} ms -> {steps} steps per contender for {args.minutes} min")
     return steps
 
 
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             train(tcfg)
             teacher = str(out / "teacher" / "best.pt")
         load_checkpoint(teacher)
-        steps = _step_count(args, lambda: measure_step_time(base, teacher))
+        steps = _step_count(args, lambda: measure_step_time(base, teacher), "KD student")
         clip_ckpt = args.clip
         if any("clipocr" in c for c in wanted) and clip_ckpt is None:
             ccfg = copy.deepcopy(base)
@@ -251,7 +252,7 @@ def measure_onnx_step_time(cfg: Config, n: int = 3) -> float:
 def _train_onnx_pair(args, out: Path) -> tuple[Config, str]:
     """Train the onnx-teacher contender (student) and its baseline with equal steps; returns (config, teacher)."""
     ocfg = load_config(args.onnx_config, args.overrides + ["train.progress=false"])
-    steps = _step_count(args, lambda: measure_onnx_step_time(ocfg))
+    steps = _step_count(args, lambda: measure_onnx_step_time(ocfg), "onnx-teacher student")
     for stage, key in (("student", "onnx-student"), ("baseline", "onnx-baseline")):
         cfg = copy.deepcopy(ocfg)
         cfg.train.stage, cfg.train.out_dir, cfg.optim.steps = stage, str(out / key), steps
