@@ -166,7 +166,7 @@ def test_kd_gain_needs_one_budget(tmp_path):
         assert r.returncode == 2 and "exactly one of --minutes and --steps" in r.stderr
 
 
-def test_kd_schedule_anneals_the_kd_terms_to_nothing(synth, tmp_path):
+def test_kd_schedule_anneals_the_kd_terms_to_nothing():
     from distill.models import build_model, make_student, model_spec
     from distill.system import TrainingSystem
     from runtime.charset import make_tokenizer
