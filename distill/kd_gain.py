@@ -1,4 +1,4 @@
-"""``python -m distill.kd_gain (--minutes M | --steps N) --out DIR [--teacher CKPT] [--config YAML] [--set ...]``
+"""``python -m distill.kd_gain (--minutes M | --steps N) --out DIR [--seeds 0,1,2] [--teacher CKPT] [--config YAML]``
 
 Shows what distillation buys: the KD-LTR student and the baseline student (the same LR model trained on LR alone)
 are trained from the same initialisation (the teacher's weights) for the same number of steps, on the same data
@@ -7,12 +7,22 @@ by the named conditions (``lr16``, ``lr16blur``). The step count is derived from
 contender at the KD student's measured speed (the slower of the two), so both get identical updates; ``--steps``
 fixes it instead, so a run repeats on another machine.
 
+Margins between students are often a fraction of a point, as large as the spread between runs. ``--seeds 0,1,2``
+repeats the comparison with each ``train.seed`` (data order, degradations, augmentation; the initialisation is the
+teacher's either way) in ``DIR/seed-N`` and writes the mean and sample standard deviation of every cell, plus the
+KD-minus-baseline difference paired by seed, in ``DIR``; the bar is then judged on the means.
+
+A contender whose ``last.pt`` already holds a run of exactly the wanted config (output paths aside) is not trained
+again: a finished one is kept, an interrupted one resumes from that checkpoint. So a killed kd_gain continues, and
+seeds run elsewhere can be moved into ``DIR/seed-N`` and aggregated. A different config there is an error.
+
 Writes ``DIR/kd_gain.json`` and ``DIR/kd_gain.md``.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,7 +30,7 @@ from pathlib import Path
 import torch
 
 from runtime.charset import make_tokenizer
-from runtime.metrics import EvalReport, write_json_atomic
+from runtime.metrics import EvalReport, write_bytes_atomic, write_json_atomic
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, ConfigError, load_config
@@ -29,7 +39,7 @@ from .models import build_model, make_student
 from .system import TrainingSystem
 from .train import prepare_synth, train
 
-__all__ = ["measure_step_time", "gain_table", "main"]
+__all__ = ["measure_step_time", "gain_table", "seed_table", "train_or_reuse", "main"]
 
 PAPER = "Paper reference (TextZoom average): ABINet 60.23 bicubic -> 72.45 distilled; PARSeq 75.30 -> 78.23."
 
@@ -112,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=0,
                    help="fixed step count per contender instead of a time budget; 0 = from --minutes")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seeds", default=None,
+                   help="comma list of train.seed values; two or more repeat the comparison per seed in DIR/seed-N "
+                        "and write the mean and sd over seeds in DIR; default: the config's train.seed, one run in DIR")
     p.add_argument("--config", default="configs/smoke.yaml", help="training config (data, model, distillation)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--teacher", default=None,
@@ -145,6 +158,188 @@ def _budget(args) -> str:
     return f"{args.minutes} min budget" if not args.steps else "fixed by --steps"
 
 
+def _seed_list(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: a seed is listed twice in {text!r}")
+    return seeds
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(key, old, new) for every leaf that differs, output locations aside (a run directory may be moved)."""
+    diff = []
+    for k in sorted(set(old) | set(new)):
+        key, a, b = f"{prefix}{k}", old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff += _config_diff(a, b, key + ".")
+        elif a != b and key not in ("train.out_dir", "train.progress"):
+            diff.append((key, a, b))
+    return diff
+
+
+def train_or_reuse(cfg: Config, who: str) -> None:
+    """Train ``cfg`` unless ``train.out_dir`` already holds a run of the same config: a finished one is kept, an
+    interrupted one resumes from its last.pt. A run of another config there is a ConfigError naming the key."""
+    last = Path(cfg.train.out_dir) / "last.pt"
+    if not last.exists():
+        t0 = time.perf_counter()
+        train(cfg)
+        print(f"kd_gain: {who} trained in {time.perf_counter() - t0:.0f}s")
+        return
+    ck = load_checkpoint(last)
+    diff = _config_diff(ck.get("config") or {}, cfg.to_dict())
+    if diff:
+        key, old, new = diff[0]
+        more = f" ({len(diff) - 1} more keys differ)" if len(diff) > 1 else ""
+        raise ConfigError(f"{last}: trained with {key}={old!r}, this run wants {new!r}{more}; give another --out "
+                          f"or remove {last.parent}")
+    done = ck["step"] >= cfg.optim.steps and (last.parent / "best.pt").exists()
+    if done and (not cfg.train.wise_alpha or (last.parent / "wise.pt").exists()):
+        print(f"kd_gain: {who} already trained ({last}, step {ck['step']}); kept")
+        return
+    # A finished run that lacks best.pt or wise.pt resumes at its last step: train() then only writes them.
+    print(f"kd_gain: {who} resumes from {last} at step {ck['step']}")
+    train(cfg, resume=str(last))
+
+
+def _ahead(rows: list[dict], real_name: str) -> dict[str, bool]:
+    """Per test split: is the KD student above both the baseline and the teacher on bicubic(LR)?"""
+    kd = next(r for r in rows if r["model"] == "student")
+    bl = next(r for r in rows if r["model"] == "baseline")
+    bic = next(r for r in rows if r["contender"].startswith("teacher on bicubic"))
+    keys = [k for k in kd if k in ("easy", "medium", "hard") or k.startswith(real_name)]
+    return {k: kd[k] is not None and bl[k] is not None and bic[k] is not None and kd[k] > bl[k] and kd[k] > bic[k]
+            for k in keys}
+
+
+def _ahead_line(ahead: dict[str, bool], by: str = "") -> str:
+    behind = [k for k, v in ahead.items() if not v]
+    return (f"KD student ahead of baseline and teacher-on-bicubic on {len(ahead) - len(behind)}/{len(ahead)} test "
+            f"splits{by} ({', '.join(behind) + ' behind' if behind else 'all'})")
+
+
+def _run(args, out: Path, overrides: list[str], wanted: list[str], teacher: str | None, clip_ckpt: str | None,
+         steps: int | None, onnx_steps: int | None) -> dict:
+    """One comparison: train (or reuse) every contender, evaluate them, write ``out/kd_gain.{md,json}``; returns
+    the JSON with the Markdown under ``text``."""
+    cnn = [c for c in wanted if c != "onnx-teacher"]
+    base = load_config(args.config, overrides + ["train.progress=false"])
+    ckpts: dict[str, str] = {}
+    for name in cnn:
+        cfg = copy.deepcopy(base)
+        stage = "baseline" if name == "baseline" else "student"
+        cfg.train.stage, cfg.train.teacher_ckpt = stage, teacher
+        if stage == "student":
+            cfg.distill.method = name
+            cfg.train.clip_ckpt = clip_ckpt or ""
+        key = "student" if name == "kdltr" else name
+        cfg.train.out_dir = str(out / key)
+        cfg.optim.steps = steps
+        cfg.train.val_every = cfg.train.ckpt_every = max(1, steps // 4)
+        cfg.train.log_every = max(1, steps // 20)
+        train_or_reuse(cfg, name)
+        ckpts[key] = str(out / key / "best.pt")
+    onnx_teachers = {}
+    synth_dir = prepare_synth(base) if cnn else None
+    if "onnx-teacher" in wanted:
+        ocfg = load_config(args.onnx_config, overrides + ["train.progress=false"])
+        for stage, key in (("student", "onnx-student"), ("baseline", "onnx-baseline")):
+            cfg = copy.deepcopy(ocfg)
+            cfg.train.stage, cfg.train.out_dir, cfg.optim.steps = stage, str(out / key), onnx_steps
+            cfg.train.val_every = cfg.train.ckpt_every = max(1, onnx_steps // 4)
+            cfg.train.log_every = max(1, onnx_steps // 20)
+            train_or_reuse(cfg, key)
+        ckpts.update(_onnx_pair_ckpts(ocfg, out))
+        onnx_teachers["onnx-teacher"] = ocfg.train.teacher_ckpt
+        val = Path(ocfg.data.val)
+        if not cnn and (val.parent / "test").exists():
+            synth_dir = val.parent
+    extra = {k: v for k, v in ckpts.items() if k != "student"}
+    kw = dict(max_samples=args.max_samples, extra_students=extra, onnx_teachers=onnx_teachers)
+    synth = evaluate_models(ckpts.get("student"), [str(synth_dir)] if synth_dir else [], teacher, **kw)
+    real = evaluate_models(ckpts.get("student"), [args.real], teacher, lr_from_hr=True, **kw) \
+        if Path(args.real).exists() else []
+    real_name = Path(args.real).name
+    md, rows = gain_table(synth, real, real_name)
+    seed = base.train.seed
+    res: dict = {"seed": seed, "minutes": args.minutes, "fixed_steps": bool(args.steps), "checkpoints": ckpts,
+                 "rows": rows}
+    summary = []
+    if cnn:
+        res.update(steps=steps, teacher=teacher, ahead=_ahead(rows, real_name))
+        summary.append(_ahead_line(res["ahead"]))
+        title = f"# KD gain ({steps} steps per student, {_budget(args)}, seed {seed}, teacher {teacher})"
+    else:
+        res.update(steps=onnx_steps, teacher=onnx_teachers["onnx-teacher"])
+        title = f"# KD gain: the ONNX teacher's student ({onnx_steps} steps, {_budget(args)}, seed {seed})"
+    if onnx_teachers:
+        summary.append(_onnx_summary(rows, real_name))
+    res["reports"] = {"synthetic": [r.to_dict() for r in synth], "real": [r.to_dict() for r in real]}
+    text = f"{title}\n\n{md}\n\n" + "\n\n".join(summary) + (f"\n\n{PAPER}\n" if cnn else "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(text.encode(), out / "kd_gain.md")
+    write_json_atomic(res, out / "kd_gain.json")
+    return {**res, "text": text}
+
+
+def _stat(values: list) -> dict | None:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals}
+
+
+def seed_table(runs: list[dict], real_name: str) -> tuple[str, dict]:
+    """Markdown + JSON over the seeds' kd_gain results (same contenders): mean ± sample sd of every cell, the
+    student-minus-baseline differences paired by seed (per seed and summarised), and the bar judged on the means."""
+    by_seed = [{r["contender"]: r for r in run["rows"]} for run in runs]
+    labels = [r["contender"] for r in runs[0]["rows"]]
+    for run, rows in zip(runs, by_seed):
+        if list(rows) != labels:
+            raise ConfigError(f"seed {run['seed']}: contenders {list(rows)} differ from seed {runs[0]['seed']}'s "
+                              f"{labels}")
+    keys = [k for k in runs[0]["rows"][0] if k not in ("contender", "model")]
+    head = [k.replace("synthetic_avg", "synthetic avg").replace(f"{real_name}_", f"{real_name} ") for k in keys]
+    cell = lambda st, sign="": "" if st is None else f"{st['mean']:{sign}.2f} ± {st['sd']:.2f}"
+    lines = ["| contender | " + " | ".join(head) + " |", "|---|" + "---:|" * len(keys)]
+    rows = []
+    for label in labels:
+        row = {"contender": label, "model": by_seed[0][label]["model"]}
+        row.update({k: _stat([rs[label][k] for rs in by_seed]) for k in keys})
+        rows.append(row)
+        lines.append(f"| {label} | " + " | ".join(cell(row[k]) for k in keys) + " |")
+    pairs = [(a, b) for a, b in (("student", "baseline"), ("onnx-student", "onnx-baseline"))
+             if any(r["model"] == a for r in rows) and any(r["model"] == b for r in rows)]
+    diffs, per_seed = {}, []
+    for a, b in pairs:
+        la = next(r["contender"] for r in rows if r["model"] == a)
+        lb = next(r["contender"] for r in rows if r["model"] == b)
+        d = [{k: None if rs[la][k] is None or rs[lb][k] is None else rs[la][k] - rs[lb][k] for k in keys}
+             for rs in by_seed]
+        diffs[f"{a} - {b}"] = {k: _stat([x[k] for x in d]) for k in keys}
+        lines.append(f"| {a} minus {b}, paired by seed | " + " | ".join(cell(diffs[f'{a} - {b}'][k], '+')
+                                                                      for k in keys) + " |")
+        per_seed += [f"| seed {run['seed']}: {a} minus {b} | " + " | ".join("" if x[k] is None else f"{x[k]:+.2f}"
+                                                                          for k in keys) + " |"
+                     for run, x in zip(runs, d)]
+    md = "\n".join(lines)
+    if per_seed:
+        md += "\n\n| per seed | " + " | ".join(head) + " |\n|---|" + "---:|" * len(keys) + "\n" + "\n".join(per_seed)
+    agg = {"seeds": [run["seed"] for run in runs], "rows": rows, "paired_differences": diffs}
+    if any(r["model"] == "student" for r in rows):
+        means = [{k: (v["mean"] if isinstance(v, dict) else v) for k, v in r.items()} for r in rows]
+        agg["ahead"] = _ahead(means, real_name)
+        agg["ahead_per_seed"] = {str(run["seed"]): sum(run["ahead"].values()) for run in runs}
+        agg["summary"] = (_ahead_line(agg["ahead"], f" by the mean over {len(runs)} seeds") + "; per seed: "
+                          + ", ".join(f"seed {s} {n}/{len(agg['ahead'])}" for s, n in agg["ahead_per_seed"].items()))
+    return md, agg
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -153,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 0 or (args.minutes is not None and args.minutes <= 0):
         parser.error(f"--steps / --minutes: must be > 0, got {args.steps or args.minutes}")
     out = Path(args.out)
+    real_name = Path(args.real).name
     try:
         wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
         bad = sorted(set(wanted) - {"kdltr", "baseline", "clipocr", "kdltr+clipocr", "onnx-teacher"})
@@ -160,77 +356,50 @@ def main(argv: list[str] | None = None) -> int:
         if bad or (cnn and ("kdltr" not in cnn or "baseline" not in cnn)) or not wanted:
             raise ConfigError(f"--contenders: need kdltr and baseline, may add clipocr, kdltr+clipocr; or "
                               f"onnx-teacher alone or with them; got {wanted}")
-        if not cnn:
-            return _onnx_only(args, out)
-        base = load_config(args.config, args.overrides + ["train.progress=false"])
-        teacher = args.teacher
-        if teacher is None:
-            tcfg = copy.deepcopy(base)
-            tcfg.train.stage, tcfg.train.out_dir = "teacher", str(out / "teacher")
-            print(f"kd_gain: no --teacher; training one ({tcfg.optim.steps} steps)")
-            train(tcfg)
-            teacher = str(out / "teacher" / "best.pt")
-        load_checkpoint(teacher)
-        steps = _step_count(args, lambda: measure_step_time(base, teacher), "KD student")
-        clip_ckpt = args.clip
-        if any("clipocr" in c for c in wanted) and clip_ckpt is None:
-            ccfg = copy.deepcopy(base)
-            ccfg.train.stage, ccfg.train.out_dir, ccfg.optim.steps = "clip", str(out / "clip"), steps
-            ccfg.train.val_every = ccfg.train.ckpt_every = max(1, steps // 4)
-            print(f"kd_gain: no --clip; training one offline ({steps} steps)")
-            train(ccfg)
-            clip_ckpt = str(out / "clip" / "last.pt")
-        ckpts = {}
-        for name in cnn:
-            cfg = copy.deepcopy(base)
-            stage = "baseline" if name == "baseline" else "student"
-            cfg.train.stage, cfg.train.teacher_ckpt = stage, teacher
-            if stage == "student":
-                cfg.distill.method = name
-                cfg.train.clip_ckpt = clip_ckpt or ""
-            key = "student" if name == "kdltr" else name
-            cfg.train.out_dir = str(out / key)
-            cfg.optim.steps = steps
-            cfg.train.val_every = cfg.train.ckpt_every = max(1, steps // 4)
-            cfg.train.log_every = max(1, steps // 20)
-            t0 = time.perf_counter()
-            train(cfg)
-            print(f"kd_gain: {name} trained in {time.perf_counter() - t0:.0f}s")
-            ckpts[key] = str(out / key / "best.pt")
-        onnx_teachers = {}
+        seeds = _seed_list(args.seeds)
+        teacher, clip_ckpt, steps, onnx_steps = args.teacher, args.clip, None, None
+        if cnn:
+            # The teacher and the CLIP are trained once, with the config's own seed, and shared by every seed.
+            base = load_config(args.config, args.overrides + ["train.progress=false"])
+            if teacher is None:
+                tcfg = copy.deepcopy(base)
+                tcfg.train.stage, tcfg.train.out_dir = "teacher", str(out / "teacher")
+                print(f"kd_gain: no --teacher; training one ({tcfg.optim.steps} steps)")
+                train_or_reuse(tcfg, "teacher")
+                teacher = str(out / "teacher" / "best.pt")
+            load_checkpoint(teacher)
+            steps = _step_count(args, lambda: measure_step_time(base, teacher), "KD student")
+            if any("clipocr" in c for c in wanted) and clip_ckpt is None:
+                ccfg = copy.deepcopy(base)
+                ccfg.train.stage, ccfg.train.out_dir, ccfg.optim.steps = "clip", str(out / "clip"), steps
+                ccfg.train.val_every = ccfg.train.ckpt_every = max(1, steps // 4)
+                print(f"kd_gain: no --clip; training one offline ({steps} steps)")
+                train_or_reuse(ccfg, "CLIP")
+                clip_ckpt = str(out / "clip" / "last.pt")
         if "onnx-teacher" in wanted:
-            ocfg, oteacher = _train_onnx_pair(args, out)
-            ckpts.update(_onnx_pair_ckpts(ocfg, out))
-            onnx_teachers["onnx-teacher"] = oteacher
-        extra = {k: v for k, v in ckpts.items() if k != "student"}
-        synth_dir = prepare_synth(base)
-        synth = evaluate_models(ckpts["student"], [str(synth_dir)] if synth_dir else [], teacher,
-                                max_samples=args.max_samples, extra_students=extra, onnx_teachers=onnx_teachers)
-        real_name = Path(args.real).name
-        real = evaluate_models(ckpts["student"], [args.real], teacher, lr_from_hr=True, max_samples=args.max_samples,
-                               extra_students=extra, onnx_teachers=onnx_teachers) if Path(args.real).exists() else []
+            ocfg = load_config(args.onnx_config, args.overrides + ["train.progress=false"])
+            onnx_steps = _step_count(args, lambda: measure_onnx_step_time(ocfg), "onnx-teacher student")
+        common = (wanted, teacher, clip_ckpt, steps, onnx_steps)
+        if len(seeds) < 2:
+            res = _run(args, out, args.overrides + [f"train.seed={s}" for s in seeds], *common)
+            print(res["text"])
+            return 0
+        runs = []
+        for seed in seeds:
+            print(f"kd_gain: seed {seed} in {out / f'seed-{seed}'}")
+            runs.append(_run(args, out / f"seed-{seed}", args.overrides + [f"train.seed={seed}"], *common))
+        md, agg = seed_table(runs, real_name)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    md, rows = gain_table(synth, real, real_name)
-    kd = next(r for r in rows if r["model"] == "student")
-    bl = next(r for r in rows if r["model"] == "baseline")
-    bic = next(r for r in rows if r["contender"].startswith("teacher on bicubic"))
-    keys = [k for k in kd if k in ("easy", "medium", "hard") or k.startswith(real_name)]
-    ahead = {k: (kd[k] is not None and bl[k] is not None and bic[k] is not None and kd[k] > bl[k] and kd[k] > bic[k])
-             for k in keys}
-    summary = (f"KD student ahead of baseline and teacher-on-bicubic on {sum(ahead.values())}/{len(ahead)} test splits"
-               f" ({', '.join(k for k, v in ahead.items() if not v) or 'all'}{' behind' if not all(ahead.values()) else ''})")
-    if onnx_teachers:
-        summary += "\n\n" + _onnx_summary(rows, real_name)
-    text = (f"# KD gain ({steps} steps per student, {_budget(args)}, teacher {teacher})\n\n{md}\n\n"
-            f"{summary}\n\n{PAPER}\n")
+    title = (f"# KD gain over {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean ± sample sd "
+             f"({runs[0]['steps']} steps per student, {_budget(args)}, teacher {runs[0]['teacher']})")
+    text = f"{title}\n\n{md}\n\n" + (f"{agg['summary']}\n\n" if "summary" in agg else "") + f"{PAPER}\n"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "kd_gain.md").write_text(text)
-    write_json_atomic({"steps": steps, "minutes": args.minutes, "fixed_steps": bool(args.steps), "teacher": teacher,
-                       "checkpoints": ckpts, "rows": rows, "ahead": ahead,
-                       "reports": {"synthetic": [r.to_dict() for r in synth], "real": [r.to_dict() for r in real]}},
-                      out / "kd_gain.json")
+    write_bytes_atomic(text.encode(), out / "kd_gain.md")
+    write_json_atomic({**agg, "steps": runs[0]["steps"], "minutes": args.minutes, "fixed_steps": bool(args.steps),
+                       "teacher": runs[0]["teacher"], "runs": {str(r["seed"]): str(out / f"seed-{r['seed']}")
+                                                               for r in runs}}, out / "kd_gain.json")
     print(text)
     return 0
 
@@ -247,21 +416,6 @@ def measure_onnx_step_time(cfg: Config, n: int = 3) -> float:
              "t_probs": torch.softmax(torch.randn(bs, teacher.frames, len(spec["charset"]) + 1), -1),
              "has_label": torch.ones(bs, dtype=torch.bool)}
     return _median_step(system, batch, n)
-
-
-def _train_onnx_pair(args, out: Path) -> tuple[Config, str]:
-    """Train the onnx-teacher contender (student) and its baseline with equal steps; returns (config, teacher)."""
-    ocfg = load_config(args.onnx_config, args.overrides + ["train.progress=false"])
-    steps = _step_count(args, lambda: measure_onnx_step_time(ocfg), "onnx-teacher student")
-    for stage, key in (("student", "onnx-student"), ("baseline", "onnx-baseline")):
-        cfg = copy.deepcopy(ocfg)
-        cfg.train.stage, cfg.train.out_dir, cfg.optim.steps = stage, str(out / key), steps
-        cfg.train.val_every = cfg.train.ckpt_every = max(1, steps // 4)
-        cfg.train.log_every = max(1, steps // 20)
-        t0 = time.perf_counter()
-        train(cfg)
-        print(f"kd_gain: {key} trained in {time.perf_counter() - t0:.0f}s")
-    return ocfg, ocfg.train.teacher_ckpt
 
 
 def _onnx_pair_ckpts(ocfg: Config, out: Path) -> dict[str, str]:
@@ -281,31 +435,6 @@ def _onnx_summary(rows: list[dict], real_name: str) -> str:
     vs = lambda other: [k for k in keys if st[k] is not None and other[k] is not None and st[k] > other[k]]
     return (f"Student of the ONNX teacher: ahead of its LR-only baseline on {len(vs(bl))}/{len(keys)} test splits, "
             f"ahead of the ONNX teacher reading the same LR input on {len(vs(te))}/{len(keys)}.")
-
-
-def _onnx_only(args, out: Path) -> int:
-    """kd_gain with the onnx-teacher contender alone: no CNN teacher is trained."""
-    try:
-        ocfg, oteacher = _train_onnx_pair(args, out)
-        val = Path(ocfg.data.val)
-        synth_dir = val.parent if (val.parent / "test").exists() else None
-        ckpts = _onnx_pair_ckpts(ocfg, out)
-        kw = dict(max_samples=args.max_samples, onnx_teachers={"onnx-teacher": oteacher}, extra_students=ckpts)
-        synth = evaluate_models(None, [str(synth_dir)], None, **kw) if synth_dir else []
-        real = evaluate_models(None, [args.real], None, lr_from_hr=True, **kw) if Path(args.real).exists() else []
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    real_name = Path(args.real).name
-    md, rows = gain_table(synth, real, real_name)
-    text = f"# KD gain: the ONNX teacher's student ({_budget(args)})\n\n{md}\n\n{_onnx_summary(rows, real_name)}\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "kd_gain.md").write_text(text)
-    write_json_atomic({"minutes": args.minutes, "teacher": oteacher, "checkpoints": ckpts, "rows": rows,
-                       "reports": {"synthetic": [r.to_dict() for r in synth], "real": [r.to_dict() for r in real]}},
-                      out / "kd_gain.json")
-    print(text)
-    return 0
 
 
 if __name__ == "__main__":

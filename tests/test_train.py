@@ -159,6 +159,67 @@ def test_kd_gain_tiny(synth, tmp_path, shared_real):
     assert "| KD-LTR student |" in (tmp_path / "g" / "kd_gain.md").read_text()
 
 
+def test_kd_gain_seeds_are_aggregated_and_finished_runs_kept(synth, tmp_path, shared_real, monkeypatch, capsys):
+    import statistics
+
+    from distill.kd_gain import main as kd_gain
+
+    monkeypatch.chdir(ROOT)
+    t = tmp_path / "t"
+    train(load_config("configs/smoke.yaml", overrides(synth, t, "cnn-ctc")))
+    g = tmp_path / "g"
+    argv = ["--steps", "2", "--seeds", "0,1", "--out", str(g), "--teacher", str(t / "last.pt"), "--max-samples", "12",
+            *sum([["--set", o] for o in overrides(synth, t, "cnn-ctc")[:-1]], [])]
+    assert kd_gain(argv) == 0
+    agg = json.loads((g / "kd_gain.json").read_text())
+    per_seed = [json.loads((g / f"seed-{s}" / "kd_gain.json").read_text()) for s in (0, 1)]
+    assert agg["seeds"] == [0, 1] and [r["seed"] for r in per_seed] == [0, 1]
+    # the seed reaches training: same start, same step count, different data order -> different weights
+    w0, w1 = (load_checkpoint(g / f"seed-{s}" / "student" / "last.pt") for s in (0, 1))
+    assert w0["step"] == w1["step"] == 2 and w0["config"]["train"]["seed"] == 0 and w1["config"]["train"]["seed"] == 1
+    assert any(not torch.equal(w0["model"][k], w1["model"][k]) for k in w0["model"] if w0["model"][k].is_floating_point())
+    for row in agg["rows"]:  # every cell is the mean (and sample sd) of the seeds' cells
+        cells = [next(r for r in run["rows"] if r["contender"] == row["contender"]) for run in per_seed]
+        for k in ("easy", "hard", "svt_test_lr16blur"):
+            vals = [c[k] for c in cells]
+            assert row[k]["values"] == vals
+            assert row[k]["mean"] == pytest.approx(statistics.fmean(vals))
+            assert row[k]["sd"] == pytest.approx(statistics.stdev(vals))
+    kd = [next(r for r in run["rows"] if r["model"] == "student") for run in per_seed]
+    bl = [next(r for r in run["rows"] if r["model"] == "baseline") for run in per_seed]
+    diff = agg["paired_differences"]["student - baseline"]["hard"]
+    assert diff["values"] == pytest.approx([k["hard"] - b["hard"] for k, b in zip(kd, bl)])
+    assert agg["ahead_per_seed"] == {str(r["seed"]): sum(r["ahead"].values()) for r in per_seed}
+    md = (g / "kd_gain.md").read_text()
+    assert "over 2 seeds" in md and "student minus baseline, paired by seed" in md and "| seed 1: student" in md
+
+    # Run again: every finished contender is kept, not retrained, and the table is the same.
+    stamp = (g / "seed-1" / "baseline" / "last.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert kd_gain(argv) == 0
+    assert capsys.readouterr().out.count("already trained") == 4
+    assert (g / "seed-1" / "baseline" / "last.pt").stat().st_mtime_ns == stamp
+    assert json.loads((g / "kd_gain.json").read_text())["rows"] == agg["rows"]
+    # A finished run without its best.pt resumes at its last step, which only writes best.pt again.
+    (g / "seed-0" / "student" / "best.pt").unlink()
+    assert kd_gain(argv) == 0
+    assert "kdltr resumes from" in capsys.readouterr().out
+    assert load_checkpoint(g / "seed-0" / "student" / "best.pt")["step"] == 2
+    # Another config over the same directory is refused, naming the key, and nothing there is touched.
+    assert kd_gain(argv + ["--set", "optim.lr=0.0123"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr" in err and "0.0123" in err and "seed-0" in err
+    assert (g / "seed-1" / "baseline" / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_kd_gain_refuses_bad_seeds(tmp_path, capsys):
+    from distill.kd_gain import main as kd_gain
+
+    for seeds, msg in (("0,x", "comma-separated integers"), ("1,1", "listed twice")):
+        assert kd_gain(["--steps", "2", "--seeds", seeds, "--out", str(tmp_path)]) == 2
+        assert msg in capsys.readouterr().err
+
+
 def test_kd_gain_needs_one_budget(tmp_path):
     for budget in ([], ["--minutes", "1", "--steps", "5"]):
         r = subprocess.run([sys.executable, "-m", "distill.kd_gain", "--out", str(tmp_path), *budget],
