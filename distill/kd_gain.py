@@ -266,7 +266,7 @@ def _run(args, out: Path, overrides: list[str], wanted: list[str], teacher: str 
         if Path(args.real).exists() else []
     real_name = Path(args.real).name
     md, rows = gain_table(synth, real, real_name)
-    seed = base.train.seed
+    seed = (base if cnn else ocfg).train.seed  # the onnx-teacher pair alone trains from its own config
     res: dict = {"seed": seed, "minutes": args.minutes, "fixed_steps": bool(args.steps), "checkpoints": ckpts,
                  "rows": rows}
     summary = []

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from apps.peers import ppocr_model
+from distill.checkpoint import load_checkpoint
 from distill.config import ConfigError, load_config
 from distill.models import build_model, make_onnx_student
 from distill.models.onnx_net import PPOCR_LR_OVERRIDES, OnnxNet, strip_weights, upsample_halved_strides
@@ -657,11 +658,13 @@ def test_kd_gain_onnx_teacher_contender(tmp_path, shared_real):
     sets = ["model.name=onnx-ctc", "model.charset='36'", f"data.train=[{{path: {words}}}]", f"data.val={words}",
             "data.batch_size=8", "data.workers=0", "data.max_val_samples=8", f"onnx_teacher.cache_dir={tmp_path / 'c'}"]
     res = run_module(["distill.kd_gain", "--contenders", "onnx-teacher", "--minutes", "0.01", "--min-steps", "2",
-                      "--out", str(tmp_path / "kg"), "--real", str(real), "--max-samples", "12",
+                      "--seeds", "5", "--out", str(tmp_path / "kg"), "--real", str(real), "--max-samples", "12",
                       "--onnx-config", "configs/ppocr_student.yaml", *[a for s in sets for a in ("--set", s)]],
                      timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     d = json.loads((tmp_path / "kg" / "kd_gain.json").read_text())
+    assert d["seed"] == 5 and d["steps"] >= 2  # one seed: one run in --out, trained with that train.seed
+    assert load_checkpoint(tmp_path / "kg" / "onnx-student" / "last.pt")["config"]["train"]["seed"] == 5
     models = {r["model"] for r in d["rows"]}
     assert models == {"onnx-teacher", "onnx-student", "onnx-baseline"}
     # the recipe sets train.wise_alpha: the pair is scored as it ships, by its weight-space averages
