@@ -223,6 +223,16 @@ def _ahead_line(ahead: dict[str, bool], by: str = "") -> str:
             f"splits{by} ({', '.join(behind) + ' behind' if behind else 'all'})")
 
 
+def _contender_config(base: Config, stage: str, out_dir: Path, steps: int) -> Config:
+    """A copy of ``base`` for one contender: its stage, output directory and step count, validated and
+    checkpointed four times and logged twenty times over the run."""
+    cfg = copy.deepcopy(base)
+    cfg.train.stage, cfg.train.out_dir, cfg.optim.steps = stage, str(out_dir), steps
+    cfg.train.val_every = cfg.train.ckpt_every = max(1, steps // 4)
+    cfg.train.log_every = max(1, steps // 20)
+    return cfg
+
+
 def _run(args, out: Path, overrides: list[str], wanted: list[str], teacher: str | None, clip_ckpt: str | None,
          steps: int | None, onnx_steps: int | None) -> dict:
     """One comparison: train (or reuse) every contender, evaluate them, write ``out/kd_gain.{md,json}``; returns
@@ -231,17 +241,13 @@ def _run(args, out: Path, overrides: list[str], wanted: list[str], teacher: str 
     base = load_config(args.config, overrides + ["train.progress=false"])
     ckpts: dict[str, str] = {}
     for name in cnn:
-        cfg = copy.deepcopy(base)
         stage = "baseline" if name == "baseline" else "student"
-        cfg.train.stage, cfg.train.teacher_ckpt = stage, teacher
+        key = "student" if name == "kdltr" else name
+        cfg = _contender_config(base, stage, out / key, steps)
+        cfg.train.teacher_ckpt = teacher
         if stage == "student":
             cfg.distill.method = name
             cfg.train.clip_ckpt = clip_ckpt or ""
-        key = "student" if name == "kdltr" else name
-        cfg.train.out_dir = str(out / key)
-        cfg.optim.steps = steps
-        cfg.train.val_every = cfg.train.ckpt_every = max(1, steps // 4)
-        cfg.train.log_every = max(1, steps // 20)
         train_or_reuse(cfg, name)
         ckpts[key] = str(out / key / "best.pt")
     onnx_teachers = {}
@@ -249,11 +255,7 @@ def _run(args, out: Path, overrides: list[str], wanted: list[str], teacher: str 
     if "onnx-teacher" in wanted:
         ocfg = load_config(args.onnx_config, overrides + ["train.progress=false"])
         for stage, key in (("student", "onnx-student"), ("baseline", "onnx-baseline")):
-            cfg = copy.deepcopy(ocfg)
-            cfg.train.stage, cfg.train.out_dir, cfg.optim.steps = stage, str(out / key), onnx_steps
-            cfg.train.val_every = cfg.train.ckpt_every = max(1, onnx_steps // 4)
-            cfg.train.log_every = max(1, onnx_steps // 20)
-            train_or_reuse(cfg, key)
+            train_or_reuse(_contender_config(ocfg, stage, out / key, onnx_steps), key)
         ckpts.update(_onnx_pair_ckpts(ocfg, out))
         onnx_teachers["onnx-teacher"] = ocfg.train.teacher_ckpt
         val = Path(ocfg.data.val)
