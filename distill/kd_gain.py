@@ -207,14 +207,42 @@ def train_or_reuse(cfg: Config, who: str) -> None:
     train(cfg, resume=str(last))
 
 
+def _split_keys(row: dict, real_name: str) -> list[str]:
+    return [k for k in row if k in ("easy", "medium", "hard") or k.startswith(real_name)]
+
+
+def _beats(rows: list[dict], model: str, other: dict, real_name: str) -> dict[str, bool]:
+    """Per test split: is ``model``'s row above the row ``other``?"""
+    a = next(r for r in rows if r["model"] == model)
+    return {k: a[k] is not None and other[k] is not None and a[k] > other[k] for k in _split_keys(a, real_name)}
+
+
 def _ahead(rows: list[dict], real_name: str) -> dict[str, bool]:
     """Per test split: is the KD student above both the baseline and the teacher on bicubic(LR)?"""
-    kd = next(r for r in rows if r["model"] == "student")
     bl = next(r for r in rows if r["model"] == "baseline")
     bic = next(r for r in rows if r["contender"].startswith("teacher on bicubic"))
-    keys = [k for k in kd if k in ("easy", "medium", "hard") or k.startswith(real_name)]
-    return {k: kd[k] is not None and bl[k] is not None and bic[k] is not None and kd[k] > bl[k] and kd[k] > bic[k]
-            for k in keys}
+    vs_bl, vs_bic = _beats(rows, "student", bl, real_name), _beats(rows, "student", bic, real_name)
+    return {k: vs_bl[k] and vs_bic[k] for k in vs_bl}
+
+
+def _clipocr_lines(rows: list[dict], real_name: str) -> tuple[list[str], dict]:
+    """One line per CLIP-OCR contender: on how many test splits it is above the LR-only baseline and above the
+    KD-LTR student, naming the splits where it is not."""
+    lines, res = [], {}
+    by_model = {r["model"]: r for r in rows}
+    for model in ("clipocr", "kdltr+clipocr"):
+        if model not in by_model:
+            continue
+        res[model] = {who: _beats(rows, model, by_model[ref], real_name)
+                      for who, ref in (("baseline", "baseline"), ("kdltr", "student"))}
+        parts = []
+        for who, label in (("baseline", "the LR-only baseline"), ("kdltr", "the KD-LTR student")):
+            got = res[model][who]
+            behind = [k for k, v in got.items() if not v]
+            parts.append(f"{label} on {len(got) - len(behind)}/{len(got)}"
+                         + (f" (not on {', '.join(behind)})" if behind else ""))
+        lines.append(f"{by_model[model]['contender']} ahead of " + " and of ".join(parts) + " test splits")
+    return lines, res
 
 
 def _ahead_line(ahead: dict[str, bool], by: str = "") -> str:
@@ -275,6 +303,8 @@ def _run(args, out: Path, overrides: list[str], wanted: list[str], teacher: str 
     if cnn:
         res.update(steps=steps, teacher=teacher, ahead=_ahead(rows, real_name))
         summary.append(_ahead_line(res["ahead"]))
+        clip_lines, res["clipocr_ahead"] = _clipocr_lines(rows, real_name)
+        summary += clip_lines
         title = f"# KD gain ({steps} steps per student, {_budget(args)}, seed {seed}, teacher {teacher})"
     else:
         res.update(steps=onnx_steps, teacher=onnx_teachers["onnx-teacher"])
@@ -315,7 +345,8 @@ def seed_table(runs: list[dict], real_name: str) -> tuple[str, dict]:
         row.update({k: _stat([rs[label][k] for rs in by_seed]) for k in keys})
         rows.append(row)
         lines.append(f"| {label} | " + " | ".join(cell(row[k]) for k in keys) + " |")
-    pairs = [(a, b) for a, b in (("student", "baseline"), ("onnx-student", "onnx-baseline"))
+    pairs = [(a, b) for a, b in (("student", "baseline"), ("clipocr", "baseline"), ("kdltr+clipocr", "baseline"),
+                                 ("onnx-student", "onnx-baseline"))
              if any(r["model"] == a for r in rows) and any(r["model"] == b for r in rows)]
     diffs, per_seed = {}, []
     for a, b in pairs:
@@ -433,7 +464,7 @@ def _onnx_summary(rows: list[dict], real_name: str) -> str:
     te = next((r for r in rows if r["contender"].startswith("ONNX teacher on LR")), None)
     if not (st and bl and te):
         return ""
-    keys = [k for k in st if k in ("easy", "medium", "hard") or k.startswith(real_name)]
+    keys = _split_keys(st, real_name)
     vs = lambda other: [k for k in keys if st[k] is not None and other[k] is not None and st[k] > other[k]]
     return (f"Student of the ONNX teacher: ahead of its LR-only baseline on {len(vs(bl))}/{len(keys)} test splits, "
             f"ahead of the ONNX teacher reading the same LR input on {len(vs(te))}/{len(keys)}.")

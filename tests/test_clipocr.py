@@ -130,7 +130,33 @@ def test_kd_gain_has_clipocr_rows(setup, tmp_path, shared_real):
                         "--clip", str(d / "clip" / "last.pt"), "--contenders", "kdltr,baseline,clipocr,kdltr+clipocr",
                         "--max-samples", "8", *sets], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = json.loads((tmp_path / "kd_gain.json").read_text())["rows"]
+    res = json.loads((tmp_path / "kd_gain.json").read_text())
+    rows = res["rows"]
     names = [row["contender"] for row in rows]
     assert "CLIP-OCR student" in names and "KD-LTR + CLIP-OCR student" in names
     assert all(row["easy"] is not None for row in rows)
+    # each CLIP-OCR row is judged against the baseline and the KD-LTR student, split by split, from its own cells
+    by = {row["model"]: row for row in rows}
+    md = (tmp_path / "kd_gain.md").read_text()
+    for model in ("clipocr", "kdltr+clipocr"):
+        for who, ref in (("baseline", "baseline"), ("kdltr", "student")):
+            got = res["clipocr_ahead"][model][who]
+            assert set(got) == {"easy", "medium", "hard", "svt_test_lr16", "svt_test_lr16blur"}
+            assert got == {k: by[model][k] > by[ref][k] for k in got}
+        n = sum(res["clipocr_ahead"][model]["baseline"].values())
+        assert f"{by[model]['contender']} ahead of the LR-only baseline on {n}/5" in md
+
+
+def test_clipocr_summary_lines_name_the_splits_behind():
+    from distill.kd_gain import _clipocr_lines
+
+    def row(model, label, easy, hard, real):
+        return {"contender": label, "model": model, "easy": easy, "hard": hard, "synthetic_avg": None, "svt_lr16": real}
+
+    rows = [row("baseline", "baseline student (LR only)", 50.0, 20.0, 30.0), row("student", "KD-LTR student", 52.0, 19.0, 31.0),
+            row("clipocr", "CLIP-OCR student", 51.0, 21.0, 30.0)]
+    lines, res = _clipocr_lines(rows, "svt")
+    assert res == {"clipocr": {"baseline": {"easy": True, "hard": True, "svt_lr16": False},
+                               "kdltr": {"easy": False, "hard": True, "svt_lr16": False}}}
+    assert lines == ["CLIP-OCR student ahead of the LR-only baseline on 2/3 (not on svt_lr16) and of the KD-LTR "
+                     "student on 1/3 (not on easy, svt_lr16) test splits"]
