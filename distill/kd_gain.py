@@ -211,18 +211,22 @@ def _split_keys(row: dict, real_name: str) -> list[str]:
     return [k for k in row if k in ("easy", "medium", "hard") or k.startswith(real_name)]
 
 
-def _beats(rows: list[dict], model: str, other: dict, real_name: str) -> dict[str, bool]:
-    """Per test split: is ``model``'s row above the row ``other``?"""
-    a = next(r for r in rows if r["model"] == model)
-    return {k: a[k] is not None and other[k] is not None and a[k] > other[k] for k in _split_keys(a, real_name)}
+def _beats(a: dict, b: dict, real_name: str) -> dict[str, bool]:
+    """Per test split: is row ``a`` above row ``b`` (both measured)?"""
+    return {k: a[k] is not None and b[k] is not None and a[k] > b[k] for k in _split_keys(a, real_name)}
 
 
 def _ahead(rows: list[dict], real_name: str) -> dict[str, bool]:
     """Per test split: is the KD student above both the baseline and the teacher on bicubic(LR)?"""
+    kd = next(r for r in rows if r["model"] == "student")
     bl = next(r for r in rows if r["model"] == "baseline")
     bic = next(r for r in rows if r["contender"].startswith("teacher on bicubic"))
-    vs_bl, vs_bic = _beats(rows, "student", bl, real_name), _beats(rows, "student", bic, real_name)
+    vs_bl, vs_bic = _beats(kd, bl, real_name), _beats(kd, bic, real_name)
     return {k: vs_bl[k] and vs_bic[k] for k in vs_bl}
+
+
+# what each CLIP-OCR row is judged against: (key in clipocr_ahead, the other row's model, its name in the line)
+_CLIPOCR_REFS = (("baseline", "baseline", "the LR-only baseline"), ("kdltr", "student", "the KD-LTR student"))
 
 
 def _clipocr_lines(rows: list[dict], real_name: str) -> tuple[list[str], dict]:
@@ -233,11 +237,9 @@ def _clipocr_lines(rows: list[dict], real_name: str) -> tuple[list[str], dict]:
     for model in ("clipocr", "kdltr+clipocr"):
         if model not in by_model:
             continue
-        res[model] = {who: _beats(rows, model, by_model[ref], real_name)
-                      for who, ref in (("baseline", "baseline"), ("kdltr", "student"))}
-        parts = []
-        for who, label in (("baseline", "the LR-only baseline"), ("kdltr", "the KD-LTR student")):
-            got = res[model][who]
+        res[model], parts = {}, []
+        for who, ref, label in _CLIPOCR_REFS:
+            got = res[model][who] = _beats(by_model[model], by_model[ref], real_name)
             behind = [k for k, v in got.items() if not v]
             parts.append(f"{label} on {len(got) - len(behind)}/{len(got)}"
                          + (f" (not on {', '.join(behind)})" if behind else ""))
@@ -464,10 +466,9 @@ def _onnx_summary(rows: list[dict], real_name: str) -> str:
     te = next((r for r in rows if r["contender"].startswith("ONNX teacher on LR")), None)
     if not (st and bl and te):
         return ""
-    keys = _split_keys(st, real_name)
-    vs = lambda other: [k for k in keys if st[k] is not None and other[k] is not None and st[k] > other[k]]
-    return (f"Student of the ONNX teacher: ahead of its LR-only baseline on {len(vs(bl))}/{len(keys)} test splits, "
-            f"ahead of the ONNX teacher reading the same LR input on {len(vs(te))}/{len(keys)}.")
+    vs_bl, vs_te = _beats(st, bl, real_name), _beats(st, te, real_name)
+    return (f"Student of the ONNX teacher: ahead of its LR-only baseline on {sum(vs_bl.values())}/{len(vs_bl)} test "
+            f"splits, ahead of the ONNX teacher reading the same LR input on {sum(vs_te.values())}/{len(vs_te)}.")
 
 
 if __name__ == "__main__":
