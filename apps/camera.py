@@ -19,10 +19,11 @@ import numpy as np
 
 from runtime.metrics import write_bytes_atomic, write_json_atomic
 from runtime.pipeline import FrameResult, Pipeline, parse_roi
+from runtime.scheduler import ScheduleCfg
 
 from .sources import FileReader, LatestFrameReader, SourceError, parse_source
 
-__all__ = ["main", "default_model", "draw_overlay", "build_parser"]
+__all__ = ["main", "default_model", "draw_overlay", "build_parser", "add_schedule_args", "schedule_from_args"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,10 +44,39 @@ def draw_overlay(frame: np.ndarray, res: FrameResult, fps: float) -> np.ndarray:
         cv2.rectangle(out, (x0, y0), (x1, y1), (0, 200, 0), 1)
         label = f"{w.text} {w.confidence:.2f}"
         cv2.putText(out, label, (x0, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 255), 1, cv2.LINE_AA)
-    hud = f"{fps:5.1f} FPS  " + "  ".join(f"{k} {v:.1f}" for k, v in res.ms.items()) + f"  e2e {res.latency_ms:.1f} ms"
+    hud = f"{fps:5.1f} FPS  reads {res.reads}/{res.reads + res.skipped}  " + "  ".join(f"{k} {v:.1f}" for k, v in res.ms.items()) + f"  e2e {res.latency_ms:.1f} ms"
     cv2.rectangle(out, (0, 0), (min(out.shape[1], 8 * len(hud)), 18), (0, 0, 0), -1)
     cv2.putText(out, hud, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
     return out
+
+
+def add_schedule_args(p: argparse.ArgumentParser) -> None:
+    """The read scheduler's options (``runtime.scheduler``), shared with ``apps.benchmark pipeline``."""
+    d = ScheduleCfg()
+    p.add_argument("--read-every-frame", action="store_true",
+                   help="read every tracked word on every frame (no scheduling; default: scheduled)")
+    p.add_argument("--max-reads", type=int, default=d.max_reads,
+                   help="words read per frame at most (0: no count limit)")
+    p.add_argument("--read-budget-ms", type=float, default=d.budget_ms,
+                   help="recognition milliseconds per frame at most, measured as it runs (0: no time limit)")
+    p.add_argument("--reread-after", type=int, default=d.max_age,
+                   help="frames after which a word is read again even if nothing changed")
+    p.add_argument("--reread-confidence", type=float, default=d.confidence,
+                   help="fused confidence below which a word keeps being read")
+    p.add_argument("--change", type=float, default=d.change,
+                   help="crop change (mean |difference| of 4x16 grey signatures, normalised units) that triggers a read")
+
+
+def schedule_from_args(args: argparse.Namespace) -> ScheduleCfg | None:
+    """The ScheduleCfg of the parsed options (None with --read-every-frame); ValueError names a bad option."""
+    if args.read_every_frame:
+        return None
+    cfg = ScheduleCfg(max_reads=args.max_reads, budget_ms=args.read_budget_ms, change=args.change,
+                      confidence=args.reread_confidence, max_age=args.reread_after)
+    try:
+        return cfg.validate()
+    except ValueError as e:
+        raise ValueError(f"--max-reads/--read-budget-ms/--reread-after/--reread-confidence/--change: {e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=30, help="capture frame rate (cameras)")
     p.add_argument("--realtime", action="store_true", help="treat a file like a live source (drop stale frames)")
     p.add_argument("--snapshots", default="snapshots", help="directory for the s key's PNG + JSON")
+    add_schedule_args(p)
     return p
 
 
@@ -108,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         live = spec.live or args.realtime
         reader = LatestFrameReader(spec) if live else FileReader(spec)
         pipe = Pipeline(rec, det, rois, args.detect_every,
-                        async_detect=(live or args.async_detect) and not args.sync_detect)
+                        async_detect=(live or args.async_detect) and not args.sync_detect,
+                        schedule=schedule_from_args(args))
     except (ValueError, FileNotFoundError, SourceError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -118,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     times: deque[float] = deque(maxlen=30)
     n, paused, res, frame = 0, False, None, None
     lat: list[float] = []
+    reads = 0
+    t_start = time.monotonic()
     try:
         while not args.max_frames or n < args.max_frames:
             if not paused:
@@ -129,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 times.append(time.monotonic())
                 fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
                 lat.append(res.latency_ms)
+                reads += res.reads
                 n += 1
                 if jsonl:
                     rec_json = res.to_json()
@@ -170,10 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         if show:
             cv2.destroyAllWindows()
     if lat:
-        print(f"camera: {n} frames, {reader.dropped} dropped, {reader.reconnects} reconnects; latency p50 "
+        wall = time.monotonic() - t_start
+        print(f"camera: {n} frames in {wall:.2f} s ({n / max(wall, 1e-9):.1f} FPS), {reader.dropped} dropped, "
+              f"{reader.reconnects} reconnects; {reads / n:.2f} reads / frame; latency p50 "
               f"{np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runtime.cli import run
+
+    sys.exit(run(main))

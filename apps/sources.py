@@ -20,12 +20,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from runtime.cli import InputError
 
 __all__ = ["SourceSpec", "parse_source", "open_capture", "gstreamer_available", "LatestFrameReader", "FileReader",
            "SourceError"]
 
 
-class SourceError(RuntimeError):
+class SourceError(InputError, RuntimeError):
     pass
 
 

@@ -27,17 +27,26 @@ def _font(size: int):
 
 
 def render_video(path: str, n_words: int = 16, size: tuple[int, int] = (720, 1280), frames: int = 60,
-                 font_px: int = 18, speed: float = 1.5, blur: float = 0.0, fps: float = 30.0, seed: int = 0) -> list:
-    """Write ``path`` (.mp4 or .avi) and return the truth: per frame, a list of {"text", "box": [x0, y0, x1, y1]}."""
+                 font_px: int = 18, speed: float = 1.5, blur: float = 0.0, fps: float = 30.0, seed: int = 0,
+                 words: list[str] | None = None, moving: list[int] | None = None,
+                 changes: list[tuple[int, int, str]] = ()) -> list:
+    """Write ``path`` (.mp4 or .avi) and return the truth: per frame, a list of {"text", "box": [x0, y0, x1, y1]}.
+
+    ``words``: the texts (default: ``n_words`` from WORDS); ``moving``: indices of the words that move (default:
+    all, at up to ``speed`` px per frame); ``changes``: (frame, word index, new text) events, e.g. a sign that
+    turns from OPEN to CLOSED."""
     H, W = size
     rng = np.random.default_rng(seed)
     font = _font(font_px)
-    words = [WORDS[i % len(WORDS)] for i in range(n_words)]
+    words = list(words) if words is not None else [WORDS[i % len(WORDS)] for i in range(n_words)]
+    n_words = len(words)
     cols = 4
     rows = -(-n_words // cols)
     starts = [(40 + (i % cols) * (W - 80) // cols + rng.uniform(0, 40), 40 + (i // cols) * (H - 80) // rows + rng.uniform(0, 30))
               for i in range(n_words)]
     vel = [(rng.uniform(-speed, speed), rng.uniform(-speed / 2, speed / 2)) for _ in range(n_words)]
+    if moving is not None:
+        vel = [v if i in moving else (0.0, 0.0) for i, v in enumerate(vel)]
     bg = np.clip(rng.normal(200, 12, (H // 8, W // 8, 3)), 0, 255).astype(np.uint8)
     bg = cv2.resize(bg, (W, H), interpolation=cv2.INTER_CUBIC)
     fourcc = cv2.VideoWriter_fourcc(*("mp4v" if str(path).endswith(".mp4") else "MJPG"))
@@ -46,6 +55,9 @@ def render_video(path: str, n_words: int = 16, size: tuple[int, int] = (720, 128
         raise RuntimeError(f"{path}: OpenCV could not open a video writer")
     truth = []
     for f in range(frames):
+        for at, i, text in changes:
+            if at == f:
+                words[i] = text
         im = Image.fromarray(bg[..., ::-1].copy())
         d = ImageDraw.Draw(im)
         row = []

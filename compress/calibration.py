@@ -18,6 +18,7 @@ import numpy as np
 from runtime.conditions import CONDITIONS, apply_condition
 from runtime.datasets import LabelPolicy, open_dataset
 from runtime.preprocess import MEAN, STD, prepare
+from runtime.cli import InputError
 
 __all__ = ["CalibrationError", "calibration_tensors", "resolve_calib_path", "add_calibration_args",
            "add_conditions_arg", "conditions_arg", "lr_conditions", "CALIB_CONDITIONS"]
@@ -29,7 +30,7 @@ PREPROC_VERSION = 2  # 2: runtime.preprocess.prepare (fastpath resampler) instea
 CALIB_CONDITIONS = ("lr16", "lr16blur")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InputError, ValueError):
     pass
 
 

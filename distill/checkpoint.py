@@ -12,11 +12,12 @@ import torch.nn as nn
 from runtime.charset import Tokenizer, make_tokenizer
 
 from .models import build_model
+from runtime.cli import InputError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "strip_checkpoint", "CheckpointError"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError, ValueError):
     pass
 
 
@@ -33,14 +34,41 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return path
 
 
+def _allowed_globals() -> list:
+    """The only non-tensor types a checkpoint may name: NumPy arrays (the RNG state of runs saved before it was
+    stored as a tensor). Plain containers, numbers, strings and tensors need no allowlist."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # NumPy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint without running any code from it (``weights_only``): a file whose pickle asks for any
+    other type is refused, naming what it asked for."""
+    import pickle
+
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint file")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_allowed_globals()):
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            allowed = {f"{g.__module__}.{g.__qualname__}" for g in _allowed_globals()}
+            asked = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(p) if g not in allowed]
+        except Exception:  # noqa: BLE001 - not even readable as a zip of pickles
+            asked = []
+        what = f"asks for {', '.join(asked[:4])}" if asked else "holds more than tensors and plain types"
+        raise CheckpointError(f"{p}: refused: its pickle {what}; checkpoints load with weights_only (tensors and "
+                              "plain types only), so that a file never runs code on this machine") from None
     except Exception as e:
-        raise CheckpointError(f"{p}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{p}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
+            from None
     for key in ("model_spec", "model"):
         if not isinstance(ckpt, dict) or key not in ckpt:
             raise CheckpointError(f"{p}: not a distill checkpoint (no {key!r}); official PARSeq weights load "

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from runtime.cli import InputError
 
 __all__ = ["Config", "load_config", "apply_overrides", "ConfigError", "is_onnx_teacher"]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     pass
 
 
@@ -111,8 +112,8 @@ class ClipCfg:
 
 @dataclass
 class OnnxTeacherCfg:
-    """An ONNX recognizer as the HR teacher (``train.teacher_ckpt: X.onnx`` or ``ppocr``). Defaults: PP-OCR's
-    recognizers (rapidocr-onnxruntime's PP-OCRv4)."""
+    """An ONNX recognizer as the HR teacher (``train.teacher_ckpt: X.onnx`` or a zoo name: ``ppocrv6``,
+    ``ppocrv6-tiny``, ``ppocrv4`` / ``ppocr``). Defaults: PP-OCR's recognizers."""
 
     height: int = 48  # input height; width from the aspect ratio
     min_width: int = 320  # the batch is padded to at least this width (pad value 0 after normalisation)
@@ -121,7 +122,9 @@ class OnnxTeacherCfg:
     mean: float = 0.5  # (x/255 - mean) / std
     std: float = 0.5
     interp: str = "bilinear"  # bilinear | area | bicubic
-    dictionary: str = "metadata:character"  # metadata:KEY or a file with one character a line (CTC blank 0)
+    # metadata:KEY or a file with one character a line (CTC blank 0); "": the named model's own (runtime.zoo), else
+    # metadata:character (PP-OCR's)
+    dictionary: str = ""
     space_char: bool = True  # a space class follows the dictionary (PP-OCR)
     unmapped: str = "renorm"  # teacher classes the student lacks: renorm (drop, renormalise) | blank
     resample: str = "area"  # teacher frames -> student frames: area (averaged) | peaks (each character a frame)
@@ -248,7 +251,7 @@ class Config:
         for i, s in enumerate(self.data.train):
             if s.unlabeled and not (onnx and t.stage == "student"):
                 raise ConfigError(f"data.train[{i}].unlabeled: unlabeled data learns from an ONNX teacher's targets "
-                                  "(train.stage student with train.teacher_ckpt X.onnx or ppocr)")
+                                  "(train.stage student with train.teacher_ckpt X.onnx or a model name such as ppocrv6)")
             if s.limit < 0:
                 raise ConfigError(f"data.train[{i}].limit: must be >= 0, got {s.limit}")
             if not 0.0 <= s.clean <= 1.0:
@@ -275,7 +278,9 @@ class Config:
 
 
 def is_onnx_teacher(path: str) -> bool:
-    return path == "ppocr" or path.endswith(".onnx")
+    from runtime.zoo import is_zoo_name
+
+    return is_zoo_name(path) or path.endswith(".onnx")
 
 
 def _build(cls, data: Any, where: str):

@@ -62,9 +62,10 @@ def evaluate_models(student_ckpt: str | None, data: list[str], teacher_ckpt: str
     if onnx_teachers:
         from runtime.charset import CHARSETS
 
-        from .onnx_teacher import OnnxTeacher
+        from .onnx_teacher import OnnxTeacher, teacher_dictionary
 
-        onnx = {name: OnnxTeacher(spec, CHARSETS["94"], 1) for name, spec in onnx_teachers.items()}
+        onnx = {name: OnnxTeacher(spec, CHARSETS["94"], 1, dictionary=teacher_dictionary(spec, ""))
+                for name, spec in onnx_teachers.items()}
 
     def add_onnx(model_name: str, cond: str, split: str, t, samples) -> None:
         from runtime.metrics import score_split
@@ -152,4 +153,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runtime.cli import run
+
+    sys.exit(run(main))

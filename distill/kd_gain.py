@@ -170,14 +170,19 @@ def _seed_list(text: str | None) -> list[int]:
     return seeds
 
 
+# Keys that change where and how often a run reports, never its weights: a run directory may be moved, and a run
+# logged or checkpointed at another cadence is the same run.
+_NOT_IN_WEIGHTS = ("train.out_dir", "train.progress", "train.log_every", "train.ckpt_every")
+
+
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    """(key, old, new) for every leaf that differs, output locations aside (a run directory may be moved)."""
+    """(key, old, new) for every leaf that differs, the keys of ``_NOT_IN_WEIGHTS`` aside."""
     diff = []
     for k in sorted(set(old) | set(new)):
         key, a, b = f"{prefix}{k}", old.get(k, "<absent>"), new.get(k, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
             diff += _config_diff(a, b, key + ".")
-        elif a != b and key not in ("train.out_dir", "train.progress"):
+        elif a != b and key not in _NOT_IN_WEIGHTS:
             diff.append((key, a, b))
     return diff
 
@@ -472,4 +477,6 @@ def _onnx_summary(rows: list[dict], real_name: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runtime.cli import run
+
+    sys.exit(run(main))

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 __all__ = ["OnnxPreproc", "OnnxTeacher", "TeacherTargets", "TeacherCache", "charset_mapping", "resample_frames",
-           "resample_peaks", "resolve_teacher_path", "PPOCR_PREPROC", "frames_read"]
+           "resample_peaks", "resolve_teacher_path", "teacher_dictionary", "PPOCR_PREPROC", "frames_read"]
 
 
 @dataclass(frozen=True)
@@ -71,20 +71,29 @@ PPOCR_PREPROC = OnnxPreproc()
 
 
 def resolve_teacher_path(spec: str) -> str:
-    """``ppocr`` -> the PP-OCRv4 recognizer inside the installed rapidocr-onnxruntime wheel; else a file path."""
-    if spec == "ppocr":
-        try:
-            import rapidocr_onnxruntime
-        except ImportError:
-            raise FileNotFoundError("teacher 'ppocr': rapidocr-onnxruntime is not installed "
-                                    "(pip install rapidocr-onnxruntime)") from None
-        p = Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_PP-OCRv4_rec_infer.onnx"
-        if not p.is_file():
-            raise FileNotFoundError(f"teacher 'ppocr': {p} is missing from the rapidocr-onnxruntime wheel")
-        return str(p)
+    """A zoo name (``ppocrv6``, ``ppocrv6-tiny``, ``ppocrv4`` / ``ppocr``: ``runtime.zoo``) -> its recognizer inside
+    the installed wheel; else an ONNX file path. A missing wheel or file is a FileNotFoundError naming it."""
+    from runtime import zoo
+
+    if zoo.is_zoo_name(spec):
+        m = zoo.find(spec)
+        if m.kind != "rec":
+            raise FileNotFoundError(f"teacher {spec!r}: a {m.kind} model, not a recognizer")
+        return str(m.path())
     if not Path(spec).is_file():
-        raise FileNotFoundError(f"teacher {spec}: no such ONNX file")
+        raise FileNotFoundError(f"teacher {spec}: no such ONNX file (or a model name: "
+                                f"{', '.join(zoo.rec_names())})")
     return spec
+
+
+def teacher_dictionary(spec: str, configured: str) -> str:
+    """The dictionary of teacher ``spec``: ``configured`` when set, else the zoo model's own (its metadata or the
+    dictionary file in its wheel), else the PP-OCR default ``metadata:character``."""
+    from runtime import zoo
+
+    if configured:
+        return configured
+    return zoo.find(spec).dictionary_spec() if zoo.is_zoo_name(spec) else "metadata:character"
 
 
 def charset_mapping(teacher_classes: list[str], student_charset: str, blank: int = 0) -> tuple[np.ndarray, dict]:

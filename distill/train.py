@@ -142,14 +142,14 @@ def with_teacher_targets(cfg: Config, teacher, ds: PairDataset, unlabeled: bool,
 def build_onnx_student(cfg: Config, master: bool):
     """(spec, student, teacher) for an ONNX teacher: the student is the teacher's own graph at 16x64 (stride and
     pooling overrides), classifier cut to our charset, all weights from the file."""
-    from .onnx_teacher import OnnxPreproc, OnnxTeacher, resolve_teacher_path
+    from .onnx_teacher import OnnxPreproc, OnnxTeacher, resolve_teacher_path, teacher_dictionary
 
     o = cfg.onnx_teacher
     path = resolve_teacher_path(cfg.train.teacher_ckpt)
     pre = OnnxPreproc(o.height, o.min_width, o.max_width, o.channel_order, o.mean, o.std, o.interp)
     charset = resolve_charset(cfg.model.charset)
     # One session: its class names shape the student, whose frame count it then needs for its targets.
-    teacher = OnnxTeacher(path, charset, 1, pre, o.dictionary, o.space_char, o.unmapped, o.threads, o.resample,
+    teacher = OnnxTeacher(path, charset, 1, pre, teacher_dictionary(cfg.train.teacher_ckpt, o.dictionary), o.space_char, o.unmapped, o.threads, o.resample,
                           o.feature)
     overrides = o.student_overrides
     if not overrides and (cfg.train.teacher_ckpt == "ppocr" or "PP-OCRv4_rec" in Path(path).name):
@@ -255,7 +255,12 @@ def validate(model, tok, reader, stage: str, device, batch: int, max_samples: in
 
 
 def _rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors and plain types (checkpoints load with weights_only)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    st = {"torch": torch.get_rng_state(),
+          "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+          "python": [version, list(internal), gauss]}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -263,8 +268,10 @@ def _rng_state() -> dict:
 
 def _set_rng_state(st: dict) -> None:
     torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
+    name, keys, *rest = st["numpy"]  # a tensor, or an array in checkpoints saved before
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), *rest))
+    version, internal, gauss = st["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
 
@@ -307,6 +314,13 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         tspec = tck["model_spec"]
         if tspec["lr"]:
             raise ConfigError(f"train.teacher_ckpt {cfg.train.teacher_ckpt}: is an LR model; the teacher must be HR")
+        mine = {"model.name": cfg.model.name, "model.charset": resolve_charset(cfg.model.charset),
+                "model.max_len": cfg.model.max_len}
+        theirs = {"model.name": tspec["name"], "model.charset": tspec["charset"], "model.max_len": tspec["max_len"]}
+        for key in mine:  # the student is the teacher's twin: a config that says otherwise is a mistake
+            if mine[key] != theirs[key]:
+                raise ConfigError(f"{key}: the config says {mine[key]!r} but train.teacher_ckpt "
+                                  f"{cfg.train.teacher_ckpt} is {theirs[key]!r}; set {key} to the teacher's")
         # The student is the teacher's LR twin and starts from its weights (both stages: equal initialisation).
         spec, model, not_copied = make_student(tspec, tck["model"])
         if master:
@@ -558,4 +572,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runtime.cli import run
+
+    sys.exit(run(main))

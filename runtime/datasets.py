@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .charset import normalize_textzoom
+from .cli import InputError
 
 __all__ = [
     "DataError",
@@ -44,7 +45,7 @@ LAYOUT_STR = "str"
 LAYOUT_FOLDER = "folder"
 
 
-class DataError(Exception):
+class DataError(InputError):
     """A dataset path that cannot be read as any supported layout; the message names the path."""
 
 

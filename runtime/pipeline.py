@@ -1,7 +1,8 @@
 """The real-time reading pipeline, camera-agnostic: frame in, tracked words with fused strings out.
 
 Per frame: boxes (fixed regions of interest, or tracks predicted between detections) -> one packed batch straight
-from the frame (C path) -> recognizer -> decode -> each track's vote. Detection runs at its own rate: every
+from the frame (C path) -> the read scheduler picks the tracks worth reading (``runtime.scheduler``; or all of
+them with ``schedule=None``) -> recognizer -> decode -> each read track's vote. Detection runs at its own rate: every
 ``detect_every`` frames inline, or (``async_detect``) in a background thread on the newest frame, so a slow
 detector never stalls recognition; its results are associated with the tracks when they arrive.
 """
@@ -17,11 +18,12 @@ import numpy as np
 from . import fastpath
 from .detector import DBDetector
 from .recognizer import Recognizer
+from .scheduler import ReadScheduler, ScheduleCfg
 from .tracking import Tracker
 
 __all__ = ["Pipeline", "FrameResult", "WordResult", "parse_roi"]
 
-STAGES = ("detect", "pack", "recognize", "decode", "track")
+STAGES = ("detect", "pack", "schedule", "recognize", "decode", "track")
 
 
 @dataclass
@@ -30,8 +32,9 @@ class WordResult:
     box: list[float]  # x0, y0, x1, y1 in frame pixels
     text: str  # fused over frames (confidence-weighted vote)
     confidence: float  # share of the vote the fused text holds
-    frame_text: str  # this frame's reading
+    frame_text: str  # the latest reading (this frame's when ``read``)
     frame_confidence: float
+    read: bool = True  # whether the recognizer read this word on this frame
 
 
 @dataclass
@@ -42,6 +45,8 @@ class FrameResult:
     ms: dict[str, float] = field(default_factory=dict)  # per-stage milliseconds
     detected: bool = False  # whether detection results were folded in on this frame
     latency_ms: float = 0.0  # capture -> result
+    reads: int = 0  # words read by the recognizer on this frame
+    skipped: int = 0  # tracked words the scheduler did not read (their text is the fused one so far)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -114,13 +119,17 @@ class _AsyncDetector:
 class Pipeline:
     def __init__(self, recognizer: Recognizer, detector: DBDetector | None = None,
                  rois: Sequence[tuple[int, int, int, int]] = (), detect_every: int = 5, async_detect: bool = False,
-                 tracker: Tracker | None = None, min_box: float = 4.0) -> None:
+                 tracker: Tracker | None = None, min_box: float = 4.0,
+                 schedule: ScheduleCfg | None = None) -> None:
+        """``schedule``: how to spend the recognizer on the tracks (``runtime.scheduler``); None reads every track
+        on every frame."""
         if detector is None and not rois:
             raise ValueError("pipeline: give regions of interest (--roi) or a detector (--detector)")
         self.rec, self.detector, self.min_box = recognizer, detector, min_box
         self.rois = np.array([[x, y, x + w, y + h] for x, y, w, h in rois], np.float64).reshape(-1, 4)
         self.detect_every = max(1, int(detect_every))
         self.tracker = tracker or Tracker()
+        self.scheduler = ReadScheduler(schedule) if schedule is not None else None
         self._async = _AsyncDetector(self._detect) if detector is not None and async_detect else None
         if detector is None:  # fixed regions: one permanent track per region, read every frame
             self.tracker.update(self.rois, 0)
@@ -162,6 +171,7 @@ class Pipeline:
                 detected = True
         tracks = list(self.tracker.tracks)
         words: list[WordResult] = []
+        n_read = 0
         if tracks:
             H, W = frame.shape[:2]
             boxes, ok = fastpath.clip_boxes(self.tracker.boxes(frame_idx), W, H, self.min_box)
@@ -171,18 +181,33 @@ class Pipeline:
                               swap_rb=True, dtype=self.rec.input_dtype)
             ms["pack"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
-            probs = self.rec.run(x) if len(x) else np.zeros((0, 1, 1), np.float32)
-            ms["recognize"] = (time.perf_counter() - t) * 1000
+            pick, sigs = (list(range(len(live))), None) if self.scheduler is None else \
+                self.scheduler.choose(frame_idx, live, x)
+            ms["schedule"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
-            reads = self.rec.tokenizer.decode(probs) if len(x) else []
+            probs = self.rec.run(x[pick] if len(pick) < len(x) else x) if pick else None
+            ms["recognize"] = (time.perf_counter() - t) * 1000
+            if self.scheduler is not None:
+                self.scheduler.record(ms["recognize"], len(pick))
+            t = time.perf_counter()
+            reads = self.rec.tokenizer.decode(probs) if pick else []
             ms["decode"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
-            for tr, b, r in zip(live, boxes[ok], reads):
+            for i, r in zip(pick, reads):
+                tr = live[i]
+                if sigs is not None:
+                    self.scheduler.observe(frame_idx, tr, sigs[i], r.text)
                 tr.vote.add(r.text, r.confidence)
+                tr.last_read = (r.text, r.confidence)
+            picked = set(pick)
+            for i, (tr, b) in enumerate(zip(live, boxes[ok])):
                 text, share = tr.vote.best
-                words.append(WordResult(tr.id, [float(v) for v in b], text, share, r.text, r.confidence))
+                words.append(WordResult(tr.id, [float(v) for v in b], text, share, *tr.last_read, read=i in picked))
+            n_read = len(pick)
             ms["track"] += (time.perf_counter() - t) * 1000
         res = FrameResult(frame_idx, t_capture, words, ms, detected)
+        res.reads = n_read
+        res.skipped = len(words) - n_read
         res.latency_ms = (time.monotonic() - t_capture) * 1000
         return res
 

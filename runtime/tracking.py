@@ -41,6 +41,10 @@ class Vote:
         self.totals[text] = self.totals.get(text, 0.0) + max(float(conf), 0.0)
         self.readings += 1
 
+    def forget(self, factor: float) -> None:
+        """Scale the evidence gathered so far (the scheduler calls it when the crop's content changed)."""
+        self.totals = {k: v * factor for k, v in self.totals.items()}
+
     @property
     def best(self) -> tuple[str, float]:
         """(text, share of the total confidence it holds)."""
@@ -62,6 +66,7 @@ class Track:
     measured: bool = False  # whether velocity has been measured yet
     vote: Vote = field(default_factory=Vote)
     quad: np.ndarray | None = None
+    last_read: tuple[str, float] = ("", 0.0)  # the latest reading (text, confidence), whichever frame it was
 
     def predict(self, frame: int) -> np.ndarray:
         return self.box + self.velocity * (frame - self.frame)

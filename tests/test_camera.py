@@ -108,7 +108,7 @@ def test_camera_app_headless_on_a_rendered_video(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert len(lines) == 24 and [ln["frame"] for ln in lines] == list(range(24))
-    assert set(lines[0]["ms"]) == {"detect", "pack", "recognize", "decode", "track"}
+    assert set(lines[0]["ms"]) == {"detect", "pack", "schedule", "recognize", "decode", "track"}
     assert sum(ln["detected"] for ln in lines) == 6  # frames 0, 4, ..., 20
     last, true_last = lines[-1], truth[-1]
     out_boxes = np.array([w["box"] for w in last["words"]])

@@ -540,11 +540,28 @@ def _pads(p, nd: int = 2):
     return [0] * nd, pad
 
 
+def _auto_pads(a: dict, x: Tensor, kernel: Sequence[int]) -> list[int]:
+    """Explicit ONNX ``pads`` (begins, then ends) for ``auto_pad`` SAME_UPPER / SAME_LOWER (the output keeps
+    ceil(input / stride); an odd total goes to the end for UPPER, the beginning for LOWER), else ``pads``."""
+    mode = a.get("auto_pad", "NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode in ("NOTSET", "VALID"):
+        return list(a.get("pads", []))
+    if mode not in ("SAME_UPPER", "SAME_LOWER"):
+        raise ValueError(f"OnnxNet: auto_pad {mode!r} is not supported")
+    strides, dil = a.get("strides", [1] * len(kernel)), a.get("dilations", [1] * len(kernel))
+    begin, end = [], []
+    for n, k, s, d in zip(x.shape[2:], kernel, strides, dil):
+        total = max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
+        small = total // 2
+        begin.append(small if mode == "SAME_UPPER" else total - small)
+        end.append(total - begin[-1])
+    return begin + end
+
+
 def _conv(self, args, a, dev):
     x, w, b = (args + [None])[:3]
-    sym, asym = _pads(a.get("pads", []))
-    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise ValueError("OnnxNet: Conv auto_pad SAME_* is not supported; export with explicit pads")
+    sym, asym = _pads(_auto_pads(a, x, w.shape[2:]))
     if asym:
         x = F.pad(x, asym)
     return F.conv2d(x, w, b, tuple(a.get("strides", [1, 1])), tuple(sym), tuple(a.get("dilations", [1, 1])),
@@ -554,10 +571,16 @@ def _conv(self, args, a, dev):
 def _pool(kind):
     def f(self, args, a, dev):
         x = args[0]
-        sym, asym = _pads(a.get("pads", []))
-        if asym:
-            x = F.pad(x, asym)
-        k, s = tuple(a["kernel_shape"]), tuple(a.get("strides", a["kernel_shape"]))
+        sym, asym = _pads(_auto_pads(a, x, a["kernel_shape"]))
+        if asym:  # padding never wins a max, and an average excludes it (count_include_pad 0, ONNX's default)
+            if kind == "max":
+                x = F.pad(x, asym, value=float("-inf"))
+            elif not a.get("count_include_pad", 0):
+                raise ValueError("OnnxNet: an AveragePool with uneven padding that excludes the pad is not supported")
+            else:
+                x = F.pad(x, asym)
+        k = tuple(a["kernel_shape"])
+        s = tuple(a.get("strides", [1] * len(k)))  # ONNX: strides default to 1
         if tuple(k) == (1, 1) and tuple(s) == (1, 1):
             return x
         if kind == "avg":

@@ -1,5 +1,7 @@
 import sys
 
+from runtime.cli import run
+
 from .generate import main
 
-sys.exit(main())
+sys.exit(run(main))

