@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.bench import machine_name
+from runtime.cli import InputError, check_writable, non_negative, positive
 from runtime.metrics import write_bytes_atomic, write_json_atomic
 
 __all__ = ["Row", "main", "sigma_clipped_times", "load_crops"]
@@ -79,18 +80,12 @@ def load_crops(data: str, lr_from_hr: bool, max_samples: int) -> dict[str, tuple
     """Split name -> (RGB crops, labels). With ``lr_from_hr``: the original crops ("hr") and the named conditions
     lr16 and lr16blur made from them; otherwise each data path is one split as stored."""
     from runtime.conditions import apply_condition
-    from runtime.datasets import LabelPolicy, open_dataset
+    from runtime.datasets import LabelPolicy, usable_samples
 
     splits = {}
     for path in data.split(","):
-        r = open_dataset(path, LabelPolicy(normalize="textzoom", max_len=0))
-        imgs, gts = [], []
-        for s in r.iter_valid():
-            imgs.append(s.image)
-            gts.append(s.label)
-            if max_samples and len(gts) >= max_samples:
-                break
-        r.close()
+        samples = usable_samples(path, LabelPolicy(normalize="textzoom", max_len=0), max_samples, "benchmark")
+        imgs, gts = [s.image for s in samples], [s.label for s in samples]
         name = Path(path).name
         if lr_from_hr:
             splits[f"{name} hr"] = (imgs, gts)
@@ -220,7 +215,25 @@ def distinct_names(specs: list[str]) -> list[str]:
             k[i] += 1
 
 
+def _batches(text: str) -> list[int]:
+    try:
+        b = [int(v) for v in text.split(",")]
+    except ValueError:
+        b = []
+    if not b or min(b) < 1:
+        raise InputError(f"--batch {text!r}: expected comma-separated batch sizes >= 1, e.g. 1,32")
+    return b
+
+
 def cmd_run(args) -> int:
+    _batches(args.batch)
+    non_negative("--max-samples", args.max_samples)
+    positive("--runs", args.runs)
+    for path in args.data.split(","):
+        if not Path(path).exists():
+            raise InputError(f"--data {path}: no such dataset")
+    for opt, path, suf in (("--json", args.json, ()), ("--csv", args.csv, (".csv",)), ("--plot", args.plot, (".png",))):
+        check_writable(path, opt, suf)
     rows = [_row_subprocess(m, args) for m in args.models]
     for r, spec, name in zip(rows, args.models, distinct_names(args.models)):
         if r.model == Path(spec).name:  # a file's row; peers (ppocr, tesseract) keep their own names
@@ -242,8 +255,13 @@ def cmd_run(args) -> int:
         write_bytes_atomic(fh.getvalue().encode(), args.csv)
     if args.plot:
         _plot(rows, args.plot)
+    failed = [r for r in rows if r.error]
+    if failed:
+        print(f"error: {len(failed)} of {len(rows)} rows failed: " + "; ".join(f"{r.model}: {r.error}" for r in failed),
+              file=sys.stderr)
+        return 1
     if args.min_acc is not None:
-        bad = [r for r in rows if r.error or not r.weighted_accuracy >= args.min_acc]
+        bad = [r for r in rows if not r.weighted_accuracy >= args.min_acc]
         if bad:
             print(f"error: below --min-acc {args.min_acc}: {', '.join(r.model for r in bad)}", file=sys.stderr)
             return 3
@@ -290,20 +308,15 @@ def cmd_pipeline(args) -> int:
     from runtime.recognizer import open_recognizer
     from runtime.tracking import iou_matrix
 
-    from .camera import schedule_from_args
-    from .peers import ppocr_model
+    from .camera import resolve_detector, schedule_from_args
     from .sources import FileReader, parse_source
     from .synthetic_video import render_video
 
-    try:
-        schedule = schedule_from_args(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    det_path = args.detector or ppocr_model("det")
-    if det_path is None:
-        print("error: no detector (give --detector, or pip install rapidocr-onnxruntime)", file=sys.stderr)
-        return 2
+    schedule = schedule_from_args(args)
+    for opt in ("words", "frames", "font_px", "det_side", "detect_every"):
+        positive("--" + opt.replace("_", "-"), getattr(args, opt))
+    check_writable(args.json, "--json")
+    det_path = resolve_detector(args.detector)
     with tempfile.TemporaryDirectory() as td:
         video = os.path.join(td, "words.mp4")
         truth = render_video(video, n_words=args.words, size=(720, 1280), frames=args.frames, font_px=args.font_px,
@@ -414,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("pipeline", help="camera pipeline on a rendered 1280x720 video", formatter_class=F)
     r.add_argument("--model", default=str(ROOT / "weights" / "ctc-student-lr.int8.onnx"), help="recognizer")
-    r.add_argument("--detector", default=None, help="detector ONNX (default: PP-OCRv4 det from rapidocr)")
+    r.add_argument("--detector", default="ppocrv4-det",
+                   help="detector: ONNX file or model name (ppocrv6-det, ppocrv6-tiny-det, ppocrv4-det)")
     r.add_argument("--words", type=int, default=16, help="moving words in the video")
     r.add_argument("--frames", type=int, default=150, help="frames")
     r.add_argument("--font-px", type=int, default=18, help="font size")
@@ -440,8 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "run":
         return cmd_run(args)
     if args.cmd == "_row":
-        row = _run_row(args.model, args.data, args.lr_from_hr, args.max_samples,
-                       [int(b) for b in args.batch.split(",")], args.runs)
+        row = _run_row(args.model, args.data, args.lr_from_hr, args.max_samples, _batches(args.batch), args.runs)
         print(json.dumps(asdict(row)))
         return 0
     if args.cmd == "preprocess":

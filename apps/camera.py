@@ -17,11 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from runtime.cli import InputError, check_writable, non_negative, positive
 from runtime.metrics import write_bytes_atomic, write_json_atomic
 from runtime.pipeline import FrameResult, Pipeline, parse_roi
 from runtime.scheduler import ScheduleCfg
 
-from .sources import FileReader, LatestFrameReader, SourceError, parse_source
+from .sources import FileReader, LatestFrameReader, parse_source
 
 __all__ = ["main", "default_model", "draw_overlay", "build_parser", "add_schedule_args", "schedule_from_args"]
 
@@ -76,7 +77,7 @@ def schedule_from_args(args: argparse.Namespace) -> ScheduleCfg | None:
     try:
         return cfg.validate()
     except ValueError as e:
-        raise ValueError(f"--max-reads/--read-budget-ms/--reread-after/--reread-confidence/--change: {e}") from None
+        raise InputError(f"--max-reads/--read-budget-ms/--reread-after/--reread-confidence/--change: {e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", action="append", default=[], help="fixed region x,y,w,h (repeatable)")
     p.add_argument("--roi-file", default=None, help="file with one x,y,w,h per line")
     p.add_argument("--detector", default=None,
-                   help="DB-style text detector ONNX (probability-map output); 'ppocr' = the PP-OCRv4 detector "
-                        "of the installed rapidocr-onnxruntime wheel")
+                   help="DB-style text detector: an ONNX file or a model name (ppocrv6-det, ppocrv6-tiny-det, "
+                        "ppocrv4-det alias ppocr), found in its installed wheel; unset: no detector (give --roi)")
     p.add_argument("--det-side", type=int, default=960, help="detector input: longest side in pixels")
     p.add_argument("--det-tiles", default="1,1", help="detector tiles rows,cols (full resolution per tile)")
     p.add_argument("--det-threads", type=int, default=1, help="ONNX Runtime threads of the detector")
@@ -112,38 +113,65 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _tiles(text: str) -> tuple[int, int]:
+    try:
+        r, c = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--det-tiles {text!r}: expected rows,cols, e.g. 2,2") from None
+    if r < 1 or c < 1:
+        raise InputError(f"--det-tiles {text!r}: rows and cols must be >= 1")
+    return r, c
+
+
+def resolve_detector(name: str | None) -> str | None:
+    """``--detector``: a zoo name (``ppocrv6-det``, ``ppocrv6-tiny-det``, ``ppocrv4-det``; ``ppocr`` = PP-OCRv4's,
+    ``ppocrv6`` = PP-OCRv6 small's) or an ONNX file."""
+    from runtime import zoo
+
+    if not name:
+        return None
+    key = {"ppocr": "ppocrv4-det", "ppocrv4": "ppocrv4-det", "ppocrv6": "ppocrv6-det",
+           "ppocrv6-tiny": "ppocrv6-tiny-det"}.get(name, name)
+    if zoo.is_zoo_name(key):
+        if zoo.find(key).kind != "det":
+            raise InputError(f"--detector {name}: a recognizer, not a detector")
+        return str(zoo.resolve(key))
+    if not Path(name).is_file():
+        raise InputError(f"--detector {name}: no such file (or a model name: ppocrv6-det, ppocrv6-tiny-det, "
+                         "ppocrv4-det)")
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runtime.detector import DBDetector
     from runtime.recognizer import open_recognizer
 
+    non_negative("--max-frames", args.max_frames)
+    for opt in ("det_side", "width", "height", "fps"):
+        positive("--" + opt.replace("_", "-"), getattr(args, opt))
+    non_negative("--det-threads", args.det_threads)
+    non_negative("--rec-threads", args.rec_threads)
+    positive("--detect-every", args.detect_every)
+    check_writable(args.out, "--out", (".mp4", ".avi", ".mkv"))
+    check_writable(args.jsonl, "--jsonl")
     model = args.model or default_model()
     if model is None:
-        print("error: --model not given and no shipped weights in weights/", file=sys.stderr)
-        return 2
-    try:
-        rois = [parse_roi(r) for r in args.roi]
-        if args.roi_file:
-            rois += [parse_roi(line) for line in Path(args.roi_file).read_text().splitlines() if line.strip()]
-        tiles = tuple(int(v) for v in args.det_tiles.split(","))
-        if args.detector == "ppocr":
-            from .peers import ppocr_model
-
-            args.detector = str(ppocr_model("det") or "")
-            if not args.detector:
-                raise ValueError("--detector ppocr: rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime)")
-        rec = open_recognizer(model, threads=args.rec_threads) if model.endswith(".onnx") else open_recognizer(model)
-        det = DBDetector(args.detector, max_side=args.det_side, tiles=tiles, threads=args.det_threads) \
-            if args.detector else None
-        spec = parse_source(args.source, args.width, args.height, args.fps)
-        live = spec.live or args.realtime
-        reader = LatestFrameReader(spec) if live else FileReader(spec)
-        pipe = Pipeline(rec, det, rois, args.detect_every,
-                        async_detect=(live or args.async_detect) and not args.sync_detect,
-                        schedule=schedule_from_args(args))
-    except (ValueError, FileNotFoundError, SourceError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise InputError("--model not given and no shipped weights in weights/")
+    rois = [parse_roi(r) for r in args.roi]
+    if args.roi_file:
+        if not Path(args.roi_file).is_file():
+            raise InputError(f"--roi-file {args.roi_file}: no such file")
+        rois += [parse_roi(line) for line in Path(args.roi_file).read_text().splitlines() if line.strip()]
+    tiles = _tiles(args.det_tiles)
+    det_path = resolve_detector(args.detector)
+    rec = open_recognizer(model, threads=args.rec_threads) if model.endswith(".onnx") else open_recognizer(model)
+    det = DBDetector(det_path, max_side=args.det_side, tiles=tiles, threads=args.det_threads) if det_path else None
+    spec = parse_source(args.source, args.width, args.height, args.fps)
+    live = spec.live or args.realtime
+    reader = LatestFrameReader(spec) if live else FileReader(spec)
+    pipe = Pipeline(rec, det, rois, args.detect_every, async_detect=(live or args.async_detect) and not args.sync_detect,
+                    schedule=schedule_from_args(args))
     show = not args.headless
     writer = None
     jsonl = open(args.jsonl, "w") if args.jsonl else None
@@ -168,14 +196,18 @@ def main(argv: list[str] | None = None) -> int:
                 if jsonl:
                     rec_json = res.to_json()
                     rec_json["dropped"] = reader.dropped
+                    rec_json["damaged"] = reader.damaged
                     jsonl.write(json.dumps(rec_json) + "\n")
                 if args.out or show:
                     vis = draw_overlay(frame, res, fps)
                     if args.out:
                         if writer is None:
-                            writer = cv2.VideoWriter(args.out, cv2.VideoWriter_fourcc(*"mp4v"),
+                            fourcc = "MJPG" if args.out.lower().endswith(".avi") else "mp4v"
+                            writer = cv2.VideoWriter(args.out, cv2.VideoWriter_fourcc(*fourcc),
                                                      getattr(reader, "fps", args.fps) or args.fps,
                                                      (vis.shape[1], vis.shape[0]))
+                            if not writer.isOpened():
+                                raise InputError(f"--out {args.out}: OpenCV could not open a {fourcc} video writer")
                         writer.write(vis)
                     if show:
                         cv2.imshow("tinytext", vis)
@@ -207,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if lat:
         wall = time.monotonic() - t_start
         print(f"camera: {n} frames in {wall:.2f} s ({n / max(wall, 1e-9):.1f} FPS), {reader.dropped} dropped, "
-              f"{reader.reconnects} reconnects; {reads / n:.2f} reads / frame; latency p50 "
+              f"{reader.damaged} unreadable skipped, {reader.reconnects} reconnects; {reads / n:.2f} reads / frame; latency p50 "
               f"{np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms", file=sys.stderr)
     return 0
 

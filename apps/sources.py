@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from runtime.cli import InputError
+from runtime.video import VideoFrames
 
 __all__ = ["SourceSpec", "parse_source", "open_capture", "gstreamer_available", "LatestFrameReader", "FileReader",
            "SourceError"]
@@ -110,13 +111,18 @@ class FileReader:
     def __init__(self, spec: SourceSpec, opener=open_capture) -> None:
         self.cap = opener(spec)
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
+        self.frames = VideoFrames(self.cap)  # a damaged frame in the middle is skipped and counted, not the end
         self.dropped = 0
         self.reconnects = 0
         self.index = -1
 
+    @property
+    def damaged(self) -> int:
+        return self.frames.damaged
+
     def read(self, timeout: float = 5.0):
-        ok, frame = self.cap.read()
-        if not ok:
+        frame = self.frames.read()
+        if frame is None:
             return None
         self.index += 1
         return self.index, time.monotonic(), frame
@@ -136,6 +142,7 @@ class LatestFrameReader:
         self.backoff, self.max_backoff, self.max_reconnects = backoff, max_backoff, max_reconnects
         self.cap = opener(spec)
         self.dropped = 0
+        self.damaged = 0  # a live stream's failed reads end in a reconnect, not a skip
         self.reconnects = 0
         self.index = -1
         self.failed: str | None = None

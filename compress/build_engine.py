@@ -36,9 +36,9 @@ def import_tensorrt():
 
 
 def is_qdq(path: str) -> bool:
-    import onnx
+    from runtime.onnxfile import load_proto
 
-    m = onnx.load(path, load_external_data=False)
+    m = load_proto(path, load_external_data=False)
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
 
 
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--onnx", help="float or Q/DQ ONNX exported by compress.export")
     src.add_argument("--ckpt", help="distill checkpoint: exported first")
-    p.add_argument("--out", default=None, help="output directory (default: beside the ONNX)")
+    p.add_argument("--out", default=None, help="output directory for everything written (default: the input's folder)")
     p.add_argument("--fp16", action="store_true", help="build from the FP16 ONNX (made when missing)")
     p.add_argument("--int8", action="store_true", help="build from a Q/DQ INT8 ONNX (calibrated when missing)")
     add_calibration_args(p, "calibration data for --int8 from a float model")
@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .calibration import CalibrationError
+    from runtime.cli import InputError, positive
+
     from .quantize import convert_fp16, int8_path, quantize_from_data
     from .trt_check import check_trt_buildable
 
@@ -120,29 +121,29 @@ def main(argv: list[str] | None = None) -> int:
         b = tuple(int(v) for v in args.batch.split(","))
         assert len(b) == 3 and 1 <= b[0] <= b[1] <= b[2]
     except (ValueError, AssertionError):
-        print(f"error: --batch {args.batch!r}: expected min,opt,max with 1 <= min <= opt <= max", file=sys.stderr)
-        return 2
+        raise InputError(f"--batch {args.batch!r}: expected min,opt,max with 1 <= min <= opt <= max") from None
+    positive("--workspace-mb", args.workspace_mb)
+    if args.onnx and not Path(args.onnx).is_file():
+        raise InputError(f"--onnx {args.onnx}: no such file")
+    # everything this command writes (the exported, FP16 and Q/DQ ONNX, the calibration cache, the engine) goes to
+    # --out: a file beside the input is never replaced
+    out_dir = Path(args.out) if args.out else Path(args.onnx or args.ckpt).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = onnx_path = Path(args.onnx) if args.onnx else None
     try:
         if args.ckpt:
             from .export import export_onnx
 
-            onnx_path = export_onnx(args.ckpt, args.out or str(Path(args.ckpt).parent))
-        else:
-            onnx_path = Path(args.onnx)
-            if not onnx_path.is_file():
-                print(f"error: --onnx {onnx_path}: no such file", file=sys.stderr)
-                return 2
-        src = onnx_path
+            src = onnx_path = export_onnx(args.ckpt, str(out_dir))
         if args.int8 and not is_qdq(str(onnx_path)):
             if not args.calib:
-                print("error: --int8 from a float model needs --calib DATA", file=sys.stderr)
-                return 2
-            src, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "tensorrt")),
+                raise InputError("--int8 from a float model needs --calib DATA")
+            src, _ = quantize_from_data(str(onnx_path), str(out_dir / int8_path(onnx_path, "tensorrt").name),
                                         args.calib, args.calib_n, args.calibrator, target="tensorrt",
-                                        conditions=args.calib_conditions)
+                                        cache_dir=out_dir, conditions=args.calib_conditions)
             print(f"build_engine: wrote calibrated Q/DQ ONNX {src}")
         elif args.fp16 and not str(onnx_path).endswith(".fp16.onnx"):
-            src = convert_fp16(str(onnx_path), str(onnx_path.with_name(onnx_path.name.replace(".onnx", ".fp16.onnx"))))
+            src = convert_fp16(str(onnx_path), str(out_dir / onnx_path.name.replace(".onnx", ".fp16.onnx")))
             print(f"build_engine: wrote FP16 ONNX {src}")
         chk = check_trt_buildable(str(src), require_qdq=args.int8)
         print(chk)
@@ -156,11 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_engine: {e}. Wrote {src}; build the engine on the target (a Jetson or GPU host with TensorRT) "
               f"with: python -m compress.build_engine --onnx {src}", file=sys.stderr)
         return 4
-    except CalibrationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     prec = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
-    engine = Path(args.out or src.parent) / (src.name.split(".")[0] + f".{prec}.engine")
+    engine = out_dir / (src.name.split(".")[0] + f".{prec}.engine")
     engine.parent.mkdir(parents=True, exist_ok=True)
     build_engine(str(src), str(engine), *b, workspace_mb=args.workspace_mb, trt=trt)
     side = write_sidecar(str(src), engine, b, getattr(trt, "__version__", "?"))

@@ -2,8 +2,9 @@
 
 Sources, one entry point: a TextZoom-layout lmdb (its stored LR images; the ``train`` split of a synthetic root
 by default), any STR lmdb or image folder (LR made from each HR crop by the named conditions in turn for LR
-models), or a synthetic root. The cache file is keyed by the data path, the count, the input size, the conditions
-and the preprocessing, so a change in any of them calibrates afresh."""
+models), or a synthetic root. The cache file is keyed by the data's content (``runtime.datasets.content_fingerprint``),
+the count, the input size, the conditions and the preprocessing, so a change in any of them calibrates afresh; a
+set too small to calibrate is never cached."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from runtime.conditions import CONDITIONS, apply_condition
-from runtime.datasets import LabelPolicy, open_dataset
+from runtime.datasets import LabelPolicy, content_fingerprint, open_dataset
 from runtime.preprocess import MEAN, STD, prepare
 from runtime.cli import InputError
 
@@ -52,8 +53,8 @@ def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512
         conditions = lr_conditions(conditions)
     except ValueError as e:
         raise CalibrationError(f"--calib-conditions: {e}") from None
-    key = hashlib.sha1(f"{path.resolve()}|{n}|{size}|{lr}|{MEAN}|{STD}|{PREPROC_VERSION}|{conditions if lr else ''}"
-                       .encode()).hexdigest()[:12]
+    key = hashlib.sha1(f"{content_fingerprint(path)}|{n}|{size}|{lr}|{MEAN}|{STD}|{PREPROC_VERSION}|"
+                       f"{conditions if lr else ''}".encode()).hexdigest()[:12]
     cache = Path(cache_dir) / f"calib-{key}.npy" if cache_dir else None
     if cache is not None and cache.exists():
         x = np.load(cache)
@@ -72,13 +73,13 @@ def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512
                 break
         reader.close()
         x = np.stack(out).astype(np.float32) if out else np.zeros((0, 3, *size), np.float32)
-        if cache is not None:
+        if cache is not None and len(x) >= max(1, batch):
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}.npy")
             np.save(tmp, x)
             os.replace(tmp, cache)
     if len(x) < max(1, batch):
-        raise CalibrationError(f"--calib {data}: {len(x)} images, fewer than the batch size {batch}")
+        raise CalibrationError(f"--calib {data}: {len(x)} usable images, fewer than the batch size {batch}")
     if len(x) < 300:
         print(f"calibration: warning: only {len(x)} images from {data}; 300+ give steadier INT8 ranges",
               file=sys.stderr)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import CheckpointError, load_model
+from distill.checkpoint import load_checkpoint, load_model
+from runtime.cli import InputError, positive
 from runtime.preprocess import MEAN, STD
 
 from .calibration import add_calibration_args
@@ -137,7 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "present, else noise")
     p.add_argument("--parity-n", type=int, default=64, help="images in the parity gate")
     p.add_argument("--atol", type=float, default=1e-3, help="max |prob difference| allowed by the parity gate")
-    p.add_argument("--batch-dynamic", action="store_true", default=True, help="dynamic batch axis (always on)")
     p.add_argument("--fp16", action="store_true", help="also write an FP16 ONNX (float32 I/O) for GPU targets")
     p.add_argument("--int8", action="store_true", help="also write an INT8 Q/DQ ONNX (needs --calib)")
     add_calibration_args(p, "calibration data: TextZoom/STR lmdb, folder or synthetic root")
@@ -158,36 +158,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .calibration import CalibrationError
     from .gate import evaluate_onnx, gate_table
     from .quantize import convert_fp16, int8_path, quantize_from_data
     from .trt_check import check_trt_buildable
 
     args = build_parser().parse_args(argv)
     if args.int8 and not args.calib:
-        print("error: --int8 needs --calib DATA (TextZoom/STR lmdb, folder or synthetic root)", file=sys.stderr)
-        return 2
+        raise InputError("--int8 needs --calib DATA (TextZoom/STR lmdb, folder or synthetic root)")
+    positive("--calib-n", args.calib_n)
+    if args.int8:  # the calibration data is checked (and cached) before anything is written
+        from runtime.preprocess import HR_SIZE, LR_SIZE
+
+        from .calibration import calibration_tensors
+
+        lr = load_checkpoint(args.ckpt)["model_spec"]["lr"]
+        calibration_tensors(args.calib, LR_SIZE if lr else HR_SIZE, lr, args.calib_n, 16, args.out,
+                            args.calib_conditions)
     try:
         path = export_onnx(args.ckpt, args.out, args.opset, not args.no_simplify, args.parity_data, args.parity_n,
                            args.atol)
-        print(f"export: wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
-        made = [path]
-        if args.fp16:
-            made.append(convert_fp16(str(path), str(path.with_suffix(".fp16.onnx"))))
-            print(f"export: wrote {made[-1]} ({made[-1].stat().st_size / 1e6:.2f} MB)")
-        if args.int8:
-            q, n = quantize_from_data(str(path), str(int8_path(path, args.int8_target)), args.calib, args.calib_n,
-                                      args.calibrator, not args.quantize_head, target=args.int8_target,
-                                      integer_activations=not args.int8_float_activations,
-                                      float_convs=args.int8_float_convs, conditions=args.calib_conditions)
-            made.append(q)
-            print(f"export: wrote {q} ({q.stat().st_size / 1e6:.2f} MB, {args.int8_target} flavour, {args.calibrator}, "
-                  f"{n} calibration images)")
-            if args.int8_target == "tensorrt":
-                print(check_trt_buildable(str(q), require_qdq=True))
-    except (CheckpointError, ParityError, CalibrationError) as e:
+    except ParityError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    print(f"export: wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    made = [path]
+    if args.fp16:
+        made.append(convert_fp16(str(path), str(path.with_suffix(".fp16.onnx"))))
+        print(f"export: wrote {made[-1]} ({made[-1].stat().st_size / 1e6:.2f} MB)")
+    if args.int8:
+        q, n = quantize_from_data(str(path), str(int8_path(path, args.int8_target)), args.calib, args.calib_n,
+                                  args.calibrator, not args.quantize_head, target=args.int8_target,
+                                  integer_activations=not args.int8_float_activations,
+                                  float_convs=args.int8_float_convs, conditions=args.calib_conditions)
+        made.append(q)
+        print(f"export: wrote {q} ({q.stat().st_size / 1e6:.2f} MB, {args.int8_target} flavour, {args.calibrator}, "
+              f"{n} calibration images)")
+        if args.int8_target == "tensorrt":
+            print(check_trt_buildable(str(q), require_qdq=True))
     gate_data = args.gate_data or args.calib
     if gate_data and len(made) > 1:
         rows = [evaluate_onnx(str(m), gate_data, args.gate_n) for m in made]

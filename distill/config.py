@@ -218,6 +218,20 @@ class Config:
 
     def validate(self) -> "Config":
         t = self.train
+        from runtime.charset import resolve_charset
+
+        from .models import MODELS  # here: importing the config alone stays free of torch
+
+        if self.model.name not in MODELS:
+            raise ConfigError(f"model.name: unknown {self.model.name!r}; known: {', '.join(sorted(MODELS))}")
+        try:
+            resolve_charset(self.model.charset)
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"model.charset: {e}") from None
+        if self.model.max_len < 1:
+            raise ConfigError(f"model.max_len: must be >= 1, got {self.model.max_len}")
+        if self.optim.steps < 1 or not self.optim.lr > 0:
+            raise ConfigError(f"optim.steps and optim.lr: must be > 0, got {self.optim.steps} and {self.optim.lr}")
         if t.stage not in ("teacher", "student", "baseline", "clip"):
             raise ConfigError(f"train.stage: expected teacher, student, baseline or clip, got {t.stage!r}")
         if t.stage == "student" and "clipocr" in self.distill.method and not t.clip_ckpt:
@@ -310,6 +324,8 @@ def _build(cls, data: Any, where: str):
             pass
     if cls is tuple and isinstance(data, (list, tuple)):
         return tuple(data)
+    if cls is str and isinstance(data, (int, float)) and not isinstance(data, bool):
+        return str(data)  # a bare YAML scalar: --set model.charset=94 means the charset named "94"
     if cls in (int, float, str, bool, dict, list) and not isinstance(data, cls) or (cls is int and isinstance(data, bool)):
         raise ConfigError(f"{where}: expected {cls.__name__}, got {data!r}")
     return data

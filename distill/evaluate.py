@@ -16,11 +16,12 @@ from typing import Callable
 import numpy as np
 
 from runtime.conditions import CONDITIONS, apply_condition
-from runtime.datasets import DataError, LabelPolicy, open_dataset
+from runtime.cli import InputError, check_writable, non_negative, positive
+from runtime.datasets import LabelPolicy, detect_layout, usable_samples
 from runtime.metrics import EvalReport, reports_to_markdown, write_json_atomic
 from runtime.preprocess import HR_SIZE, resize
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import load_model
 from .config import is_onnx_teacher
 from .predict import score_samples
 
@@ -86,13 +87,8 @@ def evaluate_models(student_ckpt: str | None, data: list[str], teacher_ckpt: str
         reports[key].splits.append(res)
 
     for split, path in expand_splits(data):
-        reader = open_dataset(path, policy)
-        samples = list(reader.iter_valid())
-        if max_samples:
-            samples = samples[:max_samples]
-        if reader.stats.skipped_images:
-            print(f"evaluate: {path}: skipped {len(reader.stats.skipped_images)} undecodable images", file=sys.stderr)
-        pairs = reader.layout == "textzoom" and not lr_from_hr
+        samples = usable_samples(path, policy, max_samples, "evaluate")
+        pairs = detect_layout(path) == "textzoom" and not lr_from_hr
         conds = ("LR",) if pairs else conditions
         for cond in conds:
             if pairs:
@@ -109,7 +105,6 @@ def evaluate_models(student_ckpt: str | None, data: list[str], teacher_ckpt: str
             add("teacher", "HR", split, teacher, [(s.image, s.label) for s in samples], None)
         for name, t in onnx.items():
             add_onnx(name, "HR", split, t, [(s.image, s.label) for s in samples])
-        reader.close()
     return [r.finalize() for r in reports.values()]
 
 
@@ -135,16 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     conds = tuple(c for c in args.conditions.split(",") if c)
     bad = [c for c in conds if c not in CONDITIONS]
-    if bad:
-        print(f"error: --conditions: unknown {bad}; known {sorted(CONDITIONS)}", file=sys.stderr)
-        return 2
-    try:
-        onnx = args.teacher and is_onnx_teacher(args.teacher)  # an ONNX recognizer: read through its own preprocessing
-        reports = evaluate_models(args.ckpt, args.data, None if onnx else args.teacher, args.lr_from_hr, conds,
-                                  args.max_samples, args.batch, onnx_teachers={"teacher": args.teacher} if onnx else None)
-    except (CheckpointError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if bad or not conds:
+        raise InputError(f"--conditions: unknown {bad or [args.conditions]}; known {sorted(CONDITIONS)}")
+    non_negative("--max-samples", args.max_samples)
+    positive("--batch", args.batch)
+    check_writable(args.json, "--json")
+    onnx = args.teacher and is_onnx_teacher(args.teacher)  # an ONNX recognizer: read through its own preprocessing
+    reports = evaluate_models(args.ckpt, args.data, None if onnx else args.teacher, args.lr_from_hr, conds,
+                              args.max_samples, args.batch, onnx_teachers={"teacher": args.teacher} if onnx else None)
     print(reports_to_markdown(reports))
     if args.json:
         write_json_atomic([r.to_dict() for r in reports], args.json)

@@ -477,6 +477,6 @@ def _onnx_summary(rows: list[dict], real_name: str) -> str:
 
 
 if __name__ == "__main__":
-    from runtime.cli import run
+    from runtime.cli import run as run_cli
 
-    sys.exit(run(main))
+    sys.exit(run_cli(main))

@@ -196,7 +196,7 @@ class OnnxTeacher:
     def __init__(self, path: str, student_charset: str, frames: int, preproc: OnnxPreproc = PPOCR_PREPROC,
                  dictionary: str = "metadata:character", space_char: bool = True, unmapped: str = "renorm",
                  threads: int = 0, resample: str = "area", feature: str = "") -> None:
-        import onnxruntime as ort
+        from runtime.onnxfile import ort_session
 
         self.path = resolve_teacher_path(path)
         self.pre = preproc.validate()
@@ -205,14 +205,11 @@ class OnnxTeacher:
         if resample not in ("peaks", "area"):
             raise ValueError(f"onnx teacher resample: expected peaks or area, got {resample!r}")
         self.unmapped, self.frames, self.resample = unmapped, int(frames), resample
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
         self.feature = ""
         model: str | bytes = self.path
         if feature:
             model, self.feature = _with_feature_output(self.path, feature)
-        self.session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        self.session = ort_session(model, threads, what="recognizer (teacher)")
         self.input_name = self.session.get_inputs()[0].name
         self.classes = ["<blank>"] + self._dictionary(dictionary) + ([" "] if space_char else [])
         n_out = self.session.get_outputs()[0].shape[-1]
@@ -337,7 +334,9 @@ def _with_feature_output(path: str, feature: str) -> tuple[bytes, str]:
     """The model with ``feature`` (``head``: the classifier's input) added as its last graph output."""
     import onnx
 
-    m = onnx.load(path)
+    from runtime.onnxfile import load_proto
+
+    m = load_proto(path)
     g = m.graph
     if feature == "head":
         from .models.onnx_net import classifier_input  # the student resolves its head the same way

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from runtime.charset import make_tokenizer, resolve_charset
-from runtime.datasets import DataError, LabelPolicy, open_dataset
+from runtime.datasets import LabelPolicy, open_dataset
 
 from .augment import text_augment
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -102,6 +102,11 @@ def build_datasets(cfg: Config, synth_dir: Path | None, policy: LabelPolicy, tea
         else:
             ds = PairDataset(s.path, lr_mode=s.lr_mode, level=s.level, seed=cfg.train.seed + 1 + i, policy=policy,
                              augment=aug if s.lr_mode != "stored" else None, limit=s.limit, clean=s.clean)
+        st = ds.reader.stats
+        if len(ds) == 0 and s.weight > 0:
+            raise ConfigError(f"data.train[{i}].path {s.path}: no usable samples ({st.summary()})")
+        if rank == 0 and st.filtered_empty + st.filtered_too_long + len(st.bad_labels):
+            print(f"train: data.train[{i}] {s.path}: {st.summary()}", file=sys.stderr)
         sources.append((ds, s.unlabeled))
         weights.append(s.weight)
     if teacher is not None:
@@ -277,6 +282,11 @@ def _set_rng_state(st: dict) -> None:
 
 
 def train(cfg: Config, resume: str | None = None) -> dict:
+    if resume:  # before anything is built or written: a resume past the configured end would only rewrite best.pt
+        done = load_checkpoint(resume).get("step", 0)
+        if done > cfg.optim.steps:
+            raise ConfigError(f"optim.steps {cfg.optim.steps}: below step {done} of --resume {resume}; give at least "
+                              f"{done}, or start a new run in another train.out_dir")
     # -- distributed setup (torchrun sets these variables; a plain run is rank 0 of 1) ------------------------------
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -559,9 +569,6 @@ def main(argv: list[str] | None = None) -> int:
         if resume == "auto":
             resume = str(Path(cfg.train.out_dir) / "last.pt")
         train(cfg, resume)
-    except (ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except FloatingPointError as e:
         print(str(e), file=sys.stderr)
         return 3

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from runtime.video import VideoFrames
 from runtime.datasets import (CorruptSample, DataError, Reader, Sample, decode_image, detect_layout, open_lmdb,
                               release_lmdb)
 
@@ -123,10 +125,11 @@ def video_regions_to_lmdb(video: str | os.PathLike, regions: str | os.PathLike, 
     if not cap.isOpened():
         raise DataError(f"{video}: OpenCV cannot open this video")
     n, idx = 0, -1
+    frames = VideoFrames(cap)  # the camera app's reader: the same frame indices, past damaged stretches
     with LmdbWriter(out, overwrite=overwrite) as w:
         while True:
-            ok, frame = cap.read()
-            if not ok:
+            frame = frames.read()
+            if frame is None:
                 break
             idx += 1
             if idx % every or idx not in wanted:
@@ -142,6 +145,8 @@ def video_regions_to_lmdb(video: str | os.PathLike, regions: str | os.PathLike, 
                 w.put(f"image-{n:09d}", buf.tobytes())
                 w.put(f"label-{n:09d}", "")
         cap.release()
+        if frames.damaged:
+            print(f"unlabeled: {video}: skipped {frames.damaged} unreadable frames", file=sys.stderr)
         if n == 0:
             raise DataError(f"{regions}: no region of at least {min_size} px matched a frame of {video}")
         w.finish(n)

@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 __all__ = ["InputError", "run", "check_writable", "positive", "non_negative"]
 
 
-class InputError(Exception):
-    """Bad input; the message names the file, key or option."""
+class InputError(ValueError):
+    """Bad input; the message names the file, key or option (a ValueError, for API callers)."""
 
 
 _FS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)

@@ -24,6 +24,8 @@ from .charset import normalize_textzoom
 from .cli import InputError
 
 __all__ = [
+    "usable_samples",
+    "content_fingerprint",
     "DataError",
     "CorruptSample",
     "LabelPolicy",
@@ -371,6 +373,49 @@ _READERS: dict[str, Callable[..., Reader]] = {
     LAYOUT_STR: STRLmdbReader,
     LAYOUT_FOLDER: ImageFolderReader,
 }
+
+
+def usable_samples(path: str | os.PathLike, policy: LabelPolicy | None = None, max_samples: int = 0,
+                   who: str = "read") -> list[Sample]:
+    """The first ``max_samples`` (0: all) samples of a dataset that decode and pass the label policy. What was left
+    out (undecodable images, missing or non-UTF-8 labels, labels filtered) is reported on stderr with the counts
+    ``distill.data info`` prints; a dataset with no usable sample is a DataError naming it."""
+    import sys
+
+    if max_samples < 0:
+        raise DataError(f"max samples: must be >= 0 (0: all), got {max_samples}")
+    r = open_dataset(path, policy)
+    out: list[Sample] = []
+    try:
+        for s in r.iter_valid():
+            out.append(s)
+            if max_samples and len(out) >= max_samples:
+                break
+        st = r.stats
+    finally:
+        r.close()
+    if st.filtered_empty + st.filtered_too_long + len(st.bad_labels) + len(st.skipped_images):
+        print(f"{who}: {path}: {st.summary()}", file=sys.stderr)
+    if not out:
+        raise DataError(f"{path}: no usable samples ({st.summary()})")
+    return out
+
+
+def content_fingerprint(path: str | os.PathLike) -> str:
+    """A hash of what a dataset holds: every file under ``path`` (or the file itself), by relative name and bytes;
+    lmdb lock files aside. Caches computed from a dataset are keyed by it, so they follow its content, not its
+    name."""
+    import hashlib
+
+    p = Path(path)
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.name != "lock.mdb")
+    for f in files:
+        h.update(str(f.relative_to(p) if f != p else f.name).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def open_dataset(path: str | os.PathLike, policy: LabelPolicy | None = None, layout: str | None = None) -> Reader:

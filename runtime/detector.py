@@ -59,17 +59,22 @@ class DBDetector:
     def __init__(self, path: str, max_side: int = 960, tiles: tuple[int, int] = (1, 1), thresh: float = 0.3,
                  box_thresh: float = 0.5, unclip_ratio: float = 1.6, min_size: float = 3.0, max_candidates: int = 500,
                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), bgr: bool = True, threads: int = 0) -> None:
-        import onnxruntime as ort
+        from .cli import InputError
+        from .onnxfile import ort_session
 
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such detector model")
-        if tiles[0] < 1 or tiles[1] < 1:
-            raise ValueError(f"tiles: expected rows,cols >= 1, got {tiles}")
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+            raise InputError(f"{path}: no such detector model")
+        if len(tiles) != 2 or tiles[0] < 1 or tiles[1] < 1:
+            raise InputError(f"detector tiles: expected rows,cols >= 1, got {tiles}")
+        if max_side < 32 or threads < 0:
+            raise InputError(f"detector: max_side must be >= 32 and threads >= 0, got {max_side} and {threads}")
+        self.session = ort_session(path, threads, what="detector")
+        inp, outs = self.session.get_inputs()[0], self.session.get_outputs()
+        # a DB detector: one image in (N, 3, H, W), one probability map out (N, 1, H, W)
+        if len(inp.shape) != 4 or inp.shape[1] not in (3, "3") or len(outs) != 1 or len(outs[0].shape) != 4:
+            raise InputError(f"{path}: not a DB text detector (input {inp.shape}, outputs "
+                             f"{[o.shape for o in outs]}; expected (N, 3, H, W) in and one (N, 1, H, W) map out)")
+        self.input_name = inp.name
         self.path, self.max_side, self.tiles = str(path), int(max_side), tuple(tiles)
         self.thresh, self.box_thresh, self.unclip_ratio = thresh, box_thresh, unclip_ratio
         self.min_size, self.max_candidates = min_size, max_candidates

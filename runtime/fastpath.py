@@ -102,6 +102,15 @@ def _boxes(boxes, H: int, W: int) -> tuple[np.ndarray, bool]:
         inside = (b[..., 0].min(1) < W) & (b[..., 0].max(1) > 0) & (b[..., 1].min(1) < H) & (b[..., 1].max(1) > 0)
         if not inside.all():
             raise ValueError(f"boxes: quad {int(np.flatnonzero(~inside)[0])} lies outside the {W}x{H} frame")
+        # corners in reading order (top-left, top-right, bottom-right, bottom-left) turn the same way at every
+        # corner; a self-crossing or mirrored quad would be sampled into a scrambled or mirrored crop
+        e = np.roll(b, -1, axis=1) - b
+        turn = e[:, :, 0] * np.roll(e, -1, axis=1)[:, :, 1] - e[:, :, 1] * np.roll(e, -1, axis=1)[:, :, 0]
+        bad = ~(turn > 0).all(1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"boxes: quad {i} {b[i].tolist()} is self-crossing, mirrored or degenerate (corners "
+                             "must go top-left, top-right, bottom-right, bottom-left)")
         return np.ascontiguousarray(b.reshape(len(b), 8)), True
     raw = b
     b, _ = clip_boxes(raw, W, H)
@@ -142,6 +151,8 @@ def pack(frame: np.ndarray, boxes, size: tuple[int, int], mean: float | Sequence
     if dt not in (np.float32, np.float16):
         raise TypeError(f"dtype: expected float32 or float16, got {dt}")
     m, s = _triple(mean, "mean"), _triple(std, "std")
+    if not np.isfinite(pad):
+        raise ValueError(f"pad: expected a finite number, got {pad!r}")
     b, quads = _boxes(boxes, H, W)
     n = len(b)
     out = np.empty((n, 3, out_h, out_w), dt)

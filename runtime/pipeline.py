@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from . import fastpath
+from .cli import InputError
 from .detector import DBDetector
 from .recognizer import Recognizer
 from .scheduler import ReadScheduler, ScheduleCfg
@@ -64,9 +65,9 @@ def parse_roi(text: str) -> tuple[int, int, int, int]:
     try:
         x, y, w, h = (int(float(v)) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"--roi {text!r}: expected x,y,w,h in pixels") from None
+        raise InputError(f"--roi {text!r}: expected x,y,w,h in pixels") from None
     if w <= 0 or h <= 0:
-        raise ValueError(f"--roi {text!r}: width and height must be > 0")
+        raise InputError(f"--roi {text!r}: width and height must be > 0")
     return x, y, w, h
 
 
@@ -124,7 +125,7 @@ class Pipeline:
         """``schedule``: how to spend the recognizer on the tracks (``runtime.scheduler``); None reads every track
         on every frame."""
         if detector is None and not rois:
-            raise ValueError("pipeline: give regions of interest (--roi) or a detector (--detector)")
+            raise InputError("pipeline: give regions of interest (--roi) or a detector (--detector)")
         self.rec, self.detector, self.min_box = recognizer, detector, min_box
         self.rois = np.array([[x, y, x + w, y + h] for x, y, w, h in rois], np.float64).reshape(-1, 4)
         self.detect_every = max(1, int(detect_every))

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from .charset import Decoded, Tokenizer, make_tokenizer
+from .cli import InputError
 from . import fastpath
 from .preprocess import prepare_batch
 
@@ -33,17 +34,16 @@ class ModelInfo:
 
 
 def read_onnx_metadata(path: str) -> dict[str, str]:
-    import onnx
+    from .onnxfile import read_metadata
 
-    m = onnx.load(path, load_external_data=False)
-    return {p.key: p.value for p in m.metadata_props}
+    return read_metadata(path)
 
 
 def info_from_metadata(meta: dict[str, str], path: str) -> ModelInfo:
     need = ["tinytext.decoder", "tinytext.charset", "tinytext.input_height", "tinytext.input_width"]
     missing = [k for k in need if k not in meta]
     if missing:
-        raise ValueError(f"{path}: metadata lacks {missing}; export it with python -m compress.export")
+        raise InputError(f"{path}: metadata lacks {missing}; not a recognizer exported by python -m compress.export")
     return ModelInfo(meta.get("tinytext.model_name", "?"), meta["tinytext.decoder"], meta["tinytext.charset"],
                      int(meta["tinytext.input_height"]), int(meta["tinytext.input_width"]),
                      float(meta.get("tinytext.mean", 0.5)), float(meta.get("tinytext.std", 0.5)),
@@ -97,21 +97,22 @@ class OnnxRecognizer(Recognizer):
     def __init__(self, path: str, providers: Sequence[str] | None = None, threads: int = 0) -> None:
         import onnxruntime as ort
 
+        from .onnxfile import ort_session
+
         self.path = str(path)
         if not Path(self.path).is_file():
-            raise FileNotFoundError(f"{self.path}: no such model file")
+            raise InputError(f"{self.path}: no such model file")
         self.info = info_from_metadata(self._metadata(), self.path)
         so = ort.SessionOptions()
         if self.info.precision == "fp16" and "CUDAExecutionProvider" not in ort.get_available_providers():
             # ONNX Runtime's CPU graph optimiser has crashed (SIGSEGV) on FP16 transformer graphs here; FP16 is a GPU
             # format, on CPU we only need it to run correctly, so run it unoptimised.
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        if threads:
-            so.intra_op_num_threads = threads
-        avail = ort.get_available_providers()
-        providers = [p for p in (providers or ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                               "CPUExecutionProvider"]) if p in avail]
-        self.session = ort.InferenceSession(self.path, so, providers=providers)
+        if threads < 0:
+            raise InputError(f"recognizer threads: must be >= 0 (0: ONNX Runtime's default), got {threads}")
+        self.session = ort_session(self.path, threads, providers or ["TensorrtExecutionProvider",
+                                                                     "CUDAExecutionProvider", "CPUExecutionProvider"],
+                                   "recognizer", so)
         self.input_name = self.session.get_inputs()[0].name
         self.input_type = self.session.get_inputs()[0].type  # tensor(float) or tensor(float16)
         self.input_dtype = np.float16 if "float16" in self.input_type else np.float32
@@ -133,4 +134,4 @@ def open_recognizer(path: str, **kw) -> Recognizer:
         from .trt_backend import TensorRTRecognizer
 
         return TensorRTRecognizer(p, **kw)
-    raise ValueError(f"{path}: unsupported model file (expected .onnx, or .engine built by compress.build_engine)")
+    raise InputError(f"{path}: unsupported model file (expected .onnx, or .engine built by compress.build_engine)")
