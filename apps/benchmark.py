@@ -8,6 +8,9 @@ the same run on the same machine.
 - ``preprocess``: C extension vs NumPy twin, packing 16 and 64 boxes of a 1280x720 frame.
 - ``pipeline``: the camera pipeline on a rendered 1280x720 video with 16 moving words: FPS, per-stage ms,
   end-to-end latency p50/p95, and accuracy of single frames vs fused tracks.
+- ``detect``: text detectors' word recall and time per frame on rendered scenes of small words.
+- ``soak``: the camera pipeline for N minutes on a looping video fed like a 30 FPS camera: resident memory over
+  time and frames dropped.
 - ``kd``: delegates to ``python -m distill.kd_gain``.
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from compress.bench import machine_name
@@ -35,6 +39,8 @@ from runtime.metrics import write_bytes_atomic, write_json_atomic
 __all__ = ["Row", "main", "sigma_clipped_times", "load_crops"]
 
 ROOT = Path(__file__).resolve().parents[1]
+# PP-OCRv6 tiny's detector at 960 px: the recall of PP-OCRv4's on 12-20 px words at half its time (README)
+DEFAULT_DETECTOR = "ppocrv6-tiny-det"
 
 
 def sigma_clipped_times(fn, warmup: int = 3, runs: int = 30, min_seconds: float = 0.5, max_runs: int = 300) -> list[float]:
@@ -308,11 +314,14 @@ def cmd_pipeline(args) -> int:
     from runtime.recognizer import open_recognizer
     from runtime.tracking import iou_matrix
 
-    from .camera import resolve_detector, schedule_from_args
+    from .camera import default_model, resolve_detector, schedule_from_args
     from .sources import FileReader, parse_source
     from .synthetic_video import render_video
 
     schedule = schedule_from_args(args)
+    args.model = args.model or default_model()
+    if args.model is None:
+        raise InputError("--model not given and no shipped weights in weights/")
     for opt in ("words", "frames", "font_px", "det_side", "detect_every"):
         positive("--" + opt.replace("_", "-"), getattr(args, opt))
     check_writable(args.json, "--json")
@@ -388,6 +397,145 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+# -- detect ------------------------------------------------------------------------------------------------------
+
+def cmd_detect(args) -> int:
+    """Word-box recall and time per frame of text detectors on rendered 1280x720 scenes of small words (text
+    ``--font-px`` high, several sizes), at each detector input size and tiling asked for."""
+    from runtime.detector import DBDetector
+    from runtime.tracking import iou_matrix
+
+    from .camera import _tiles, resolve_detector
+    from .synthetic_video import render_video
+
+    check_writable(args.json, "--json")
+    sizes = [int(v) for v in args.font_px.split(",")]
+    sides = [int(v) for v in args.det_sides.split(",")]
+    tilings = [_tiles(t) for t in args.tiles.split(";")]
+    scenes = []
+    with tempfile.TemporaryDirectory() as td:
+        for k, px in enumerate(sizes):
+            for seed in range(args.scenes):
+                v = os.path.join(td, f"s{k}-{seed}.avi")
+                truth = render_video(v, n_words=16, size=(720, 1280), frames=1, font_px=px, seed=seed)[0]
+                cap = cv2.VideoCapture(v)
+                ok, frame = cap.read()
+                cap.release()
+                scenes.append((px, frame, np.array([t["box"] for t in truth])))
+    rows = []
+    for name in args.detectors:
+        path = resolve_detector(name)
+        for side in sides:
+            for tiles in tilings:
+                det = DBDetector(path, max_side=side, tiles=tiles, threads=args.threads)
+                hits, total, found, ms = {px: 0 for px in sizes}, {px: 0 for px in sizes}, 0, []
+                for px, frame, truth in scenes:
+                    t = time.perf_counter()
+                    dets = det(frame)
+                    ms.append((time.perf_counter() - t) * 1000)
+                    found += len(dets)
+                    if dets:
+                        iou = iou_matrix(truth, np.stack([d.box for d in dets]))
+                        hits[px] += int((iou.max(1) > 0.3).sum())
+                    total[px] += len(truth)
+                recall = {px: 100 * hits[px] / max(total[px], 1) for px in sizes}
+                rows.append({"detector": name, "side": side, "tiles": f"{tiles[0]}x{tiles[1]}",
+                             "recall": recall, "recall_all": 100 * sum(hits.values()) / max(sum(total.values()), 1),
+                             "boxes_per_frame": found / len(scenes), "ms_p50": float(np.median(ms))})
+    print(f"Machine: {machine_name()}; {len(scenes)} rendered 1280x720 scenes of 16 words, text "
+          f"{', '.join(map(str, sizes))} px (font size); a word is found when a box overlaps it at IoU > 0.3 (as the tracker matches); "
+          f"{args.threads} thread(s)\n")
+    print("| detector | input side | tiles | " + " | ".join(f"recall {px} px" for px in sizes) +
+          " | recall all | boxes / frame | ms / frame |")
+    print("|---|---:|---:|" + "---:|" * (len(sizes) + 3))
+    for r in rows:
+        print(f"| {r['detector']} | {r['side']} | {r['tiles']} | " +
+              " | ".join(f"{r['recall'][px]:.1f}" for px in sizes) +
+              f" | {r['recall_all']:.1f} | {r['boxes_per_frame']:.1f} | {r['ms_p50']:.0f} |")
+    if args.json:
+        write_json_atomic({"machine": machine_name(), "rows": rows}, args.json)
+    return 0
+
+
+# -- soak --------------------------------------------------------------------------------------------------------
+
+def _rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc; the peak from getrusage elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cmd_soak(args) -> int:
+    """The camera pipeline for ``--minutes`` on a looping rendered video, fed like a 30 FPS camera: a frame that
+    arrives while the pipeline is busy replaces the one waiting (dropped, counted). Resident memory is sampled
+    every ``--every`` seconds; the figure that matters is its growth after the first minute."""
+    from runtime.detector import DBDetector
+    from runtime.pipeline import Pipeline
+    from runtime.recognizer import open_recognizer
+
+    from .camera import default_model, resolve_detector, schedule_from_args
+    from .synthetic_video import render_video
+
+    positive("--minutes", args.minutes)
+    positive("--every", args.every)
+    check_writable(args.json, "--json")
+    schedule = schedule_from_args(args)
+    model = args.model or default_model()
+    if model is None:
+        raise InputError("--model not given and no shipped weights in weights/")
+    with tempfile.TemporaryDirectory() as td:
+        video = os.path.join(td, "loop.avi")
+        render_video(video, n_words=args.words, size=(720, 1280), frames=args.frames, font_px=args.font_px)
+        cap = cv2.VideoCapture(video)
+        frames = []
+        while True:
+            ok, f = cap.read()
+            if not ok:
+                break
+            frames.append(f)
+        cap.release()
+    rec = open_recognizer(model, threads=args.rec_threads)
+    det = DBDetector(resolve_detector(args.detector), max_side=args.det_side, threads=args.det_threads)
+    pipe = Pipeline(rec, det, async_detect=True, schedule=schedule)
+    fps_in, period = 30.0, 1.0 / 30.0
+    t0 = time.monotonic()
+    end = t0 + args.minutes * 60
+    samples, processed, dropped, last_cam = [], 0, 0, -1
+    next_sample = t0
+    while (now := time.monotonic()) < end:
+        cam = int((now - t0) * fps_in)  # the newest frame the camera has delivered
+        if cam == last_cam:
+            time.sleep(max(0.0, t0 + (cam + 1) * period - now))
+            continue
+        dropped += max(0, cam - last_cam - 1)
+        last_cam = cam
+        pipe.process(frames[cam % len(frames)], cam, now)
+        processed += 1
+        if now >= next_sample:
+            samples.append((now - t0, _rss_mb(), processed, dropped))
+            next_sample += args.every
+    pipe.close()
+    samples.append((time.monotonic() - t0, _rss_mb(), processed, dropped))
+    after = [s for s in samples if s[0] >= 60.0] or samples[-1:]
+    growth = after[-1][1] - after[0][1]
+    print(f"Machine: {machine_name()}; model {Path(model).name}; {args.words} words, 30 FPS camera, "
+          f"{'every word read on every frame' if schedule is None else 'scheduled reads'}\n")
+    print("| minute | RSS MB | frames processed | frames dropped |\n|---:|---:|---:|---:|")
+    for t, rss, n, d in samples:
+        print(f"| {t / 60:.1f} | {rss:.1f} | {n} | {d} |")
+    total = processed + dropped
+    print(f"\nRSS growth after the first minute: {growth:+.1f} MB; processed {processed} of {total} camera frames "
+          f"({100 * dropped / max(total, 1):.1f} % dropped)")
+    if args.json:
+        write_json_atomic({"machine": machine_name(), "model": Path(model).name, "minutes": args.minutes,
+                           "samples": [{"t_s": t, "rss_mb": r, "processed": n, "dropped": d} for t, r, n, d in samples],
+                           "rss_growth_after_1min_mb": growth, "processed": processed, "dropped": dropped}, args.json)
+    return 0
+
+
 # -- CLI ---------------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,8 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", default=None, help="write figures as JSON here; unset: not written")
 
     r = sub.add_parser("pipeline", help="camera pipeline on a rendered 1280x720 video", formatter_class=F)
-    r.add_argument("--model", default=str(ROOT / "weights" / "ctc-student-lr.int8.onnx"), help="recognizer")
-    r.add_argument("--detector", default="ppocrv4-det",
+    r.add_argument("--model", default=None, help="recognizer (default: the shipped default, apps.camera.DEFAULT_MODELS)")
+    r.add_argument("--detector", default=DEFAULT_DETECTOR,
                    help="detector: ONNX file or model name (ppocrv6-det, ppocrv6-tiny-det, ppocrv4-det)")
     r.add_argument("--words", type=int, default=16, help="moving words in the video")
     r.add_argument("--frames", type=int, default=150, help="frames")
@@ -440,6 +588,32 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sync-detect", action="store_true", help="detect inline (default: background thread)")
     r.add_argument("--realtime", action="store_true", help="pace frames at 30 FPS like a camera (default: as fast "
                                                            "as processing allows)")
+    r.add_argument("--json", default=None, help="write figures as JSON here; unset: not written")
+    add_schedule_args(r)
+
+    r = sub.add_parser("detect", help="text detectors: word recall and ms on rendered small-text scenes",
+                       formatter_class=F)
+    r.add_argument("--detectors", nargs="+", default=["ppocrv4-det", "ppocrv6-det", "ppocrv6-tiny-det"],
+                   help="ONNX files or model names")
+    r.add_argument("--font-px", default="12,16,20", help="font sizes of the scenes")
+    r.add_argument("--det-sides", default="960,1280", help="detector input longest sides")
+    r.add_argument("--tiles", default="1,1", help="tilings rows,cols separated by ';', e.g. '1,1;2,2'")
+    r.add_argument("--scenes", type=int, default=2, help="scenes per font size")
+    r.add_argument("--threads", type=int, default=1, help="detector ONNX Runtime threads")
+    r.add_argument("--json", default=None, help="write figures as JSON here; unset: not written")
+
+    r = sub.add_parser("soak", help="the camera pipeline for N minutes: memory over time, frames dropped",
+                       formatter_class=F)
+    r.add_argument("--minutes", type=float, default=10.0, help="duration")
+    r.add_argument("--every", type=float, default=30.0, help="seconds between memory samples")
+    r.add_argument("--model", default=None, help="recognizer (default: the shipped default model)")
+    r.add_argument("--detector", default=DEFAULT_DETECTOR, help="detector: ONNX file or model name")
+    r.add_argument("--words", type=int, default=16, help="words in the looping video")
+    r.add_argument("--frames", type=int, default=90, help="frames in the loop")
+    r.add_argument("--font-px", type=int, default=18, help="font size")
+    r.add_argument("--det-side", type=int, default=960, help="detector input longest side")
+    r.add_argument("--det-threads", type=int, default=1, help="detector ONNX Runtime threads")
+    r.add_argument("--rec-threads", type=int, default=1, help="recognizer ONNX Runtime threads")
     r.add_argument("--json", default=None, help="write figures as JSON here; unset: not written")
     add_schedule_args(r)
 
@@ -461,6 +635,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_preprocess(args)
     if args.cmd == "pipeline":
         return cmd_pipeline(args)
+    if args.cmd == "soak":
+        return cmd_soak(args)
+    if args.cmd == "detect":
+        return cmd_detect(args)
     if args.cmd == "kd":
         from distill.kd_gain import main as kd_main
 

@@ -76,7 +76,7 @@ def prepare_synth(cfg: Config, rank: int = 0) -> Path | None:
 
         print(f"train: synthesizing {s.n} pairs into {d}")
         synth_main(["--out", str(d), "--n", str(s.n), "--seed", str(s.seed), "--split-sizes", s.split_sizes,
-                    "--overwrite", "--no-progress", "--workers", str(max(1, min(os.cpu_count() or 1, 4)))])
+                    "--overwrite", "--no-progress", "--workers", str(max(1, min(os.cpu_count() or 1, 16)))])
     if dist.is_initialized():
         dist.barrier()
     return d

