@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, needs_exact_int8
 from distill.config import load_config
 from distill.synth.generate import main as synth_main
 from distill.train import train
@@ -304,6 +304,7 @@ def _activation_net(path):
     return path
 
 
+@needs_exact_int8
 def test_int8_activations_run_in_integer_kernels_as_accurately_as_float_islands(tmp_path):
     """The cpu flavour's HardSwish (both spellings), squeeze-excitation mean and gate run in ONNX Runtime's integer
     kernels (no float HardSigmoid, Clip or ReduceMean left after its graph optimisation), the affine after a

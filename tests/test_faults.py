@@ -353,3 +353,29 @@ def test_zoo_teacher_names_a_missing_wheel(bad, monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "rapidocr" else real(n, *a))
     expect(cli("distill.evaluate", ["--ckpt", STUDENT_PT, "--data", bad / "words", "--teacher", "ppocrv6"], capsys),
            2, "pip install 'rapidocr>=3.9'")
+
+
+def test_a_bare_number_names_a_charset():
+    from distill.config import load_config
+
+    cfg = load_config("configs/smoke.yaml", ["model.charset=94"])  # YAML reads 94 as an int: it is the charset's name
+    assert cfg.model.charset == "94"
+
+
+def test_unlabeled_crops_from_a_damaged_video(tmp_path, video, capsys):
+    import json
+
+    raw = bytearray(video.read_bytes())
+    soi = [i for i in range(len(raw) - 1) if raw[i] == 0xFF and raw[i + 1] == 0xD8]
+    raw[soi[5]:soi[7] - 8] = bytes(soi[7] - 8 - soi[5])  # frames 5-6 zeroed
+    bad_video = tmp_path / "damaged.avi"
+    bad_video.write_bytes(bytes(raw))
+    regions = tmp_path / "r.jsonl"
+    regions.write_text("".join(json.dumps({"frame": f, "words": [{"box": [10, 10, 70, 30]}]}) + "\n"
+                               for f in range(0, 28, 3)))
+    code, err = cli("distill.data", ["unlabeled", "--video", bad_video, "--regions", regions, "--out",
+                                     tmp_path / "u"], capsys)
+    assert code == 0 and "unreadable frames" in err, err
+    from distill.unlabeled import open_unlabeled
+
+    assert len(open_unlabeled(tmp_path / "u")) >= 8  # the regions after the damaged stretch were cropped too

@@ -25,7 +25,7 @@ from distill.unlabeled import UnlabeledFolder, UnlabeledLmdb, open_unlabeled, vi
 from runtime.charset import CHARSETS
 from runtime.datasets import DataError, open_dataset
 
-from conftest import run_module, str_items, write_lmdb
+from conftest import run_module, str_items, write_lmdb, needs_exact_int8
 
 REC = ppocr_model("rec")
 needs_ppocr = pytest.mark.skipif(REC is None, reason="rapidocr-onnxruntime (PP-OCRv4 recognizer) not installed")
@@ -99,6 +99,7 @@ def test_onnx_net_errors_name_the_problem(tmp_path):
         OnnxNet(5)
 
 
+@needs_exact_int8
 def test_fake_quant_simulates_the_int8_export(tmp_path):
     """train.qat's simulation of INT8 reads like ONNX Runtime's quantized model, calibrated on the same images."""
     from compress.quantize import quantize_int8
