@@ -475,6 +475,7 @@ def cmd_soak(args) -> int:
     from runtime.detector import DBDetector
     from runtime.pipeline import Pipeline
     from runtime.recognizer import open_recognizer
+    from runtime.video import read_frames
 
     from .camera import default_model, resolve_detector, schedule_from_args
     from .synthetic_video import render_video
@@ -489,14 +490,7 @@ def cmd_soak(args) -> int:
     with tempfile.TemporaryDirectory() as td:
         video = os.path.join(td, "loop.avi")
         render_video(video, n_words=args.words, size=(720, 1280), frames=args.frames, font_px=args.font_px)
-        cap = cv2.VideoCapture(video)
-        frames = []
-        while True:
-            ok, f = cap.read()
-            if not ok:
-                break
-            frames.append(f)
-        cap.release()
+        frames = read_frames(video)
     rec = open_recognizer(model, threads=args.rec_threads)
     det = DBDetector(resolve_detector(args.detector), max_side=args.det_side, threads=args.det_threads)
     pipe = Pipeline(rec, det, async_detect=True, schedule=schedule)
@@ -573,23 +567,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs", type=int, default=50, help="timed runs per case")
     r.add_argument("--json", default=None, help="write figures as JSON here; unset: not written")
 
+    def pipeline_args(r, frames: int) -> None:
+        """The options ``pipeline`` and ``soak`` share: models, the rendered video, threads, scheduling, JSON."""
+        r.add_argument("--model", default=None,
+                       help="recognizer (default: the shipped default, apps.camera.DEFAULT_MODELS)")
+        r.add_argument("--detector", default=DEFAULT_DETECTOR,
+                       help="detector: ONNX file or model name (ppocrv6-det, ppocrv6-tiny-det, ppocrv4-det)")
+        r.add_argument("--words", type=int, default=16, help="words in the video")
+        r.add_argument("--frames", type=int, default=frames, help="frames of the video")
+        r.add_argument("--font-px", type=int, default=18, help="font size")
+        r.add_argument("--det-side", type=int, default=960, help="detector input longest side")
+        r.add_argument("--det-threads", type=int, default=1, help="detector ONNX Runtime threads")
+        r.add_argument("--rec-threads", type=int, default=1, help="recognizer ONNX Runtime threads (1 measured best "
+                                                                  "beside the detector's thread on 2 cores)")
+        r.add_argument("--json", default=None, help="write figures as JSON here; unset: not written")
+        add_schedule_args(r)
+
     r = sub.add_parser("pipeline", help="camera pipeline on a rendered 1280x720 video", formatter_class=F)
-    r.add_argument("--model", default=None, help="recognizer (default: the shipped default, apps.camera.DEFAULT_MODELS)")
-    r.add_argument("--detector", default=DEFAULT_DETECTOR,
-                   help="detector: ONNX file or model name (ppocrv6-det, ppocrv6-tiny-det, ppocrv4-det)")
-    r.add_argument("--words", type=int, default=16, help="moving words in the video")
-    r.add_argument("--frames", type=int, default=150, help="frames")
-    r.add_argument("--font-px", type=int, default=18, help="font size")
+    pipeline_args(r, 150)
     r.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma of the rendered frames")
-    r.add_argument("--det-side", type=int, default=960, help="detector input longest side")
-    r.add_argument("--det-threads", type=int, default=1, help="detector ONNX Runtime threads")
-    r.add_argument("--rec-threads", type=int, default=1, help="recognizer ONNX Runtime threads")
     r.add_argument("--detect-every", type=int, default=5, help="frames between detections with --sync-detect")
     r.add_argument("--sync-detect", action="store_true", help="detect inline (default: background thread)")
     r.add_argument("--realtime", action="store_true", help="pace frames at 30 FPS like a camera (default: as fast "
                                                            "as processing allows)")
-    r.add_argument("--json", default=None, help="write figures as JSON here; unset: not written")
-    add_schedule_args(r)
 
     r = sub.add_parser("detect", help="text detectors: word recall and ms on rendered small-text scenes",
                        formatter_class=F)
@@ -606,16 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=F)
     r.add_argument("--minutes", type=float, default=10.0, help="duration")
     r.add_argument("--every", type=float, default=30.0, help="seconds between memory samples")
-    r.add_argument("--model", default=None, help="recognizer (default: the shipped default model)")
-    r.add_argument("--detector", default=DEFAULT_DETECTOR, help="detector: ONNX file or model name")
-    r.add_argument("--words", type=int, default=16, help="words in the looping video")
-    r.add_argument("--frames", type=int, default=90, help="frames in the loop")
-    r.add_argument("--font-px", type=int, default=18, help="font size")
-    r.add_argument("--det-side", type=int, default=960, help="detector input longest side")
-    r.add_argument("--det-threads", type=int, default=1, help="detector ONNX Runtime threads")
-    r.add_argument("--rec-threads", type=int, default=1, help="recognizer ONNX Runtime threads")
-    r.add_argument("--json", default=None, help="write figures as JSON here; unset: not written")
-    add_schedule_args(r)
+    pipeline_args(r, 90)
 
     r = sub.add_parser("kd", help="KD gain table (python -m distill.kd_gain; arguments passed through)",
                        formatter_class=F)

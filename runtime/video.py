@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["VideoFrames"]
+__all__ = ["VideoFrames", "read_frames"]
 
 
 class VideoFrames:
@@ -32,3 +32,15 @@ class VideoFrames:
             failed += 1
         self.ended = True
         return None
+
+
+def read_frames(path: str) -> list[np.ndarray]:
+    """Every decodable frame of a video file, in order (damaged frames skipped)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames, reader = [], VideoFrames(cap)
+    while (f := reader.read()) is not None:
+        frames.append(f)
+    cap.release()
+    return frames

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -283,12 +282,17 @@ def test_camera_without_regions_or_detector(video, capsys):
     expect(cli("apps.camera", ["--source", video, "--headless", "--model", STUDENT_ONNX], capsys), 2, "--roi")
 
 
-def test_camera_reads_past_a_damaged_stretch(tmp_path, video, capsys):
+def _damaged(video, out, first: int, end: int):
+    """A copy of an MJPEG ``video`` with frames first..end-1 zeroed."""
     raw = bytearray(video.read_bytes())
     soi = [i for i in range(len(raw) - 1) if raw[i] == 0xFF and raw[i + 1] == 0xD8]
-    raw[soi[10]:soi[13] - 8] = bytes(soi[13] - 8 - soi[10])  # frames 10-12 zeroed
-    bad_video = tmp_path / "damaged.avi"
-    bad_video.write_bytes(bytes(raw))
+    raw[soi[first]:soi[end] - 8] = bytes(soi[end] - 8 - soi[first])
+    out.write_bytes(bytes(raw))
+    return out
+
+
+def test_camera_reads_past_a_damaged_stretch(tmp_path, video, capsys):
+    bad_video = _damaged(video, tmp_path / "damaged.avi", 10, 13)
     code, err = cli("apps.camera", ["--source", bad_video, "--headless", "--model", STUDENT_ONNX,
                                     "--roi", "10,10,60,20", "--jsonl", tmp_path / "r.jsonl"], capsys)
     assert code == 0, err
@@ -365,11 +369,7 @@ def test_a_bare_number_names_a_charset():
 def test_unlabeled_crops_from_a_damaged_video(tmp_path, video, capsys):
     import json
 
-    raw = bytearray(video.read_bytes())
-    soi = [i for i in range(len(raw) - 1) if raw[i] == 0xFF and raw[i + 1] == 0xD8]
-    raw[soi[5]:soi[7] - 8] = bytes(soi[7] - 8 - soi[5])  # frames 5-6 zeroed
-    bad_video = tmp_path / "damaged.avi"
-    bad_video.write_bytes(bytes(raw))
+    bad_video = _damaged(video, tmp_path / "damaged.avi", 5, 7)
     regions = tmp_path / "r.jsonl"
     regions.write_text("".join(json.dumps({"frame": f, "words": [{"box": [10, 10, 70, 30]}]}) + "\n"
                                for f in range(0, 28, 3)))

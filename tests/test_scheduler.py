@@ -1,6 +1,5 @@
 """The read scheduler: unit behaviour on hand-made tracks, then the pipeline on rendered videos with a real
 recognizer and detector (a sign that turns from OPEN to CLOSED, a word that moves, a static scene)."""
-import cv2
 import numpy as np
 import pytest
 
@@ -8,7 +7,7 @@ from apps.peers import ppocr_model
 from apps.synthetic_video import render_video
 from conftest import ROOT
 from runtime.scheduler import ReadScheduler, ScheduleCfg, signature
-from runtime.tracking import Track, Tracker, iou_matrix
+from runtime.tracking import Track, iou_matrix
 
 MODEL = ROOT / "weights" / "ctc-student-lr.int8.onnx"
 DET = ppocr_model("det")
@@ -103,14 +102,9 @@ def test_bad_schedules_are_refused(kw):
 
 
 def _frames(path):
-    cap, out = cv2.VideoCapture(str(path)), []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        out.append(f)
-    cap.release()
-    return out
+    from runtime.video import read_frames
+
+    return read_frames(str(path))
 
 
 def _match(words, box):
