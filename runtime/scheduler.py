@@ -72,6 +72,7 @@ def signature(x: np.ndarray) -> np.ndarray:
 class _State:
     sig: np.ndarray | None = None  # signature at the last read
     last_read: int = -1  # frame index of the last read
+    change: float = 0.0  # signature difference since the last read, as measured by choose() on this frame
 
 
 class ReadScheduler:
@@ -96,7 +97,7 @@ class ReadScheduler:
             if st.sig is None:
                 due.append((float("inf"), i))
                 continue
-            change = float(np.abs(sigs[i] - st.sig).mean())
+            change = st.change = float(np.abs(sigs[i] - st.sig).mean())
             age = frame - st.last_read
             conf = t.vote.best[1]
             if change > c.change or conf < c.confidence or age >= c.max_age:
@@ -111,12 +112,12 @@ class ReadScheduler:
 
     def observe(self, frame: int, track, sig: np.ndarray, text: str) -> None:
         """Track ``track`` was read as ``text`` on ``frame`` with signature ``sig``; call before its vote adds the
-        reading. Forgets old evidence when the reading disagrees and the crop changed since the last read."""
+        reading. Forgets old evidence when the reading disagrees and the crop changed since the last read (the change
+        choose() measured on this frame; observe follows choose on the same frame)."""
         st = self._state.setdefault(track.id, _State())
-        if (st.sig is not None and text and text != track.vote.best[0]
-                and float(np.abs(sig - st.sig).mean()) > self.cfg.change):
+        if st.sig is not None and text and text != track.vote.best[0] and st.change > self.cfg.change:
             track.vote.forget(self.cfg.forget)
-        st.sig, st.last_read = sig, frame
+        st.sig, st.last_read, st.change = sig, frame, 0.0
 
     def record(self, ms: float, crops: int) -> None:
         """The measured cost of one recognizer call of ``crops`` crops (a moving average per crop)."""
