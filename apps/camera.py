@@ -71,6 +71,8 @@ def add_schedule_args(p: argparse.ArgumentParser) -> None:
                    help="fused confidence below which a word keeps being read")
     p.add_argument("--change", type=float, default=d.change,
                    help="crop change (mean |difference| of 4x16 grey signatures, normalised units) that triggers a read")
+    p.add_argument("--new-reads", type=int, default=d.new_reads,
+                   help="new words read on the frame they appear, beyond the budget (0: they wait their turn)")
 
 
 def schedule_from_args(args: argparse.Namespace) -> ScheduleCfg | None:
@@ -78,11 +80,11 @@ def schedule_from_args(args: argparse.Namespace) -> ScheduleCfg | None:
     if args.read_every_frame:
         return None
     cfg = ScheduleCfg(max_reads=args.max_reads, budget_ms=args.read_budget_ms, change=args.change,
-                      confidence=args.reread_confidence, max_age=args.reread_after)
+                      confidence=args.reread_confidence, max_age=args.reread_after, new_reads=args.new_reads)
     try:
         return cfg.validate()
     except ValueError as e:
-        raise InputError(f"--max-reads/--read-budget-ms/--reread-after/--reread-confidence/--change: {e}") from None
+        raise InputError(f"--max-reads/--read-budget-ms/--reread-after/--reread-confidence/--change/--new-reads: {e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

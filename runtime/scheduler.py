@@ -10,8 +10,14 @@ is *due* for a read when
 * its fused confidence (the share of the vote its text holds) is below ``confidence``,
 * or it has not been read for ``max_age`` frames.
 
+A track whose box is cut by the frame's edge (a word entering or leaving the view) is due only while it has never
+been read: its crop holds part of the word, and reading it would vote for a fragment ("orth" for "north"). A track
+first read cut is due as soon as its box is whole, and that read replaces the fragment's votes.
+
 Due tracks are read most urgent first, up to the frame's budget: ``max_reads`` crops, and ``budget_ms`` of
-recognition measured as it runs (a moving average of the cost per crop at the batch sizes met). Urgency is
+recognition measured as it runs (a moving average of the cost per crop at the batch sizes met). New tracks are read
+on the frame they appear, beyond that budget, up to ``new_reads`` of them: a word shows no text until its first
+read, and 16 words appearing at once would otherwise wait 8 frames at 2 reads per frame. Urgency is
 age x (uncertainty + change): ``(1 + age / max_age) * (1 - fused confidence + change / change threshold)``, so a
 confident word whose crop changed is not starved by a track that stays uncertain (a false detection, say), and
 every due track gains urgency while it waits; a new track comes before every other.
@@ -40,6 +46,7 @@ class ScheduleCfg:
     forget: float = 0.25  # factor on the old vote totals when a changed crop reads differently
     confidence: float = 0.9  # fused confidence below which a track stays due
     max_age: int = 30  # frames without a read before a track is due anyway
+    new_reads: int = 16  # new tracks read on their first frame beyond the budget, at most (0: they share it)
 
     def validate(self) -> "ScheduleCfg":
         if self.max_reads < 0 or self.budget_ms < 0:
@@ -47,8 +54,9 @@ class ScheduleCfg:
         if self.max_reads == 0 and self.budget_ms == 0:
             raise ValueError("schedule: give a budget (max_reads > 0 or budget_ms > 0); read every frame instead "
                              "with --read-every-frame")
-        if not (self.change > 0 and 0 <= self.forget <= 1 and 0 < self.confidence <= 1 and self.max_age >= 1):
-            raise ValueError(f"schedule: need change > 0, forget in [0, 1], confidence in (0, 1], max_age >= 1; "
+        if not (self.change > 0 and 0 <= self.forget <= 1 and 0 < self.confidence <= 1 and self.max_age >= 1 and
+                self.new_reads >= 0):
+            raise ValueError(f"schedule: need change > 0, forget in [0, 1], confidence in (0, 1], max_age >= 1, new_reads >= 0; "
                              f"got {self}")
         return self
 
@@ -73,6 +81,8 @@ class _State:
     sig: np.ndarray | None = None  # signature at the last read
     last_read: int = -1  # frame index of the last read
     change: float = 0.0  # signature difference since the last read, as measured by choose() on this frame
+    cut: bool = False  # whether the box is cut by the frame's edge on this frame (set by choose())
+    read_cut: bool = False  # whether the last read was of a cut box
 
 
 class ReadScheduler:
@@ -84,17 +94,25 @@ class ReadScheduler:
         self._state: dict[int, _State] = {}
         self._ms_per_crop: float | None = None
 
-    def choose(self, frame: int, tracks: list, x: np.ndarray) -> tuple[list[int], np.ndarray]:
+    def choose(self, frame: int, tracks: list, x: np.ndarray,
+               partial: np.ndarray | None = None) -> tuple[list[int], np.ndarray]:
         """(indices to read, most urgent first; every track's signature). ``tracks`` carry ``id`` and ``vote``;
-        ``x`` is their packed batch, in the same order."""
+        ``x`` is their packed batch, in the same order; ``partial[i]``: track i's box is cut by the frame's edge."""
         c = self.cfg
         sigs = signature(x) if len(x) else np.zeros((0,) + SIG_SHAPE, np.float32)
         live = {t.id for t in tracks}
         self._state = {k: v for k, v in self._state.items() if k in live}
         due: list[tuple[float, int]] = []
+        new: list[int] = []
         for i, t in enumerate(tracks):
             st = self._state.setdefault(t.id, _State())
+            st.cut = bool(partial is not None and partial[i])
             if st.sig is None:
+                new.append(i)
+                continue
+            if st.cut:
+                continue
+            if st.read_cut:  # whole now: read it before anything but new tracks
                 due.append((float("inf"), i))
                 continue
             change = st.change = float(np.abs(sigs[i] - st.sig).mean())
@@ -103,21 +121,26 @@ class ReadScheduler:
             if change > c.change or conf < c.confidence or age >= c.max_age:
                 due.append(((1 + age / c.max_age) * (1.0 - conf + change / c.change), i))
         due.sort(key=lambda d: (-d[0], tracks[d[1]].id))
+        new.sort(key=lambda i: tracks[i].id)
+        extra = new[:self.cfg.new_reads]  # read now, beyond the budget
+        due = [(float("inf"), i) for i in new[len(extra):]] + due
         n = len(due)
         if c.max_reads:
             n = min(n, c.max_reads)
         if c.budget_ms and self._ms_per_crop:
             n = min(n, max(1, int(c.budget_ms // self._ms_per_crop)))
-        return [i for _, i in due[:n]], sigs
+        return extra + [i for _, i in due[:n]], sigs
 
     def observe(self, frame: int, track, sig: np.ndarray, text: str) -> None:
         """Track ``track`` was read as ``text`` on ``frame`` with signature ``sig``; call before its vote adds the
         reading. Forgets old evidence when the reading disagrees and the crop changed since the last read (the change
         choose() measured on this frame; observe follows choose on the same frame)."""
         st = self._state.setdefault(track.id, _State())
-        if st.sig is not None and text and text != track.vote.best[0] and st.change > self.cfg.change:
+        if text and st.read_cut and not st.cut:
+            track.vote.forget(0.0)  # the earlier reads saw part of the word
+        elif st.sig is not None and text and text != track.vote.best[0] and st.change > self.cfg.change:
             track.vote.forget(self.cfg.forget)
-        st.sig, st.last_read, st.change = sig, frame, 0.0
+        st.sig, st.last_read, st.change, st.read_cut = sig, frame, 0.0, st.cut
 
     def record(self, ms: float, crops: int) -> None:
         """The measured cost of one recognizer call of ``crops`` crops (a moving average per crop)."""

@@ -22,8 +22,8 @@ def _x(n, value=0.0, seed=0):
     return (value + 0.01 * rng.standard_normal((n, 3, 16, 64))).astype(np.float32)
 
 
-def _read(s, frame, tracks, x, text="word", conf=0.99):
-    pick, sigs = s.choose(frame, tracks, x)
+def _read(s, frame, tracks, x, text="word", conf=0.99, partial=None):
+    pick, sigs = s.choose(frame, tracks, x, partial)
     for i in pick:
         s.observe(frame, tracks[i], sigs[i], text)
         tracks[i].vote.add(text, conf)
@@ -37,8 +37,15 @@ def test_signature_pools_grey_levels():
     assert sig.shape == (1, 4, 16) and sig[0, 0, 0] == pytest.approx(1.0) and sig[0, 1:, 1:].max() == 0.0
 
 
+def test_new_tracks_are_read_on_their_first_frame_beyond_the_budget_up_to_new_reads():
+    s = ReadScheduler(ScheduleCfg(max_reads=2, new_reads=5))
+    tracks, x = _tracks(8), _x(8)
+    assert _read(s, 0, tracks, x) == [0, 1, 2, 3, 4, 5, 6]  # 5 new beyond the budget, then 2 within it
+    assert _read(s, 1, tracks, x) == [7]
+
+
 def test_new_tracks_first_within_the_budget_then_static_tracks_rest():
-    s = ReadScheduler(ScheduleCfg(max_reads=3, max_age=10))
+    s = ReadScheduler(ScheduleCfg(max_reads=3, max_age=10, new_reads=0))
     tracks, x = _tracks(8), _x(8)
     seen = []
     for f in range(3):
@@ -87,14 +94,33 @@ def test_uncertain_tracks_stay_due_most_uncertain_first():
 
 
 def test_budget_in_milliseconds_uses_the_measured_cost():
-    s = ReadScheduler(ScheduleCfg(max_reads=0, budget_ms=10.0))
+    s = ReadScheduler(ScheduleCfg(max_reads=0, budget_ms=10.0, new_reads=0))
     tracks, x = _tracks(16), _x(16)
     assert len(s.choose(0, tracks, x)[0]) == 16  # nothing measured yet
     s.record(40.0, 16)  # 2.5 ms a crop
     assert len(s.choose(1, tracks, x)[0]) == 4
 
 
-@pytest.mark.parametrize("kw", [dict(max_reads=0, budget_ms=0), dict(max_reads=-1), dict(change=0),
+def test_a_word_cut_by_the_frame_edge_keeps_its_text_and_is_read_again_once_whole():
+    s = ReadScheduler(ScheduleCfg(max_reads=4, max_age=5))
+    tracks, x = _tracks(2), _x(2)
+    cut = np.array([False, True])
+    assert _read(s, 0, tracks, x, "north", partial=np.array([False, False])) == [0, 1]
+    moved = x.copy()
+    moved[:] = _x(2, value=0.8, seed=3)  # both crops change a lot: the cut one is still not read
+    assert _read(s, 1, tracks, moved, "rth", partial=cut) == [0]
+    assert all(_read(s, f, tracks, moved, "rth", partial=cut) in ([], [0]) for f in range(2, 12))
+    assert tracks[1].vote.best[0] == "north"
+    # a word entering the view: its first read saw a fragment; once whole it is read and the fragment forgotten
+    s2 = ReadScheduler(ScheduleCfg(max_reads=4))
+    t2 = _tracks(1)
+    assert _read(s2, 0, t2, x[:1], "th", partial=np.array([True])) == [0]
+    assert _read(s2, 1, t2, x[:1], "th", partial=np.array([True])) == []
+    assert _read(s2, 2, t2, x[:1], "north", partial=np.array([False])) == [0]
+    assert t2[0].vote.totals == {"th": 0.0, "north": pytest.approx(0.99)} and t2[0].text == "north"
+
+
+@pytest.mark.parametrize("kw", [dict(max_reads=0, budget_ms=0), dict(new_reads=-1), dict(max_reads=-1), dict(change=0),
                                 dict(confidence=1.5), dict(max_age=0), dict(forget=2.0)])
 def test_bad_schedules_are_refused(kw):
     with pytest.raises(ValueError, match="schedule"):
@@ -133,7 +159,7 @@ def test_pipeline_follows_a_changing_sign_and_a_moving_word(tmp_path):
                     schedule=cfg)
     results = [pipe.process(f, i) for i, f in enumerate(frames)]
     pipe.close()
-    assert max(r.reads for r in results) <= cfg.max_reads
+    assert max(r.reads for r in results[1:]) <= cfg.max_reads  # frame 0: the new words, beyond the budget
     sign = [_match(r.words, truth[i][0]["box"]) for i, r in enumerate(results)]
     assert sign[change_at - 1] is not None and sign[change_at - 1].text == "open"
     follows = next(i for i in range(change_at, n) if sign[i] is not None and sign[i].text == "closed")
@@ -152,7 +178,7 @@ def test_static_scene_settles_well_under_one_read_per_word(tmp_path):
     truth = render_video(str(tmp_path / "s.avi"), n_words=8, size=(240, 640), frames=90, font_px=20, speed=0.0)
     rois = [(int(x0) - 4, int(y0) - 4, int(x1 - x0) + 8, int(y1 - y0) + 8) for x0, y0, x1, y1 in
             (t["box"] for t in truth[0])]
-    pipe = Pipeline(OnnxRecognizer(str(MODEL), threads=1), rois=rois, schedule=ScheduleCfg(max_reads=4))
+    pipe = Pipeline(OnnxRecognizer(str(MODEL), threads=1), rois=rois, schedule=ScheduleCfg(max_reads=4, new_reads=0))
     results = [pipe.process(f, i) for i, f in enumerate(_frames(tmp_path / "s.avi"))]
     assert results[0].reads == 4 and results[0].skipped == 4  # budget: the 8 new words over two frames
     settled = results[30:]
