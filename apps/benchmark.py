@@ -311,7 +311,7 @@ def cmd_preprocess(args) -> int:
 def cmd_pipeline(args) -> int:
     from runtime.detector import DBDetector
     from runtime.pipeline import Pipeline
-    from runtime.recognizer import open_recognizer
+    from runtime.backends import open_recognizer
     from runtime.tracking import iou_matrix
 
     from .camera import default_model, resolve_detector, schedule_from_args
@@ -474,7 +474,7 @@ def cmd_soak(args) -> int:
     every ``--every`` seconds; the figure that matters is its growth after the first minute."""
     from runtime.detector import DBDetector
     from runtime.pipeline import Pipeline
-    from runtime.recognizer import open_recognizer
+    from runtime.backends import open_recognizer
     from runtime.video import read_frames
 
     from .camera import default_model, resolve_detector, schedule_from_args

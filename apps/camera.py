@@ -153,7 +153,7 @@ def resolve_detector(name: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runtime.detector import DBDetector
-    from runtime.recognizer import open_recognizer
+    from runtime.backends import open_recognizer
 
     non_negative("--max-frames", args.max_frames)
     for opt in ("det_side", "width", "height", "fps"):

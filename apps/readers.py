@@ -47,11 +47,12 @@ class TorchReader(_Base):
 
 class RuntimeReader(_Base):
     def __init__(self, path: str) -> None:
-        from runtime.recognizer import open_recognizer
+        from runtime.backends import open_recognizer
+        from runtime.modelfile import format_for
 
         self.rec = open_recognizer(path)
         self.name = Path(path).name
-        self.format = "TensorRT" if path.endswith((".engine", ".plan")) else "ONNX"
+        self.format = format_for(path).label
         self.backend = "TensorRT" if self.format == "TensorRT" else "onnxruntime " + _ort_version()
         self.precision = self.rec.info.precision
         self.size_mb = Path(path).stat().st_size / 1e6
@@ -140,6 +141,7 @@ def _peer_size(spec: str) -> tuple[int, int]:
 
 def open_reader(spec: str) -> _Base:
     from runtime import zoo
+    from runtime.modelfile import format_for
 
     name = spec.partition("@")[0]
     if zoo.is_zoo_name(name):
@@ -148,9 +150,10 @@ def open_reader(spec: str) -> _Base:
         return TesseractReader()
     if not Path(spec).is_file():
         raise FileNotFoundError(f"{spec}: no such model file")
-    if spec.endswith(".pt"):
+    fmt = format_for(spec)
+    if fmt is not None and fmt.backend == "pytorch":
         return TorchReader(spec)
-    if spec.endswith((".onnx", ".engine", ".plan")):
+    if fmt is not None:
         return RuntimeReader(spec)
     raise ValueError(f"{spec}: unknown model kind (expected .pt, .onnx, .engine, a zoo name "
                      f"({', '.join(zoo.rec_names())}, optionally NAME@HxW) or 'tesseract')")

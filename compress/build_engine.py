@@ -12,7 +12,6 @@ exits non-zero saying what was written and that the engine must be built on the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -82,17 +81,14 @@ def build_engine(onnx_path: str, engine_path: str, min_batch: int = 1, opt_batch
 
 
 def write_sidecar(onnx_path: str, engine_path: Path, batch: tuple[int, int, int], trt_version: str) -> Path:
-    from runtime.recognizer import read_onnx_metadata
+    """The ONNX model's metadata (``runtime.modelfile``) plus the engine's own keys, as JSON beside the engine."""
+    from runtime.modelfile import PREFIX, model_info, write_sidecar as write_json
 
-    meta = read_onnx_metadata(onnx_path)
-    meta.update({"tinytext.engine_source_onnx": Path(onnx_path).name, "tinytext.batch_min": str(batch[0]),
-                 "tinytext.batch_opt": str(batch[1]), "tinytext.batch_max": str(batch[2]),
-                 "tinytext.tensorrt_version": trt_version})
-    side = engine_path.with_suffix(engine_path.suffix + ".json")
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, side)
-    return side
+    info = model_info(onnx_path)
+    info.extra.update({PREFIX + "engine_source_onnx": Path(onnx_path).name, PREFIX + "batch_min": str(batch[0]),
+                       PREFIX + "batch_opt": str(batch[1]), PREFIX + "batch_max": str(batch[2]),
+                       PREFIX + "tensorrt_version": trt_version})
+    return write_json(engine_path, info.to_metadata())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from runtime.cli import InputError, positive
+    from runtime.modelfile import path_for
 
-    from .quantize import convert_fp16, int8_path, quantize_from_data
+    from .quantize import convert_fp16, quantize_from_data
     from .trt_check import check_trt_buildable
 
     args = build_parser().parse_args(argv)
@@ -138,12 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.int8 and not is_qdq(str(onnx_path)):
             if not args.calib:
                 raise InputError("--int8 from a float model needs --calib DATA")
-            src, _ = quantize_from_data(str(onnx_path), str(out_dir / int8_path(onnx_path, "tensorrt").name),
+            src, _ = quantize_from_data(str(onnx_path), str(path_for(onnx_path, "onnx-int8-trt", out_dir)),
                                         args.calib, args.calib_n, args.calibrator, target="tensorrt",
                                         cache_dir=out_dir, conditions=args.calib_conditions)
             print(f"build_engine: wrote calibrated Q/DQ ONNX {src}")
         elif args.fp16 and not str(onnx_path).endswith(".fp16.onnx"):
-            src = convert_fp16(str(onnx_path), str(out_dir / onnx_path.name.replace(".onnx", ".fp16.onnx")))
+            src = convert_fp16(str(onnx_path), str(path_for(onnx_path, "onnx-fp16", out_dir)))
             print(f"build_engine: wrote FP16 ONNX {src}")
         chk = check_trt_buildable(str(src), require_qdq=args.int8)
         print(chk)
@@ -158,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
               f"with: python -m compress.build_engine --onnx {src}", file=sys.stderr)
         return 4
     prec = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
-    engine = out_dir / (src.name.split(".")[0] + f".{prec}.engine")
+    engine = path_for(src, f"engine-{prec}", out_dir)
     engine.parent.mkdir(parents=True, exist_ok=True)
     build_engine(str(src), str(engine), *b, workspace_mb=args.workspace_mb, trt=trt)
     side = write_sidecar(str(src), engine, b, getattr(trt, "__version__", "?"))

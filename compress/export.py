@@ -20,9 +20,10 @@ import torch
 
 from distill.checkpoint import load_checkpoint, load_model
 from runtime.cli import InputError, positive
+from runtime.modelfile import PREFIX, ModelInfo, path_for
 from runtime.preprocess import MEAN, STD
 
-from .calibration import add_calibration_args
+from .calibration import add_calibration_args, resolve_calib_path
 from .graph_rewrites import scalar_affine_to_conv
 from .parity import ParityError, parity_check, parity_images
 
@@ -37,26 +38,13 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def model_metadata(spec: dict, ckpt_path: str, precision: str = "fp32") -> dict[str, str]:
-    h, w = (16, 64) if spec["lr"] else (32, 128)
-    return {
-        "tinytext.model_name": spec["name"],
-        "tinytext.decoder": spec["tokenizer"],  # attn (EOS = class 0) or ctc (blank = class 0)
-        "tinytext.charset": spec["charset"],
-        "tinytext.max_len": str(spec["max_len"]),
-        "tinytext.input_height": str(h),
-        "tinytext.input_width": str(w),
-        "tinytext.channel_order": "RGB",
-        "tinytext.layout": "NCHW",
-        "tinytext.resize": "stretch-bicubic",
-        "tinytext.mean": str(MEAN),
-        "tinytext.std": str(STD),
-        "tinytext.output": "probs",
-        "tinytext.precision": precision,
-        "tinytext.lr": str(spec["lr"]).lower(),
-        "tinytext.source_checkpoint": Path(ckpt_path).name,
-        "tinytext.source_sha256": sha256_file(ckpt_path),
-    }
+def model_metadata(spec: dict, ckpt_path: str, size: tuple[int, int], precision: str = "fp32") -> dict[str, str]:
+    """The model file's ``tinytext.*`` keys (``runtime.modelfile``): what the runtime needs, then provenance.
+    ``size``: the network's input (H, W), from the model itself."""
+    info = ModelInfo(spec["name"], spec["tokenizer"], spec["charset"], size[0], size[1], MEAN, STD, precision,
+                     bool(spec["lr"]), int(spec["max_len"]),
+                     {PREFIX + "source_checkpoint": Path(ckpt_path).name, PREFIX + "source_sha256": sha256_file(ckpt_path)})
+    return info.to_metadata()
 
 
 def set_metadata(model, meta: dict[str, str]) -> None:
@@ -94,13 +82,13 @@ def export_onnx(ckpt: str, out_dir: str, opset: int = 17, simplify: bool = True,
     n_affine = scalar_affine_to_conv(m)  # exact; keeps ONNX Runtime's NCHWc convolutions chained (graph_rewrites)
     if n_affine:
         print(f"export: {n_affine} scalar affine (Mul -> Add) pairs written as depthwise 1x1 convolutions")
-    set_metadata(m, model_metadata(spec, ckpt))
+    set_metadata(m, model_metadata(spec, ckpt, (h, w)))
     onnx.checker.check_model(m)
     onnx.save(m, str(tmp))
     try:
-        imgs = parity_images(parity_data, spec["lr"], parity_n)
+        imgs = parity_images(parity_data, spec["lr"], parity_n, (h, w))
         rep = parity_check(model, tok, str(tmp), imgs, atol=atol, min_agree=min_agree)
-        print(f"export: parity with PyTorch on {rep['n']} real images: max |diff| {rep['max_abs_diff']:.2e}, "
+        print(f"export: parity with PyTorch on {rep['n']} {'images of ' + parity_data if parity_data else 'noise images'}: max |diff| {rep['max_abs_diff']:.2e}, "
               f"strings agree {100 * rep['agreement']:.1f}% (batch 1 and {rep['batch']})")
     except ParityError:
         tmp.unlink(missing_ok=True)
@@ -134,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim/onnxsim")
     p.add_argument("--parity-data", default=None,
-                   help="lmdb/folder of real crops for the parity gate; unset: ../shared/data/real/svt_test when "
-                        "present, else noise")
+                   help="lmdb/folder of real crops for the parity gate; unset: the --calib data when given, else "
+                        "uniform noise")
     p.add_argument("--parity-n", type=int, default=64, help="images in the parity gate")
     p.add_argument("--atol", type=float, default=1e-3, help="max |prob difference| allowed by the parity gate")
     p.add_argument("--fp16", action="store_true", help="also write an FP16 ONNX (float32 I/O) for GPU targets")
@@ -175,15 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         calibration_tensors(args.calib, LR_SIZE if lr else HR_SIZE, lr, args.calib_n, 16, args.out,
                             args.calib_conditions)
     try:
-        path = export_onnx(args.ckpt, args.out, args.opset, not args.no_simplify, args.parity_data, args.parity_n,
-                           args.atol)
+        parity = args.parity_data or (str(resolve_calib_path(args.calib)) if args.calib else None)
+        path = export_onnx(args.ckpt, args.out, args.opset, not args.no_simplify, parity, args.parity_n, args.atol)
     except ParityError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"export: wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     made = [path]
     if args.fp16:
-        made.append(convert_fp16(str(path), str(path.with_suffix(".fp16.onnx"))))
+        made.append(convert_fp16(str(path), str(path_for(path, "onnx-fp16"))))
         print(f"export: wrote {made[-1]} ({made[-1].stat().st_size / 1e6:.2f} MB)")
     if args.int8:
         q, n = quantize_from_data(str(path), str(int8_path(path, args.int8_target)), args.calib, args.calib_n,

@@ -9,23 +9,20 @@ import torch
 from runtime.conditions import apply_condition
 from runtime.preprocess import prepare
 
-__all__ = ["ParityError", "parity_images", "parity_check", "DEFAULT_REAL"]
-
-DEFAULT_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "svt_test"
+__all__ = ["ParityError", "parity_images", "parity_check"]
 
 
 class ParityError(RuntimeError):
     pass
 
 
-def parity_images(data: str | None, lr: bool, n: int, size: tuple[int, int] | None = None) -> np.ndarray:
-    """(n, 3, H, W) float32 network inputs from real crops (LR models get the ``lr16`` condition), or noise when
-    no real data is at hand."""
+def parity_images(data: str | None, lr: bool, n: int, size: tuple[int, int]) -> np.ndarray:
+    """(n, 3, H, W) float32 network inputs of ``size`` (H, W) from real crops (LR models get the ``lr16``
+    condition), or uniform noise when ``data`` is None or holds no usable crop."""
     from runtime.datasets import open_dataset
 
-    size = size or ((16, 64) if lr else (32, 128))
-    path = Path(data) if data else DEFAULT_REAL
-    if path.exists():
+    if data is not None:
+        path = Path(data)
         r = open_dataset(path)
         out = []
         for s in r.iter_valid():

@@ -23,6 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
+from runtime.modelfile import PREFIX, model_info, path_for, read_metadata
+
 from .graph_rewrites import conv_to_scalar_affine, qdq_integer_activations
 
 __all__ = ["quantize_int8", "quantize_from_data", "convert_fp16", "head_nodes", "float_prefix", "int8_path",
@@ -34,9 +36,7 @@ INT8_TARGETS = ("cpu", "tensorrt")
 
 def int8_path(fp32_path: str | os.PathLike, target: str) -> Path:
     """Where the INT8 flavour of a float model goes: ``m.int8.onnx`` (cpu) or ``m.int8-trt.onnx`` (tensorrt)."""
-    p = Path(fp32_path)
-    stem = p.name[: -len(".onnx")] if p.name.endswith(".onnx") else p.name
-    return p.with_name(stem + (".int8.onnx" if target == "cpu" else ".int8-trt.onnx"))
+    return path_for(fp32_path, "onnx-int8" if target == "cpu" else "onnx-int8-trt")
 
 
 def head_nodes(model) -> list[str]:
@@ -158,18 +158,17 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
                                        "CalibMovingAverage": method == "minmax"})
     q = onnx.load(str(tmp))
     n_int = qdq_integer_activations(q) if integer_activations and not trt else {}
-    src = onnx.load(fp32_path, load_external_data=False)
-    meta = {p.key: p.value for p in src.metadata_props}
-    meta["tinytext.precision"] = "int8"
-    meta["tinytext.int8_calibrator"] = method
+    meta = read_metadata(fp32_path)  # the float model's keys (runtime.modelfile), any other ONNX's as they are
+    meta[PREFIX + "precision"] = "int8"
+    meta[PREFIX + "int8_calibrator"] = method
     if calib_conditions:
-        meta["tinytext.int8_calib_conditions"] = ",".join(calib_conditions)
-    meta["tinytext.int8_target"] = target
-    meta["tinytext.int8_head_float"] = str(keep_head_float).lower()
+        meta[PREFIX + "int8_calib_conditions"] = ",".join(calib_conditions)
+    meta[PREFIX + "int8_target"] = target
+    meta[PREFIX + "int8_head_float"] = str(keep_head_float).lower()
     if float_convs:
-        meta["tinytext.int8_float_convs"] = str(float_convs)
+        meta[PREFIX + "int8_float_convs"] = str(float_convs)
     if any(n_int.values()):
-        meta["tinytext.int8_integer_activations"] = ", ".join(f"{k} {v}" for k, v in n_int.items())
+        meta[PREFIX + "int8_integer_activations"] = ", ".join(f"{k} {v}" for k, v in n_int.items())
     del q.metadata_props[:]
     for k, v in meta.items():
         e = q.metadata_props.add()
@@ -186,8 +185,6 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
     """Calibrate on ``calib`` with the model's own input size (from its metadata), then quantize.
     ``conditions``: the LR conditions HR crops go through (default ``calibration.CALIB_CONDITIONS``).
     Returns (Q/DQ path, number of calibration images)."""
-    from runtime.recognizer import model_info
-
     from .calibration import CALIB_CONDITIONS, calibration_tensors
 
     info = model_info(fp32_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from distill.checkpoint import strip_checkpoint
 
-from .calibration import add_conditions_arg
+from .calibration import add_conditions_arg, resolve_calib_path
 from .export import export_onnx
 from .gate import evaluate_onnx, gate_table
 from .quantize import CALIBRATORS, int8_path, quantize_from_data
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t = strip_checkpoint(args.teacher, out / f"{args.name}-teacher-hr.pt") if args.teacher else None
     s = strip_checkpoint(args.student, out / f"{args.name}-student-lr.pt")
-    onnx_path = export_onnx(str(s), str(out))
+    onnx_path = export_onnx(str(s), str(out), parity_data=str(resolve_calib_path(args.calib)))
     # Both INT8 flavours: uint8 activations for ONNX Runtime on CPUs, symmetric int8 for TensorRT (Jetson).
     q, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "cpu")), args.calib, method=args.calibrator,
                               cache_dir=out / ".calib-cache", target="cpu", float_convs=args.int8_float_convs,

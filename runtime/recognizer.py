@@ -1,11 +1,10 @@
-"""A recognizer opened from a model file, torch-free: ONNX Runtime for ``.onnx`` (CPU, or CUDA/TensorRT execution
-providers when that build of onnxruntime is installed), TensorRT for ``.engine`` (``runtime.trt_backend``).
-Everything it needs (charset, input size, normalisation, decoder type) comes from the file's metadata (the
-engine's JSON sidecar). Batched: N crops (or N boxes of one frame) in, N (text, confidence, per-character
+"""The recognizer contract every backend shares, and its ONNX Runtime backend (CPU, or CUDA/TensorRT execution
+providers when that build of onnxruntime is installed); TensorRT engines are ``runtime.trt_backend``, and
+``runtime.backends.open_recognizer`` picks one by file format. Everything a recognizer needs (charset, input size,
+normalisation, decoder type) comes from the file's metadata (``runtime.modelfile``). Batched: N crops (or N boxes of one frame) in, N (text, confidence, per-character
 confidences) out."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -14,45 +13,10 @@ import numpy as np
 from .charset import Decoded, Tokenizer, make_tokenizer
 from .cli import InputError
 from . import fastpath
+from .modelfile import ModelInfo, model_info
 from .preprocess import prepare_batch
 
-__all__ = ["ModelInfo", "Recognizer", "OnnxRecognizer", "open_recognizer", "read_onnx_metadata", "model_info",
-           "info_from_metadata"]
-
-
-@dataclass
-class ModelInfo:
-    name: str
-    decoder: str
-    charset: str
-    height: int
-    width: int
-    mean: float
-    std: float
-    precision: str
-    lr: bool
-
-
-def read_onnx_metadata(path: str) -> dict[str, str]:
-    from .onnxfile import read_metadata
-
-    return read_metadata(path)
-
-
-def info_from_metadata(meta: dict[str, str], path: str) -> ModelInfo:
-    need = ["tinytext.decoder", "tinytext.charset", "tinytext.input_height", "tinytext.input_width"]
-    missing = [k for k in need if k not in meta]
-    if missing:
-        raise InputError(f"{path}: metadata lacks {missing}; not a recognizer exported by python -m compress.export")
-    return ModelInfo(meta.get("tinytext.model_name", "?"), meta["tinytext.decoder"], meta["tinytext.charset"],
-                     int(meta["tinytext.input_height"]), int(meta["tinytext.input_width"]),
-                     float(meta.get("tinytext.mean", 0.5)), float(meta.get("tinytext.std", 0.5)),
-                     meta.get("tinytext.precision", "fp32"), meta.get("tinytext.lr", "false") == "true")
-
-
-def model_info(path: str) -> ModelInfo:
-    """What an exported model declares about itself, without opening a session."""
-    return info_from_metadata(read_onnx_metadata(path), path)
+__all__ = ["Recognizer", "OnnxRecognizer"]
 
 
 class Recognizer:
@@ -102,7 +66,7 @@ class OnnxRecognizer(Recognizer):
         self.path = str(path)
         if not Path(self.path).is_file():
             raise InputError(f"{self.path}: no such model file")
-        self.info = info_from_metadata(self._metadata(), self.path)
+        self.info = model_info(self.path)
         so = ort.SessionOptions()
         if self.info.precision == "fp16" and "CUDAExecutionProvider" not in ort.get_available_providers():
             # ONNX Runtime's CPU graph optimiser has crashed (SIGSEGV) on FP16 transformer graphs here; FP16 is a GPU
@@ -118,20 +82,5 @@ class OnnxRecognizer(Recognizer):
         self.input_dtype = np.float16 if "float16" in self.input_type else np.float32
         self.tokenizer: Tokenizer = make_tokenizer(self.info.decoder, self.info.charset)
 
-    def _metadata(self) -> dict[str, str]:
-        return read_onnx_metadata(self.path)
-
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)
-
-
-def open_recognizer(path: str, **kw) -> Recognizer:
-    """``.onnx`` -> ONNX Runtime; ``.engine`` / ``.plan`` -> TensorRT (needs its ``.json`` sidecar)."""
-    p = str(path)
-    if p.endswith(".onnx"):
-        return OnnxRecognizer(p, **kw)
-    if p.endswith((".engine", ".plan")):
-        from .trt_backend import TensorRTRecognizer
-
-        return TensorRTRecognizer(p, **kw)
-    raise InputError(f"{path}: unsupported model file (expected .onnx, or .engine built by compress.build_engine)")

@@ -8,13 +8,13 @@ is read from the JSON sidecar beside it, never from the engine bytes.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .charset import make_tokenizer
-from .recognizer import Recognizer, info_from_metadata
+from .modelfile import ModelInfo, read_metadata, sidecar_path
+from .recognizer import Recognizer
 
 __all__ = ["TensorRTRecognizer", "DeviceBuffer", "CudaMissing", "cuda_api"]
 
@@ -102,14 +102,10 @@ class TensorRTRecognizer(Recognizer):
 
     def __init__(self, path: str, trt=None, api=None) -> None:
         self.path = str(path)
-        side = Path(self.path + ".json")
         if not Path(self.path).is_file():
             raise FileNotFoundError(f"{self.path}: no such engine file")
-        if not side.is_file():
-            raise FileNotFoundError(f"{side}: the engine's metadata sidecar is missing (compress.build_engine "
-                                    f"writes it beside the engine)")
-        meta = json.loads(side.read_text())
-        self.info = info_from_metadata(meta, str(side))
+        meta = read_metadata(self.path)
+        self.info = ModelInfo.from_metadata(meta, str(sidecar_path(self.path)))
         self.tokenizer = make_tokenizer(self.info.decoder, self.info.charset)
         self.max_batch = int(meta.get("tinytext.batch_max", 64))
         if trt is None:

@@ -308,5 +308,5 @@ def test_tensorrt_recognizer_with_fake_tensorrt_and_pycuda(tmp_path, monkeypatch
     frame = np.zeros((40, 80, 3), np.uint8)
     assert [o.text for o in rec.read_boxes(frame, [[0, 0, 40, 20], [10, 10, 70, 30]])] == ["ab", "ab"]
     (tmp_path / "m.engine.json").unlink()
-    with pytest.raises(FileNotFoundError, match="sidecar"):
+    with pytest.raises(ValueError, match="sidecar"):
         trt_backend.TensorRTRecognizer(str(tmp_path / "m.engine"), trt=trt, api=("pycuda", Drv))

@@ -61,7 +61,7 @@ def test_parity_gate_fails_on_a_different_model(trained, tmp_path):
     for prm in other.parameters():
         prm.data.add_(0.5)
     with pytest.raises(ParityError, match="parity failed"):
-        parity_check(other, tok, str(p), parity_images(None, True, 16))
+        parity_check(other, tok, str(p), parity_images(None, True, 16, (16, 64)))
 
 
 def test_calibration_conditions_make_lr_from_hr_crops_in_turn(tmp_path):
