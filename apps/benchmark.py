@@ -1,4 +1,4 @@
-"""``python -m apps.benchmark {run,preprocess,pipeline,kd}``: accuracy/latency of models and peers in one table, and
+"""``python -m apps.benchmark {run,preprocess,pipeline,detect,soak}``: accuracy/latency of models and peers in one table, and
 the sub-benchmarks of the runtime. Every figure is measured in the run that prints it; ratios compare rows of
 the same run on the same machine.
 
@@ -11,7 +11,6 @@ the same run on the same machine.
 - ``detect``: text detectors' word recall and time per frame on rendered scenes of small words.
 - ``soak``: the camera pipeline for N minutes on a looping video fed like a 30 FPS camera: resident memory over
   time and frames dropped.
-- ``kd``: delegates to ``python -m distill.kd_gain``.
 """
 from __future__ import annotations
 
@@ -608,9 +607,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--every", type=float, default=30.0, help="seconds between memory samples")
     pipeline_args(r, 90)
 
-    r = sub.add_parser("kd", help="KD gain table (python -m distill.kd_gain; arguments passed through)",
-                       formatter_class=F)
-    r.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for distill.kd_gain")
     return p
 
 
@@ -630,10 +626,6 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_soak(args)
     if args.cmd == "detect":
         return cmd_detect(args)
-    if args.cmd == "kd":
-        from distill.kd_gain import main as kd_main
-
-        return kd_main(args.rest)
     return 2
 
 

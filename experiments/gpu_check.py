@@ -3,7 +3,7 @@
 The KD-LTR and CLIP-OCR gain rows in one prepared run that fits a short GPU slot: synthesize TextZoom-style pairs on
 the host's cores, train the PARSeq teacher, the CLIP stage, then the KD-LTR student, the LR-only baseline, the
 CLIP-OCR and KD-LTR + CLIP-OCR students from it (one step count for all four), each stage for a fixed share of the
-training budget, and evaluate every row with ``distill.kd_gain`` on the synthetic test splits and on the real
+training budget, and evaluate every row with ``experiments.kd_gain`` on the synthetic test splits and on the real
 ``--real`` crops (lr16 / lr16blur). Writes ``DIR/gpu_check.md`` and ``DIR/gpu_check.json``: per stage the steps,
 wall seconds, training images/s and peak GPU memory, then the gain table.
 
@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from distill.config import load_config
-from distill.kd_gain import _contender_config, train_or_reuse
-from distill.kd_gain import main as kd_gain_main
+from experiments.kd_gain import _contender_config, train_or_reuse
+from experiments.kd_gain import main as kd_gain_main
 from runtime.cli import InputError, positive
 from runtime.metrics import write_bytes_atomic, write_json_atomic
 

@@ -125,10 +125,10 @@ def test_kd_gain_has_clipocr_rows(setup, tmp_path, shared_real):
 
     d, base = setup
     sets = sum([["--set", o] for o in base], [])
-    r = subprocess.run([sys.executable, "-m", "distill.kd_gain", "--config", "configs/clipocr_smoke.yaml", "--minutes",
+    r = subprocess.run([sys.executable, "-m", "experiments.kd_gain", "--config", "configs/clipocr_smoke.yaml", "--minutes",
                         "0.001", "--min-steps", "2", "--out", str(tmp_path), "--teacher", str(d / "teacher" / "last.pt"),
                         "--clip", str(d / "clip" / "last.pt"), "--contenders", "kdltr,baseline,clipocr,kdltr+clipocr",
-                        "--max-samples", "8", *sets], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                        "--max-samples", "8", "--real", str(shared_real / "svt_test"), *sets], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "kd_gain.json").read_text())
     rows = res["rows"]
@@ -148,7 +148,7 @@ def test_kd_gain_has_clipocr_rows(setup, tmp_path, shared_real):
 
 
 def test_clipocr_summary_lines_name_the_splits_behind():
-    from distill.kd_gain import _clipocr_lines
+    from experiments.kd_gain import _clipocr_lines
 
     def row(model, label, easy, hard, real):
         return {"contender": label, "model": model, "easy": easy, "hard": hard, "synthetic_avg": None, "svt_lr16": real}

@@ -658,7 +658,7 @@ def test_kd_gain_onnx_teacher_contender(tmp_path, shared_real):
     real = _real_lmdb(shared_real / "svt_test", tmp_path / "real", 12)
     sets = ["model.name=onnx-ctc", "model.charset='36'", f"data.train=[{{path: {words}}}]", f"data.val={words}",
             "data.batch_size=8", "data.workers=0", "data.max_val_samples=8", f"onnx_teacher.cache_dir={tmp_path / 'c'}"]
-    res = run_module(["distill.kd_gain", "--contenders", "onnx-teacher", "--minutes", "0.01", "--min-steps", "2",
+    res = run_module(["experiments.kd_gain", "--contenders", "onnx-teacher", "--minutes", "0.01", "--min-steps", "2",
                       "--seeds", "5", "--out", str(tmp_path / "kg"), "--real", str(real), "--max-samples", "12",
                       "--onnx-config", "configs/ppocr_student.yaml", *[a for s in sets for a in ("--set", s)]],
                      timeout=900)

@@ -144,8 +144,8 @@ def test_ddp_two_cpu_processes_end_identical(synth, tmp_path):
 def test_kd_gain_tiny(synth, tmp_path, shared_real):
     t = tmp_path / "t"
     train(load_config("configs/smoke.yaml", overrides(synth, t, "cnn-ctc")))
-    r = subprocess.run([sys.executable, "-m", "distill.kd_gain", "--steps", "3", "--out", str(tmp_path / "g"),
-                        "--teacher", str(t / "last.pt"), "--max-samples", "12",
+    r = subprocess.run([sys.executable, "-m", "experiments.kd_gain", "--steps", "3", "--out", str(tmp_path / "g"),
+                        "--teacher", str(t / "last.pt"), "--max-samples", "12", "--real", str(shared_real / "svt_test"),
                         *sum([["--set", o] for o in overrides(synth, t, "cnn-ctc")[:-1]], [])],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -162,13 +162,14 @@ def test_kd_gain_tiny(synth, tmp_path, shared_real):
 def test_kd_gain_seeds_are_aggregated_and_finished_runs_kept(synth, tmp_path, shared_real, monkeypatch, capsys):
     import statistics
 
-    from distill.kd_gain import main as kd_gain
+    from experiments.kd_gain import main as kd_gain
 
     monkeypatch.chdir(ROOT)
     t = tmp_path / "t"
     train(load_config("configs/smoke.yaml", overrides(synth, t, "cnn-ctc")))
     g = tmp_path / "g"
     argv = ["--steps", "2", "--seeds", "0,1", "--out", str(g), "--teacher", str(t / "last.pt"), "--max-samples", "12",
+            "--real", str(shared_real / "svt_test"),
             *sum([["--set", o] for o in overrides(synth, t, "cnn-ctc")[:-1]], [])]
     assert kd_gain(argv) == 0
     agg = json.loads((g / "kd_gain.json").read_text())
@@ -213,7 +214,7 @@ def test_kd_gain_seeds_are_aggregated_and_finished_runs_kept(synth, tmp_path, sh
 
 
 def test_kd_gain_refuses_bad_seeds(tmp_path, capsys):
-    from distill.kd_gain import main as kd_gain
+    from experiments.kd_gain import main as kd_gain
 
     for seeds, msg in (("0,x", "comma-separated integers"), ("1,1", "listed twice")):
         assert kd_gain(["--steps", "2", "--seeds", seeds, "--out", str(tmp_path)]) == 2
@@ -222,7 +223,7 @@ def test_kd_gain_refuses_bad_seeds(tmp_path, capsys):
 
 def test_kd_gain_needs_one_budget(tmp_path):
     for budget in ([], ["--minutes", "1", "--steps", "5"]):
-        r = subprocess.run([sys.executable, "-m", "distill.kd_gain", "--out", str(tmp_path), *budget],
+        r = subprocess.run([sys.executable, "-m", "experiments.kd_gain", "--out", str(tmp_path), *budget],
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and "exactly one of --minutes and --steps" in r.stderr
 

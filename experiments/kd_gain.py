@@ -1,4 +1,4 @@
-"""``python -m distill.kd_gain (--minutes M | --steps N) --out DIR [--seeds 0,1,2] [--teacher CKPT] [--config YAML]``
+"""``python -m experiments.kd_gain (--minutes M | --steps N) --out DIR [--seeds 0,1,2] [--teacher CKPT] [--config YAML]``
 
 Shows what distillation buys: the KD-LTR student and the baseline student (the same LR model trained on LR alone)
 are trained from the same initialisation (the teacher's weights) for the same number of steps, on the same data
@@ -32,12 +32,12 @@ import torch
 from runtime.charset import make_tokenizer
 from runtime.metrics import EvalReport, write_bytes_atomic, write_json_atomic
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import Config, ConfigError, load_config
-from .evaluate import evaluate_models
-from .models import build_model, make_student
-from .system import TrainingSystem
-from .train import prepare_synth, train
+from distill.checkpoint import CheckpointError, load_checkpoint
+from distill.config import Config, ConfigError, load_config
+from distill.evaluate import evaluate_models
+from distill.models import build_model, make_student
+from distill.system import TrainingSystem
+from distill.train import prepare_synth, train
 
 __all__ = ["measure_step_time", "gain_table", "seed_table", "train_or_reuse", "main"]
 
@@ -114,7 +114,7 @@ def gain_table(synth_reports: list[EvalReport], real_reports: list[EvalReport], 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m distill.kd_gain", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m experiments.kd_gain", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--minutes", type=float, default=None,
                    help="training budget per contender (KD and baseline), turned into a step count at the KD "
@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--teacher", default=None,
                    help="HR teacher checkpoint; default: train one first with the same budget")
-    p.add_argument("--real", default="../shared/data/real/svt_test", help="real HR crops evaluated under lr16/lr16blur")
+    p.add_argument("--real", default=None,
+                   help="real HR crops evaluated under lr16/lr16blur (e.g. ../shared/data/real/svt_test); unset: "
+                        "the synthetic test splits only")
     p.add_argument("--max-samples", type=int, default=0, help="per evaluation split; 0 = all")
     p.add_argument("--min-steps", type=int, default=10, help="lower bound on the derived step count")
     p.add_argument("--contenders", default="kdltr,baseline",
@@ -299,9 +301,8 @@ def _run(args, out: Path, overrides: list[str], wanted: list[str], teacher: str 
     extra = {k: v for k, v in ckpts.items() if k != "student"}
     kw = dict(max_samples=args.max_samples, extra_students=extra, onnx_teachers=onnx_teachers)
     synth = evaluate_models(ckpts.get("student"), [str(synth_dir)] if synth_dir else [], teacher, **kw)
-    real = evaluate_models(ckpts.get("student"), [args.real], teacher, lr_from_hr=True, **kw) \
-        if Path(args.real).exists() else []
-    real_name = Path(args.real).name
+    real = evaluate_models(ckpts.get("student"), [args.real], teacher, lr_from_hr=True, **kw) if args.real else []
+    real_name = Path(args.real).name if args.real else "real"
     md, rows = gain_table(synth, real, real_name)
     seed = (base if cnn else ocfg).train.seed  # the onnx-teacher pair alone trains from its own config
     res: dict = {"seed": seed, "minutes": args.minutes, "fixed_steps": bool(args.steps), "checkpoints": ckpts,
@@ -387,8 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give exactly one of --minutes and --steps")
     if args.steps < 0 or (args.minutes is not None and args.minutes <= 0):
         parser.error(f"--steps / --minutes: must be > 0, got {args.steps or args.minutes}")
+    if args.real and not Path(args.real).exists():
+        parser.error(f"--real {args.real}: no such dataset")
     out = Path(args.out)
-    real_name = Path(args.real).name
+    real_name = Path(args.real).name if args.real else "real"
     try:
         wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
         bad = sorted(set(wanted) - {"kdltr", "baseline", "clipocr", "kdltr+clipocr", "onnx-teacher"})
@@ -446,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure_onnx_step_time(cfg: Config, n: int = 3) -> float:
     """Seconds per step of the ONNX teacher's student (random batch with random soft targets)."""
-    from .train import build_onnx_student
+    from distill.train import build_onnx_student
 
     spec, student, teacher = build_onnx_student(cfg, master=False)
     tok = make_tokenizer(spec["tokenizer"], spec["charset"])
