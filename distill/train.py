@@ -20,7 +20,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -281,13 +281,24 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def train(cfg: Config, resume: str | None = None) -> dict:
-    if resume:  # before anything is built or written: a resume past the configured end would only rewrite best.pt
-        done = load_checkpoint(resume).get("step", 0)
-        if done > cfg.optim.steps:
-            raise ConfigError(f"optim.steps {cfg.optim.steps}: below step {done} of --resume {resume}; give at least "
-                              f"{done}, or start a new run in another train.out_dir")
-    # -- distributed setup (torchrun sets these variables; a plain run is rank 0 of 1) ------------------------------
+# -- setup, in the order train() calls it (the order matters: model initialisation draws from the seeded RNG) ----
+
+@dataclass
+class Devices:
+    """Where this process runs: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; a plain run is rank 0 of 1."""
+
+    world: int
+    rank: int
+    local_rank: int
+    use_cuda: bool
+    device: torch.device
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_devices(cfg: Config) -> Devices:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -299,232 +310,332 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True  # Ampere+: TF32 matmuls where bf16 autocast does not reach
         torch.backends.cudnn.allow_tf32 = True
-    master = rank == 0
-    out = Path(cfg.train.out_dir)
-    if master:
-        out.mkdir(parents=True, exist_ok=True)
+    return Devices(world, rank, local_rank, use_cuda, device)
 
-    # -- seeds: every rank starts from the same weights; data shards differ by rank ------------------------------
-    torch.manual_seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed)
-    random.seed(cfg.train.seed)
 
-    # -- model(s) ------------------------------------------------------------------------------------------------
-    teacher, clip, clip_norm, onnx_teacher = None, None, "ours", None
-    if cfg.train.stage == "clip":
+def seed_everything(seed: int) -> None:
+    """Every rank starts from the same weights; data shards differ by rank (ResumableSampler)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+@dataclass
+class Models:
+    """The trained model and what guides it: a frozen teacher (KD-LTR), a CLIP (CLIP-OCR), or an ONNX teacher whose
+    targets come with the data."""
+
+    spec: dict
+    model: torch.nn.Module
+    teacher: torch.nn.Module | None = None
+    clip: torch.nn.Module | None = None
+    clip_norm: str = "ours"
+    onnx_teacher: object | None = None
+
+
+def build_models(cfg: Config, master: bool) -> Models:
+    stage = cfg.train.stage
+    if stage == "clip":
         spec = model_spec("clip", cfg.model.charset, cfg.model.max_len, lr=False, **asdict(cfg.clip))
-        model = build_model(spec)
-    elif cfg.train.stage == "teacher":
+        return Models(spec, build_model(spec))
+    if stage == "teacher":
         spec = model_spec(cfg.model.name, cfg.model.charset, cfg.model.max_len, lr=False, **cfg.model.kwargs)
-        model = build_model(spec)
-    elif is_onnx_teacher(cfg.train.teacher_ckpt):
+        return Models(spec, build_model(spec))
+    if is_onnx_teacher(cfg.train.teacher_ckpt):
         spec, model, onnx_teacher = build_onnx_student(cfg, master)
-    else:
-        tck = load_checkpoint(cfg.train.teacher_ckpt)
-        tspec = tck["model_spec"]
-        if tspec["lr"]:
-            raise ConfigError(f"train.teacher_ckpt {cfg.train.teacher_ckpt}: is an LR model; the teacher must be HR")
-        mine = {"model.name": cfg.model.name, "model.charset": resolve_charset(cfg.model.charset),
-                "model.max_len": cfg.model.max_len}
-        theirs = {"model.name": tspec["name"], "model.charset": tspec["charset"], "model.max_len": tspec["max_len"]}
-        for key in mine:  # the student is the teacher's twin: a config that says otherwise is a mistake
-            if mine[key] != theirs[key]:
-                raise ConfigError(f"{key}: the config says {mine[key]!r} but train.teacher_ckpt "
-                                  f"{cfg.train.teacher_ckpt} is {theirs[key]!r}; set {key} to the teacher's")
-        # The student is the teacher's LR twin and starts from its weights (both stages: equal initialisation).
-        spec, model, not_copied = make_student(tspec, tck["model"])
-        if master:
-            print(f"train: student initialised from {cfg.train.teacher_ckpt} except {not_copied or 'nothing'}")
-        if cfg.train.stage == "student" and "kdltr" in cfg.distill.method:
-            teacher = build_model(tspec)
-            teacher.load_state_dict(tck["model"])
-        if cfg.train.stage == "student" and "clipocr" in cfg.distill.method:
-            clip, clip_norm = load_clip(cfg.train.clip_ckpt)
-    # A resumed run loads its own weights below; it reads init_ckpt again only when wise.pt needs the start.
+        return Models(spec, model, onnx_teacher=onnx_teacher)
+    tck = load_checkpoint(cfg.train.teacher_ckpt)
+    tspec = tck["model_spec"]
+    if tspec["lr"]:
+        raise ConfigError(f"train.teacher_ckpt {cfg.train.teacher_ckpt}: is an LR model; the teacher must be HR")
+    mine = {"model.name": cfg.model.name, "model.charset": resolve_charset(cfg.model.charset),
+            "model.max_len": cfg.model.max_len}
+    theirs = {"model.name": tspec["name"], "model.charset": tspec["charset"], "model.max_len": tspec["max_len"]}
+    for key in mine:  # the student is the teacher's twin: a config that says otherwise is a mistake
+        if mine[key] != theirs[key]:
+            raise ConfigError(f"{key}: the config says {mine[key]!r} but train.teacher_ckpt "
+                              f"{cfg.train.teacher_ckpt} is {theirs[key]!r}; set {key} to the teacher's")
+    # The student is the teacher's LR twin and starts from its weights (both stages: equal initialisation).
+    spec, model, not_copied = make_student(tspec, tck["model"])
+    if master:
+        print(f"train: student initialised from {cfg.train.teacher_ckpt} except {not_copied or 'nothing'}")
+    m = Models(spec, model)
+    if stage == "student" and "kdltr" in cfg.distill.method:
+        m.teacher = build_model(tspec)
+        m.teacher.load_state_dict(tck["model"])
+    if stage == "student" and "clipocr" in cfg.distill.method:
+        m.clip, m.clip_norm = load_clip(cfg.train.clip_ckpt)
+    return m
+
+
+def prepare_weights(cfg: Config, m: Models, resume: str | None, master: bool) -> dict | None:
+    """``init_ckpt`` weights, then quantization-aware hooks; returns the starting weights when wise.pt needs them."""
+    # A resumed run loads its own weights later; it reads init_ckpt again only when wise.pt needs the start.
     if cfg.train.init_ckpt and (not resume or cfg.train.wise_alpha):
-        init_weights(model, spec, cfg.train.init_ckpt, master and not resume)
-    # The weights training starts from (before a resume loads its own): wise.pt averages them with best.pt.
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.train.wise_alpha else None
+        init_weights(m.model, m.spec, cfg.train.init_ckpt, master and not resume)
+    start = {k: v.detach().clone() for k, v in m.model.state_dict().items()} if cfg.train.wise_alpha else None
     if cfg.train.qat:
-        n = model.enable_fake_quant()
+        n = m.model.enable_fake_quant()
         if master:
             print(f"train: quantization-aware: int8 weights per channel, uint8 activations at {n} points")
+    return start
+
+
+def build_system(cfg: Config, m: Models, dev: Devices) -> tuple[TrainingSystem, object]:
+    """The student with its losses (``distill.system``), on the device; and the tokenizer."""
+    spec = m.spec
     tok = make_tokenizer(spec["tokenizer"], spec["charset"]) if spec["tokenizer"] in ("attn", "ctc") else None
     try:
-        system = TrainingSystem(model, tok, cfg.train.stage, cfg.distill, teacher, cfg.train.seed, clip, clip_norm,
-                                cfg.optim.steps)
+        system = TrainingSystem(m.model, tok, cfg.train.stage, cfg.distill, m.teacher, cfg.train.seed, m.clip,
+                                m.clip_norm, cfg.optim.steps)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    system.to(device)
-    if use_cuda and cfg.train.channels_last and spec["name"].startswith("cnn"):
+    system.to(dev.device)
+    if dev.use_cuda and cfg.train.channels_last and spec["name"].startswith("cnn"):
         system.student.to(memory_format=torch.channels_last)  # cuDNN convs prefer NHWC under bf16
+    return system, tok
 
-    # -- data ----------------------------------------------------------------------------------------------------
-    synth_dir = prepare_synth(cfg, rank)
-    norm = "textzoom" if spec["charset"] == "0123456789abcdefghijklmnopqrstuvwxyz" else "none"
-    policy = LabelPolicy(normalize=norm, max_len=spec["max_len"])
-    train_ds, val_reader = build_datasets(cfg, synth_dir, policy,
-                                          onnx_teacher if cfg.train.stage == "student" else None, rank)
-    bs = cfg.data.batch_size
-    sampler = ResumableSampler(len(train_ds), cfg.train.seed, rank, world)
-    steps_per_epoch = len(sampler) // bs
-    if steps_per_epoch == 0:
-        raise ConfigError(f"data: {len(sampler)} samples per rank is less than one batch of {bs}")
 
-    def loader_for(epoch: int, start_batch: int) -> DataLoader:
-        train_ds.set_epoch(epoch)
-        sampler.set_epoch(epoch, start_batch * bs)
+@dataclass
+class Data:
+    train: torch.utils.data.Dataset
+    val: object | None  # a runtime.datasets reader, or None without a val split
+    sampler: ResumableSampler
+    batch: int
+
+    def loader(self, cfg: Config, epoch: int, start_batch: int, pin: bool) -> DataLoader:
+        """The epoch's batches from ``start_batch`` on (exact resume)."""
+        self.train.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, start_batch * self.batch)
         # A dedicated generator: worker seeding must not consume the global RNG, or resumed runs would diverge.
-        return DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=cfg.data.workers, collate_fn=collate,
-                          pin_memory=use_cuda, drop_last=True, persistent_workers=False,
+        return DataLoader(self.train, batch_size=self.batch, sampler=self.sampler, num_workers=cfg.data.workers,
+                          collate_fn=collate, pin_memory=pin, drop_last=True, persistent_workers=False,
                           generator=torch.Generator().manual_seed(cfg.train.seed + epoch))
 
-    # -- optimiser: AdamW + one-cycle, as PARSeq trains ------------------------------------------------------------
+
+def build_data(cfg: Config, m: Models, dev: Devices) -> Data:
+    synth_dir = prepare_synth(cfg, dev.rank)
+    norm = "textzoom" if m.spec["charset"] == "0123456789abcdefghijklmnopqrstuvwxyz" else "none"
+    policy = LabelPolicy(normalize=norm, max_len=m.spec["max_len"])
+    train_ds, val_reader = build_datasets(cfg, synth_dir, policy,
+                                          m.onnx_teacher if cfg.train.stage == "student" else None, dev.rank)
+    sampler = ResumableSampler(len(train_ds), cfg.train.seed, dev.rank, dev.world)
+    if len(sampler) // cfg.data.batch_size == 0:
+        raise ConfigError(f"data: {len(sampler)} samples per rank is less than one batch of {cfg.data.batch_size}")
+    return Data(train_ds, val_reader, sampler, cfg.data.batch_size)
+
+
+def build_optimizer(cfg: Config, system: TrainingSystem):
+    """AdamW + one-cycle, as PARSeq trains. Returns (trainable parameters, optimizer, scheduler)."""
     params = [p for p in system.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.optim.lr, total_steps=cfg.optim.steps,
                                                 pct_start=cfg.optim.warmup_pct, cycle_momentum=False)
-    step, best, epoch, batch_in_epoch = 0, -1.0, 0, 0
+    return params, opt, sched
+
+
+@dataclass
+class Progress:
+    """Where the run is: what a checkpoint must hold to continue exactly."""
+
+    step: int = 0
+    best: float = -1.0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+def check_resume(cfg: Config, resume: str | None) -> None:
+    """Before anything is built or written: a resume past the configured end would only rewrite best.pt."""
     if resume:
-        ck = load_checkpoint(resume)
-        system.student.load_state_dict(ck["model"])
-        if system.projector is not None and ck.get("projector"):
-            system.projector.load_state_dict(ck["projector"])
-        if system.clip_heads is not None and ck.get("clip_heads"):
-            system.clip_heads.load_state_dict(ck["clip_heads"])
-        if cfg.train.qat and ck.get("fake_quant"):
-            system.student.fake_quant.load_state_dict(ck["fake_quant"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        step, best = ck["step"], ck.get("best_acc", -1.0)
-        epoch, batch_in_epoch = ck["epoch"], ck["batch_in_epoch"]
-        _set_rng_state(ck["rng"])
-        if master:
-            print(f"train: resumed from {resume} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
+        done = load_checkpoint(resume).get("step", 0)
+        if done > cfg.optim.steps:
+            raise ConfigError(f"optim.steps {cfg.optim.steps}: below step {done} of --resume {resume}; give at least "
+                              f"{done}, or start a new run in another train.out_dir")
 
-    if world > 1 and use_cuda:
-        system = torch.nn.SyncBatchNorm.convert_sync_batchnorm(system)  # BN statistics over the global batch
-    net = DDP(system, device_ids=[local_rank] if use_cuda else None) if world > 1 else system
-    fwd = torch.compile(net) if cfg.train.compile else net
-    amp = use_cuda and cfg.train.amp in ("auto", "bf16")
 
-    def checkpoint(name: str, val_acc: float | None = None) -> None:
+def restore(resume: str, cfg: Config, system: TrainingSystem, opt, sched, master: bool) -> Progress:
+    ck = load_checkpoint(resume)
+    system.student.load_state_dict(ck["model"])
+    if system.projector is not None and ck.get("projector"):
+        system.projector.load_state_dict(ck["projector"])
+    if system.clip_heads is not None and ck.get("clip_heads"):
+        system.clip_heads.load_state_dict(ck["clip_heads"])
+    if cfg.train.qat and ck.get("fake_quant"):
+        system.student.fake_quant.load_state_dict(ck["fake_quant"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    _set_rng_state(ck["rng"])
+    p = Progress(ck["step"], ck.get("best_acc", -1.0), ck["epoch"], ck["batch_in_epoch"])
+    if master:
+        print(f"train: resumed from {resume} at step {p.step} (epoch {p.epoch}, batch {p.batch_in_epoch})")
+    return p
+
+
+def save(path: Path, cfg: Config, spec: dict, system: TrainingSystem, opt, sched, p: Progress,
+         val_acc: float | None) -> None:
+    """A checkpoint that continues exactly (``--resume``) and carries the model's spec and the config."""
+    save_checkpoint(path, {
+        "model_spec": spec, "model": system.student.state_dict(), "charset": spec["charset"],
+        "tokenizer": spec["tokenizer"], "config": cfg.to_dict(), "stage": cfg.train.stage,
+        "projector": system.projector.state_dict() if system.projector is not None else None,
+        "clip_heads": system.clip_heads.state_dict() if system.clip_heads is not None else None,
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": p.step, "epoch": p.epoch,
+        "batch_in_epoch": p.batch_in_epoch, "rng": _rng_state(), "best_acc": p.best, "val_acc": val_acc,
+        "teacher_ckpt": cfg.train.teacher_ckpt,
+        "fake_quant": system.student.fake_quant.state_dict() if cfg.train.qat else None,
+    })
+
+
+class TrainLog:
+    """``log.csv`` (appended to on resume) and TensorBoard when installed; only the master process writes."""
+
+    def __init__(self, out: Path, resume: str | None, master: bool) -> None:
+        self.master, self.writer, self.file = master, None, None
         if not master:
             return
-        save_checkpoint(out / name, {
-            "model_spec": spec, "model": system.student.state_dict(), "charset": spec["charset"],
-            "tokenizer": spec["tokenizer"], "config": cfg.to_dict(), "stage": cfg.train.stage,
-            "projector": system.projector.state_dict() if system.projector is not None else None,
-            "clip_heads": system.clip_heads.state_dict() if system.clip_heads is not None else None,
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch, "rng": _rng_state(), "best_acc": best, "val_acc": val_acc,
-            "teacher_ckpt": cfg.train.teacher_ckpt,
-            "fake_quant": system.student.fake_quant.state_dict() if cfg.train.qat else None,
-        })
-
-    log_path = out / "log.csv"
-    writer = None
-    if master:
-        new = not log_path.exists() or not resume
-        logf = open(log_path, "w" if new else "a", newline="")
-        log = csv.writer(logf)
+        path = out / "log.csv"
+        new = not path.exists() or not resume
+        self.file = open(path, "w" if new else "a", newline="")
+        self.csv = csv.writer(self.file)
         if new:
-            log.writerow(["step", "epoch", "loss", "lr", "images_per_s", "val_acc", "parts"])
+            self.csv.writerow(["step", "epoch", "loss", "lr", "images_per_s", "val_acc", "parts"])
         try:
             from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
 
-            writer = SummaryWriter(str(out / "tb"))
+            self.writer = SummaryWriter(str(out / "tb"))
         except Exception:
-            writer = None
-        method = ("onnx teacher" if onnx_teacher is not None else cfg.distill.method) if cfg.train.stage == "student" \
-            else "-"
-        print(f"train: stage={cfg.train.stage} method={method} "
-              f"model={spec['name']}{' (LR)' if spec['lr'] else ''} "
-              f"params={sum(p.numel() for p in system.student.parameters()) / 1e6:.2f}M device={device} world={world} "
-              f"steps={cfg.optim.steps} batch={bs}x{world} train_samples={len(train_ds)}")
+            self.writer = None
 
-    # -- the loop --------------------------------------------------------------------------------------------------
+    def train(self, step: int, epoch: int, loss: float, lr: float, ips: float, parts: dict) -> None:
+        if not self.master:
+            return
+        self.csv.writerow([step, epoch, f"{loss:.5f}", f"{lr:.3e}", f"{ips:.1f}", "",
+                           " ".join(f"{k}={v:.4f}" for k, v in parts.items())])
+        self.file.flush()
+        if self.writer:
+            self.writer.add_scalar("loss/total", loss, step)
+            for k, v in parts.items():
+                self.writer.add_scalar(f"loss/{k}", v, step)
+            self.writer.add_scalar("images_per_s", ips, step)
+
+    def val(self, step: int, epoch: int, acc: float) -> None:
+        if not self.master:
+            return
+        self.csv.writerow([step, epoch, "", "", "", f"{acc:.2f}", ""])
+        self.file.flush()
+        if self.writer:
+            self.writer.add_scalar("val/accuracy", acc, step)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.writer:
+            self.writer.close()
+
+
+def describe(cfg: Config, m: Models, system: TrainingSystem, dev: Devices, n_train: int) -> str:
+    method = ("onnx teacher" if m.onnx_teacher is not None else cfg.distill.method) \
+        if cfg.train.stage == "student" else "-"
+    return (f"train: stage={cfg.train.stage} method={method} model={m.spec['name']}{' (LR)' if m.spec['lr'] else ''} "
+            f"params={sum(p.numel() for p in system.student.parameters()) / 1e6:.2f}M device={dev.device} "
+            f"world={dev.world} steps={cfg.optim.steps} batch={cfg.data.batch_size}x{dev.world} "
+            f"train_samples={n_train}")
+
+
+def evaluate_val(cfg: Config, system: TrainingSystem, tok, val_reader, dev: Devices) -> float:
+    if not dev.master:
+        return 0.0
+    if cfg.train.stage == "clip":
+        return validate_clip(system.student, val_reader, dev.device, 64, cfg.data.max_val_samples)
+    return validate(system.student, tok, val_reader, cfg.train.stage, dev.device, 128, cfg.data.max_val_samples)
+
+
+# -- the training loop -----------------------------------------------------------------------------------------------
+
+def train(cfg: Config, resume: str | None = None) -> dict:
+    check_resume(cfg, resume)
+    dev = setup_devices(cfg)
+    out = Path(cfg.train.out_dir)
+    if dev.master:
+        out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.train.seed)
+    m = build_models(cfg, dev.master)
+    start = prepare_weights(cfg, m, resume, dev.master)  # the weights wise.pt averages with best.pt
+    system, tok = build_system(cfg, m, dev)
+    data = build_data(cfg, m, dev)
+    params, opt, sched = build_optimizer(cfg, system)
+    p = restore(resume, cfg, system, opt, sched, dev.master) if resume else Progress()
+    if dev.world > 1 and dev.use_cuda:
+        system = torch.nn.SyncBatchNorm.convert_sync_batchnorm(system)  # BN statistics over the global batch
+    net = DDP(system, device_ids=[dev.local_rank] if dev.use_cuda else None) if dev.world > 1 else system
+    fwd = torch.compile(net) if cfg.train.compile else net
+    amp = dev.use_cuda and cfg.train.amp in ("auto", "bf16")
+    log = TrainLog(out, resume, dev.master)
+    if dev.master:
+        print(describe(cfg, m, system, dev, len(data.train)))
+
     system.train()
-    bar = tqdm(total=cfg.optim.steps, initial=step, disable=not (master and cfg.train.progress), desc=cfg.train.stage,
-               dynamic_ncols=True)
-    t0, seen = time.perf_counter(), 0
-    val_acc = None
-    while step < cfg.optim.steps:
-        for batch in loader_for(epoch, batch_in_epoch):
+    bar = tqdm(total=cfg.optim.steps, initial=p.step, disable=not (dev.master and cfg.train.progress),
+               desc=cfg.train.stage, dynamic_ncols=True)
+    t0, seen, val_acc = time.perf_counter(), 0, None
+    while p.step < cfg.optim.steps:
+        for batch in data.loader(cfg, p.epoch, p.batch_in_epoch, dev.use_cuda):
             for k, v in batch.items():  # images and whatever targets the dataset adds
                 if torch.is_tensor(v):
-                    batch[k] = v.to(device, non_blocking=True)
+                    batch[k] = v.to(dev.device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                loss, parts = fwd(batch, step)
+                loss, parts = fwd(batch, p.step)
             if not torch.isfinite(loss):
                 bar.close()
                 raise FloatingPointError(
-                    f"train: loss is {loss.item()} at step {step} (parts {parts}); stopping. The last good checkpoint "
-                    f"is {out / 'last.pt'}; lower optim.lr or check the data.")
+                    f"train: loss is {loss.item()} at step {p.step} (parts {parts}); stopping. The last good "
+                    f"checkpoint is {out / 'last.pt'}; lower optim.lr or check the data.")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
             opt.step()
             sched.step()
-            step += 1
-            batch_in_epoch += 1
-            seen += len(batch["label"]) * world
+            p.step += 1
+            p.batch_in_epoch += 1
+            seen += len(batch["label"]) * dev.world
             bar.update(1)
-            if step % cfg.train.log_every == 0 or step == cfg.optim.steps:
+            last = p.step == cfg.optim.steps
+            if p.step % cfg.train.log_every == 0 or last:
                 ips = seen / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{ips:.0f}")
-                if master:
-                    log.writerow([step, epoch, f"{loss.item():.5f}", f"{sched.get_last_lr()[0]:.3e}", f"{ips:.1f}", "",
-                                  " ".join(f"{k}={v:.4f}" for k, v in parts.items())])
-                    logf.flush()
-                    if writer:
-                        writer.add_scalar("loss/total", loss.item(), step)
-                        for k, v in parts.items():
-                            writer.add_scalar(f"loss/{k}", v, step)
-                        writer.add_scalar("images_per_s", ips, step)
+                log.train(p.step, p.epoch, loss.item(), sched.get_last_lr()[0], ips, parts)
                 t0, seen = time.perf_counter(), 0
-            if val_reader is not None and (step % cfg.train.val_every == 0 or step == cfg.optim.steps):
-                if not master:
-                    val_acc = 0.0
-                elif cfg.train.stage == "clip":
-                    val_acc = validate_clip(system.student, val_reader, device, 64, cfg.data.max_val_samples)
-                else:
-                    val_acc = validate(system.student, tok, val_reader, cfg.train.stage, device, 128,
-                                       cfg.data.max_val_samples)
-                if master:
-                    log.writerow([step, epoch, "", "", "", f"{val_acc:.2f}", ""])
-                    logf.flush()
-                    if writer:
-                        writer.add_scalar("val/accuracy", val_acc, step)
-                    bar.write(f"step {step}: val accuracy {val_acc:.2f}% (best {max(best, val_acc):.2f}%)")
-                    if val_acc > best:
-                        best = val_acc
-                        checkpoint("best.pt", val_acc)
-            if world > 1 and step == cfg.optim.steps:
+            if data.val is not None and (p.step % cfg.train.val_every == 0 or last):
+                val_acc = evaluate_val(cfg, system, tok, data.val, dev)
+                if dev.master:
+                    log.val(p.step, p.epoch, val_acc)
+                    bar.write(f"step {p.step}: val accuracy {val_acc:.2f}% (best {max(p.best, val_acc):.2f}%)")
+                    if val_acc > p.best:
+                        p.best = val_acc
+                        save(out / "best.pt", cfg, m.spec, system, opt, sched, p, val_acc)
+            if dev.world > 1 and last:
                 # DDP syncs BN running statistics at the start of each forward; after the last step, do it once
                 # more so every rank (and the checkpoint) ends with the same buffers.
                 for buf in system.student.buffers():
                     dist.broadcast(buf, 0)
-            if step % cfg.train.ckpt_every == 0 or step == cfg.optim.steps:
-                checkpoint("last.pt", val_acc)
-            if step >= cfg.optim.steps:
+            if dev.master and (p.step % cfg.train.ckpt_every == 0 or last):
+                save(out / "last.pt", cfg, m.spec, system, opt, sched, p, val_acc)
+            if p.step >= cfg.optim.steps:
                 break
         else:
-            epoch += 1
-            batch_in_epoch = 0
+            p.epoch += 1
+            p.batch_in_epoch = 0
     bar.close()
-    if master:
-        logf.close()
-        if writer:
-            writer.close()
+    log.close()
+    if dev.master:
         if not (out / "best.pt").exists():
-            checkpoint("best.pt", val_acc)
-        print(f"train: done at step {step}; best val accuracy {best:.2f}%; checkpoints in {out}")
+            save(out / "best.pt", cfg, m.spec, system, opt, sched, p, val_acc)
+        print(f"train: done at step {p.step}; best val accuracy {p.best:.2f}%; checkpoints in {out}")
         if start is not None:
-            write_wise(out, start, cfg.train.wise_alpha, system.student, tok, val_reader, cfg, device)
+            write_wise(out, start, cfg.train.wise_alpha, system.student, tok, data.val, cfg, dev.device)
     if dist.is_initialized():
         dist.barrier()
-    return {"step": step, "best_acc": best, "out_dir": str(out), "model": system.student}
+    return {"step": p.step, "best_acc": p.best, "out_dir": str(out), "model": system.student}
 
 
 def wise_weights(start: dict, trained: dict, alpha: float) -> dict:
