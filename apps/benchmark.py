@@ -313,7 +313,9 @@ def cmd_pipeline(args) -> int:
     from runtime.backends import open_recognizer
     from runtime.tracking import iou_matrix
 
-    from .camera import default_model, resolve_detector, schedule_from_args
+    from runtime.weights import default_model
+
+    from .camera import resolve_detector, schedule_from_args
     from .sources import FileReader, parse_source
     from .synthetic_video import render_video
 
@@ -476,7 +478,9 @@ def cmd_soak(args) -> int:
     from runtime.backends import open_recognizer
     from runtime.video import read_frames
 
-    from .camera import default_model, resolve_detector, schedule_from_args
+    from runtime.weights import default_model
+
+    from .camera import resolve_detector, schedule_from_args
     from .synthetic_video import render_video
 
     positive("--minutes", args.minutes)
@@ -569,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     def pipeline_args(r, frames: int) -> None:
         """The options ``pipeline`` and ``soak`` share: models, the rendered video, threads, scheduling, JSON."""
         r.add_argument("--model", default=None,
-                       help="recognizer (default: the shipped default, apps.camera.DEFAULT_MODELS)")
+                       help="recognizer (default: the shipped default, runtime.weights.DEFAULT_MODELS)")
         r.add_argument("--detector", default=DEFAULT_DETECTOR,
                        help="detector: ONNX file or model name (ppocrv6-det, ppocrv6-tiny-det, ppocrv4-det)")
         r.add_argument("--words", type=int, default=16, help="words in the video")

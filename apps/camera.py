@@ -21,28 +21,16 @@ from runtime.cli import InputError, check_writable, non_negative, positive
 from runtime.metrics import write_bytes_atomic, write_json_atomic
 from runtime.pipeline import FrameResult, Pipeline, parse_roi
 from runtime.scheduler import ScheduleCfg
+from runtime.weights import default_model
 
 from .sources import FileReader, LatestFrameReader, parse_source
 
-__all__ = ["main", "default_model", "draw_overlay", "build_parser", "add_schedule_args", "schedule_from_args"]
+__all__ = ["main", "draw_overlay", "build_parser", "add_schedule_args", "schedule_from_args"]
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # The default recognizer, most accurate first: the PP-OCRv6 student in FP32 (its INT8 file is no faster on x86 CPUs
 # and reads blurred words 2.6 points worse, weights/MODEL_CARD.md), then the CNN student as the fallback.
-DEFAULT_MODELS = ("ppocrv6-student-lr.onnx", "ppocrv6-student-lr.int8.onnx", "ctc-student-lr.int8.onnx")
-
-
-def default_model() -> str | None:
-    """The shipped default recognizer (``DEFAULT_MODELS``, the first present in weights/)."""
-    for name in DEFAULT_MODELS:
-        p = ROOT / "weights" / name
-        if p.is_file():
-            return str(p)
-    return None
-
-
 def draw_overlay(frame: np.ndarray, res: FrameResult, fps: float) -> np.ndarray:
     out = frame.copy()
     for w in res.words:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a virtual environment in .venv on a fresh Debian/Ubuntu machine (Python 3.10+).
-#   bash scripts/setup.sh          core + export + peers + dev extras
+#   bash scripts/setup.sh          core + train + export + peers + dev extras
 # Environment: PYTHON (default python3), TORCH_SPEC (default torch==2.13.0),
 #              TORCH_INDEX_URL (optional extra index for the torch wheel, e.g. PyTorch's CPU index).
 set -euo pipefail
@@ -34,5 +34,5 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   fi
   "$PY" -m pip install -q "${extra[@]}" "$TORCH_SPEC"
 fi
-"$PY" -m pip install -q -e ".[export,peers,dev]"
+"$PY" -m pip install -q -e ".[train,export,peers,dev]"
 echo "setup: ready ($("$PY" -c 'import torch,sys;print("python",sys.version.split()[0],"torch",torch.__version__)'))"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The edge install: builds the wheel, installs it into a fresh virtual environment without torch, and, from outside
+# the checkout, reads text with the shipped default model (found among the wheel's data files) and runs the camera
+# app headless on a rendered video. Exits non-zero when any of it fails. Needs the checkout's .venv (for pip wheel).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+quiet() {  # run a pip command, its output shown only when it fails
+  if ! "$@" >"$W/pip.log" 2>&1; then cat "$W/pip.log" >&2; exit 1; fi
+}
+quiet .venv/bin/python -m pip wheel --no-deps -w "$W/dist" .
+"${PYTHON:-python3}" -m venv "$W/venv"
+quiet "$W/venv/bin/pip" install "$W"/dist/tinytext-*.whl
+echo "wheel_check: installed $(basename "$W"/dist/tinytext-*.whl) ($(du -sh "$W/venv" | cut -f1) venv, no torch)"
+cd "$W"
+"$W/venv/bin/python" - <<'PY'
+import importlib.util
+import json
+import subprocess
+import sys
+
+assert importlib.util.find_spec("torch") is None, "torch is installed in the edge venv"
+from apps.synthetic_video import render_video
+from runtime.backends import open_recognizer
+from runtime.weights import default_model
+
+model = default_model()
+assert model and "/share/tinytext/weights/" in model, f"default model not found among the wheel's data files: {model}"
+truth = render_video("words.mp4", n_words=6, size=(240, 640), frames=30, font_px=20, speed=0.0, seed=1)
+import cv2
+
+frame = cv2.VideoCapture("words.mp4").read()[1]
+crops = [cv2.cvtColor(frame[int(y0) - 2:int(y1) + 2, int(x0) - 2:int(x1) + 2], cv2.COLOR_BGR2RGB)
+         for x0, y0, x1, y1 in (t["box"] for t in truth[0])]
+reads = [d.text for d in open_recognizer(model)(crops)]
+right = sum(r == t["text"] for r, t in zip(reads, truth[0]))
+print(f"wheel_check: {model.split('/')[-1]} read {right}/{len(crops)} rendered words: {reads}")
+assert right >= len(crops) - 1, reads
+rois = sum([["--roi", f"{int(x0) - 4},{int(y0) - 4},{int(x1 - x0) + 8},{int(y1 - y0) + 8}"]
+            for x0, y0, x1, y1 in (t["box"] for t in truth[0])], [])
+r = subprocess.run([sys.executable, "-m", "apps.camera", "--source", "words.mp4", "--headless", "--jsonl", "r.jsonl",
+                    "--out", "annotated.mp4", *rois], capture_output=True, text=True)
+assert r.returncode == 0, r.stderr
+last = json.loads(open("r.jsonl").read().splitlines()[-1])
+fused = sum(w["text"] == t["text"] for w, t in zip(last["words"], truth[-1]))
+print(f"wheel_check: apps.camera on the video: {len(open('r.jsonl').readlines())} frames, last frame {fused}/6 right")
+assert fused >= 5
+PY
+echo "wheel_check: ok"
