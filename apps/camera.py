@@ -25,12 +25,36 @@ from runtime.weights import default_model
 
 from .sources import FileReader, LatestFrameReader, parse_source
 
-__all__ = ["main", "draw_overlay", "build_parser", "add_schedule_args", "schedule_from_args"]
+__all__ = ["main", "contact_sheet", "draw_overlay", "build_parser", "add_schedule_args", "schedule_from_args"]
 
 
 
 # The default recognizer, most accurate first: the PP-OCRv6 student in FP32 (its INT8 file is no faster on x86 CPUs
 # and reads blurred words 2.6 points worse, weights/MODEL_CARD.md), then the CNN student as the fallback.
+def contact_sheet(frame: np.ndarray, res: FrameResult, height: int = 40, cols: int = 4) -> np.ndarray:
+    """Each word of a frame result as its crop (``height`` px high) above its fused reading, in a grid: what the
+    recognizer saw and what it said, at a glance."""
+    cells = []
+    H, W = frame.shape[:2]
+    for w in res.words:
+        x0, y0, x1, y1 = (int(round(v)) for v in w.box)
+        crop = frame[max(0, y0 - 2):min(H, y1 + 2), max(0, x0 - 2):min(W, x1 + 2)]
+        if crop.size == 0:
+            continue
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * height / crop.shape[0])), height),
+                          interpolation=cv2.INTER_CUBIC)[:, :200]
+        cell = np.full((height + 22, 200, 3), 255, np.uint8)
+        cell[:height, :crop.shape[1]] = crop
+        cv2.putText(cell, f"{w.text} {w.confidence:.2f}", (2, height + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    (0, 0, 200), 1, cv2.LINE_AA)
+        cells.append(cell)
+    if not cells:
+        return np.full((height + 22, 200, 3), 255, np.uint8)
+    cells += [np.full_like(cells[0], 255)] * (-len(cells) % cols)
+    rows = [np.hstack(cells[i:i + cols]) for i in range(0, len(cells), cols)]
+    return np.vstack(rows)
+
+
 def draw_overlay(frame: np.ndarray, res: FrameResult, fps: float) -> np.ndarray:
     out = frame.copy()
     for w in res.words:
@@ -99,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="no window (servers, tests)")
     p.add_argument("--out", default=None, help="write the annotated video here (.mp4)")
     p.add_argument("--jsonl", default=None, help="write one JSON line per frame here")
+    p.add_argument("--contact-sheet", default=None,
+                   help="write the last frame's words (crop + fused reading) as a PNG grid here; unset: not written")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: until the source ends)")
     p.add_argument("--width", type=int, default=1280, help="capture width (cameras)")
     p.add_argument("--height", type=int, default=720, help="capture height (cameras)")
@@ -151,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     positive("--detect-every", args.detect_every)
     check_writable(args.out, "--out", (".mp4", ".avi", ".mkv"))
     check_writable(args.jsonl, "--jsonl")
+    check_writable(args.contact_sheet, "--contact-sheet", (".png",))
     model = args.model or default_model()
     if model is None:
         raise InputError("--model not given and no shipped weights in weights/")
@@ -232,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             jsonl.close()
         if show:
             cv2.destroyAllWindows()
+    if args.contact_sheet and res is not None:
+        ok, png = cv2.imencode(".png", contact_sheet(frame, res))
+        write_bytes_atomic(png.tobytes(), args.contact_sheet)
     if lat:
         wall = time.monotonic() - t_start
         print(f"camera: {n} frames in {wall:.2f} s ({n / max(wall, 1e-9):.1f} FPS), {reader.dropped} dropped, "

@@ -74,3 +74,43 @@ def render_video(path: str, n_words: int = 16, size: tuple[int, int] = (720, 128
     vw.release()
     Path(str(path) + ".truth.json").write_text(json.dumps(truth))
     return truth
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m apps.synthetic_video OUT.mp4 [--words N] [--frames F] [--font-px P] [--speed S] [--rois FILE]``"""
+    import argparse
+
+    from runtime.cli import check_writable, positive
+
+    p = argparse.ArgumentParser(prog="python -m apps.synthetic_video", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("out", help="video to write (.mp4 or .avi); the truth goes beside it as OUT.truth.json")
+    p.add_argument("--words", type=int, default=16, help="words in the scene")
+    p.add_argument("--frames", type=int, default=150, help="frames")
+    p.add_argument("--width", type=int, default=1280, help="frame width")
+    p.add_argument("--height", type=int, default=720, help="frame height")
+    p.add_argument("--font-px", type=int, default=18, help="font size")
+    p.add_argument("--speed", type=float, default=1.5, help="largest word speed, px per frame (0: a static scene)")
+    p.add_argument("--seed", type=int, default=0, help="word placement and motion")
+    p.add_argument("--rois", default=None, help="also write each word's first-frame box (padded 4 px) as x,y,w,h lines "
+                                                "for apps.camera --roi-file; unset: not written")
+    args = p.parse_args(argv)
+    for opt in ("words", "frames", "width", "height", "font_px"):
+        positive("--" + opt.replace("_", "-"), getattr(args, opt))
+    check_writable(args.out, "out", (".mp4", ".avi"))
+    check_writable(args.rois, "--rois")
+    truth = render_video(args.out, args.words, (args.height, args.width), args.frames, args.font_px, args.speed,
+                         seed=args.seed)
+    if args.rois:
+        Path(args.rois).write_text("".join(f"{int(x0) - 4},{int(y0) - 4},{int(x1 - x0) + 8},{int(y1 - y0) + 8}\n"
+                                           for x0, y0, x1, y1 in (t["box"] for t in truth[0])))
+    print(f"synthetic_video: wrote {args.out} ({args.frames} frames, {args.words} words) and {args.out}.truth.json")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from runtime.cli import run
+
+    sys.exit(run(main))
