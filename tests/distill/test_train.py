@@ -1,42 +1,16 @@
-"""distill.train: smoke runs of every family and stage, exact resume after a kill, NaN stop, DDP, kd_gain."""
+"""distill.train: smoke runs of every family and stage, exact resume after a kill, NaN stop, DDP, KD schedule."""
 import importlib.util
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 import pytest
 import torch
-
-from conftest import ROOT
+from conftest import ROOT, TINY, overrides
 from distill.checkpoint import load_checkpoint, load_model
 from distill.config import load_config
-from distill.synth.generate import main as synth_main
 from distill.train import train
-
-TINY = {
-    "parseq-tiny": "{depth: 1, dim: 48, heads: 2, dec_heads: 2}",
-    "cnn-attn": "{widths: [8, 8, 16, 16, 16]}",
-    "cnn-ctc": "{widths: [8, 8, 16, 16, 16], hidden: 32}",
-}
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    d = tmp_path_factory.mktemp("synth")
-    synth_main(["--out", str(d), "--n", "160", "--seed", "2", "--workers", "1", "--no-progress",
-                "--split-sizes", "train=100,val=20,test=40", "--overwrite"])
-    return d
-
-
-def overrides(synth: Path, out: Path, model: str, *extra: str) -> list[str]:
-    return [f"model.name={model}", f"model.kwargs={TINY[model]}", "model.max_len=12",
-            f"data.synth.dir={synth}", "data.synth.n=160", "data.batch_size=8", "data.workers=0",
-            "data.max_val_samples=16", "optim.steps=4", "train.val_every=2", "train.ckpt_every=2", "train.log_every=1",
-            "train.progress=false", f"train.out_dir={out}", *extra]
 
 
 @pytest.mark.parametrize("model", sorted(TINY))
@@ -62,6 +36,7 @@ def test_teacher_student_baseline(model, synth, tmp_path):
             assert "logits=" not in parts and "visual=" not in parts
 
 
+
 def test_config_errors_name_the_key(synth, tmp_path):
     r = subprocess.run([sys.executable, "-m", "distill.train", "--config", "configs/smoke.yaml", "--set",
                         "optim.lrr=1"], capture_output=True, text=True, cwd=ROOT)
@@ -69,6 +44,7 @@ def test_config_errors_name_the_key(synth, tmp_path):
     r = subprocess.run([sys.executable, "-m", "distill.train", "--config", "configs/smoke.yaml", "--set",
                         "train.stage=student"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "train.teacher_ckpt" in r.stderr
+
 
 
 def test_set_indexes_lists_and_checks_the_clean_share():
@@ -81,6 +57,7 @@ def test_set_indexes_lists_and_checks_the_clean_share():
         load_config("configs/ppocr_student.yaml", ["data.train.0.clean=2"])
     with pytest.raises(ConfigError, match="data.train is a list of 3; expected an index 0..2, got '3'"):
         load_config("configs/ppocr_student.yaml", ["data.train.3.clean=0.5"])
+
 
 
 def test_resume_after_kill_is_exact(synth, tmp_path):
@@ -109,6 +86,7 @@ def test_resume_after_kill_is_exact(synth, tmp_path):
         assert torch.equal(v, b["model"][k]), k
 
 
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(synth, tmp_path, monkeypatch):
     from distill import system as S
 
@@ -125,9 +103,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(synth, tmp_path, monkeypa
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 3  # steps 0..2 done, the poisoned step never applied
 
 
+
 def test_ddp_two_cpu_processes_end_identical(synth, tmp_path):
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-            "tests/ddp_driver.py", "configs/smoke.yaml"]
+            "tests/distill/ddp_driver.py", "configs/smoke.yaml"]
     args += overrides(synth, tmp_path, "cnn-attn", "optim.steps=3", "train.val_every=100")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
@@ -140,92 +119,6 @@ def test_ddp_two_cpu_processes_end_identical(synth, tmp_path):
         assert torch.equal(w0[k], w1[k]), k  # parameters and BN buffers alike
         assert torch.equal(w0[k], saved["model"][k]), k
 
-
-def test_kd_gain_tiny(synth, tmp_path, shared_real):
-    t = tmp_path / "t"
-    train(load_config("configs/smoke.yaml", overrides(synth, t, "cnn-ctc")))
-    r = subprocess.run([sys.executable, "-m", "experiments.kd_gain", "--steps", "3", "--out", str(tmp_path / "g"),
-                        "--teacher", str(t / "last.pt"), "--max-samples", "12", "--real", str(shared_real / "svt_test"),
-                        *sum([["--set", o] for o in overrides(synth, t, "cnn-ctc")[:-1]], [])],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((tmp_path / "g" / "kd_gain.json").read_text())
-    assert res["steps"] == 3 and res["fixed_steps"]
-    for who in ("student", "baseline"):  # --steps fixes the step count of both contenders
-        assert load_checkpoint(tmp_path / "g" / who / "last.pt")["step"] == 3
-    names = [row["contender"] for row in res["rows"]]
-    assert names == ["teacher (HR input, reference)", "teacher on bicubic(LR)", "baseline student (LR only)", "KD-LTR student"]
-    assert set(res["ahead"]) == {"easy", "medium", "hard", "svt_test_lr16", "svt_test_lr16blur"}
-    assert "| KD-LTR student |" in (tmp_path / "g" / "kd_gain.md").read_text()
-
-
-def test_kd_gain_seeds_are_aggregated_and_finished_runs_kept(synth, tmp_path, shared_real, monkeypatch, capsys):
-    import statistics
-
-    from experiments.kd_gain import main as kd_gain
-
-    monkeypatch.chdir(ROOT)
-    t = tmp_path / "t"
-    train(load_config("configs/smoke.yaml", overrides(synth, t, "cnn-ctc")))
-    g = tmp_path / "g"
-    argv = ["--steps", "2", "--seeds", "0,1", "--out", str(g), "--teacher", str(t / "last.pt"), "--max-samples", "12",
-            "--real", str(shared_real / "svt_test"),
-            *sum([["--set", o] for o in overrides(synth, t, "cnn-ctc")[:-1]], [])]
-    assert kd_gain(argv) == 0
-    agg = json.loads((g / "kd_gain.json").read_text())
-    per_seed = [json.loads((g / f"seed-{s}" / "kd_gain.json").read_text()) for s in (0, 1)]
-    assert agg["seeds"] == [0, 1] and [r["seed"] for r in per_seed] == [0, 1]
-    # the seed reaches training: same start, same step count, different data order -> different weights
-    w0, w1 = (load_checkpoint(g / f"seed-{s}" / "student" / "last.pt") for s in (0, 1))
-    assert w0["step"] == w1["step"] == 2 and w0["config"]["train"]["seed"] == 0 and w1["config"]["train"]["seed"] == 1
-    assert any(not torch.equal(w0["model"][k], w1["model"][k]) for k in w0["model"] if w0["model"][k].is_floating_point())
-    for row in agg["rows"]:  # every cell is the mean (and sample sd) of the seeds' cells
-        cells = [next(r for r in run["rows"] if r["contender"] == row["contender"]) for run in per_seed]
-        for k in ("easy", "hard", "svt_test_lr16blur"):
-            vals = [c[k] for c in cells]
-            assert row[k]["values"] == vals
-            assert row[k]["mean"] == pytest.approx(statistics.fmean(vals))
-            assert row[k]["sd"] == pytest.approx(statistics.stdev(vals))
-    kd = [next(r for r in run["rows"] if r["model"] == "student") for run in per_seed]
-    bl = [next(r for r in run["rows"] if r["model"] == "baseline") for run in per_seed]
-    diff = agg["paired_differences"]["student - baseline"]["hard"]
-    assert diff["values"] == pytest.approx([k["hard"] - b["hard"] for k, b in zip(kd, bl)])
-    assert agg["ahead_per_seed"] == {str(r["seed"]): sum(r["ahead"].values()) for r in per_seed}
-    md = (g / "kd_gain.md").read_text()
-    assert "over 2 seeds" in md and "student minus baseline, paired by seed" in md and "| seed 1: student" in md
-
-    # Run again: every finished contender is kept, not retrained, and the table is the same.
-    stamp = (g / "seed-1" / "baseline" / "last.pt").stat().st_mtime_ns
-    capsys.readouterr()
-    assert kd_gain(argv) == 0
-    assert capsys.readouterr().out.count("already trained") == 4
-    assert (g / "seed-1" / "baseline" / "last.pt").stat().st_mtime_ns == stamp
-    assert json.loads((g / "kd_gain.json").read_text())["rows"] == agg["rows"]
-    # A finished run without its best.pt resumes at its last step, which only writes best.pt again.
-    (g / "seed-0" / "student" / "best.pt").unlink()
-    assert kd_gain(argv) == 0
-    assert "kdltr resumes from" in capsys.readouterr().out
-    assert load_checkpoint(g / "seed-0" / "student" / "best.pt")["step"] == 2
-    # Another config over the same directory is refused, naming the key, and nothing there is touched.
-    assert kd_gain(argv + ["--set", "optim.lr=0.0123"]) == 2
-    err = capsys.readouterr().err
-    assert "optim.lr" in err and "0.0123" in err and "seed-0" in err
-    assert (g / "seed-1" / "baseline" / "last.pt").stat().st_mtime_ns == stamp
-
-
-def test_kd_gain_refuses_bad_seeds(tmp_path, capsys):
-    from experiments.kd_gain import main as kd_gain
-
-    for seeds, msg in (("0,x", "comma-separated integers"), ("1,1", "listed twice")):
-        assert kd_gain(["--steps", "2", "--seeds", seeds, "--out", str(tmp_path)]) == 2
-        assert msg in capsys.readouterr().err
-
-
-def test_kd_gain_needs_one_budget(tmp_path):
-    for budget in ([], ["--minutes", "1", "--steps", "5"]):
-        r = subprocess.run([sys.executable, "-m", "experiments.kd_gain", "--out", str(tmp_path), *budget],
-                           cwd=ROOT, capture_output=True, text=True)
-        assert r.returncode == 2 and "exactly one of --minutes and --steps" in r.stderr
 
 
 def test_kd_schedule_anneals_the_kd_terms_to_nothing():
@@ -254,6 +147,7 @@ def test_kd_schedule_anneals_the_kd_terms_to_nothing():
 
     with pytest.raises(ConfigError, match="distill.kd_schedule: expected one of constant, cosine, linear, got 'cos'"):
         load_config("configs/smoke.yaml", ["distill.kd_schedule=cos"])
+
 
 
 def test_teacher_trains_further_from_an_older_checkpoint(synth, tmp_path):

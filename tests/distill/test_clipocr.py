@@ -1,11 +1,9 @@
 """CLIP-OCR: OpenAI key layout, character tokens, the offline CLIP stage and the CLIP-OCR students."""
 import pytest
 import torch
-
 from distill.clipocr import lcl_loss
 from distill.config import ConfigError, load_config
 from distill.models.clip import CLIP, EOT, SOT, char_token_id, char_tokens, load_openai_clip
-from distill.synth.generate import main as synth_main
 from distill.train import train
 
 
@@ -23,6 +21,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+
 def test_char_token_rule_matches_the_tokenizer_construction():
     vocab = list(_bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab]  # then 48894 merges, then the two specials
@@ -37,6 +36,7 @@ def test_char_token_rule_matches_the_tokenizer_construction():
     assert t[1, :3].tolist() == [SOT, char_token_id("x"), EOT]
     with pytest.raises(ValueError, match="printable"):
         char_token_id("é")
+
 
 
 def test_tiny_vit_b16_shaped_model_roundtrips_through_openai_keys(tmp_path):
@@ -65,6 +65,7 @@ def test_tiny_vit_b16_shaped_model_roundtrips_through_openai_keys(tmp_path):
         load_openai_clip(bad)
 
 
+
 def test_lcl_loss():
     f = torch.randn(3, 5, 16)
     same = lcl_loss(f, f)
@@ -74,21 +75,10 @@ def test_lcl_loss():
     assert same.item() < 0.1 * 1.0
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("clipocr")
-    synth_main(["--out", str(d / "synth"), "--n", "120", "--seed", "3", "--workers", "1", "--no-progress",
-                "--split-sizes", "train=90,val=20,test=10"])
-    base = [f"data.synth.dir={d / 'synth'}", "data.synth.n=120", "data.batch_size=8", "data.workers=0",
-            "data.max_val_samples=16", "optim.steps=3", "train.val_every=3", "train.ckpt_every=3", "train.progress=false"]
-    train(load_config("configs/clipocr_smoke.yaml", base + ["train.stage=clip", f"train.out_dir={d / 'clip'}"]))
-    train(load_config("configs/clipocr_smoke.yaml", base + [f"train.out_dir={d / 'teacher'}"]))
-    return d, base
-
 
 @pytest.mark.parametrize("method", ["clipocr", "kdltr+clipocr"])
-def test_clipocr_students_train(setup, method):
-    d, base = setup
+def test_clipocr_students_train(clip_setup, method):
+    d, base = clip_setup
     out = d / method
     train(load_config("configs/clipocr_smoke.yaml", base + [
         "train.stage=student", f"distill.method={method}", f"train.teacher_ckpt={d / 'teacher' / 'last.pt'}",
@@ -101,8 +91,9 @@ def test_clipocr_students_train(setup, method):
     assert ck["clip_heads"] is not None and ck["model_spec"]["lr"]
 
 
-def test_clipocr_needs_class_token_and_clip(setup):
-    d, base = setup
+
+def test_clipocr_needs_class_token_and_clip(clip_setup):
+    d, base = clip_setup
     with pytest.raises(ConfigError, match="train.clip_ckpt"):
         load_config("configs/clipocr_smoke.yaml", base + ["train.stage=student", "distill.method=clipocr",
                                                          "train.teacher_ckpt=x.pt"])
@@ -114,49 +105,3 @@ def test_clipocr_needs_class_token_and_clip(setup):
         "model.kwargs={depth: 1, dim: 32, heads: 2, dec_heads: 2}"])
     with pytest.raises(ConfigError, match="class token"):
         train(bad)
-
-
-def test_kd_gain_has_clipocr_rows(setup, tmp_path, shared_real):
-    import json
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    d, base = setup
-    sets = sum([["--set", o] for o in base], [])
-    r = subprocess.run([sys.executable, "-m", "experiments.kd_gain", "--config", "configs/clipocr_smoke.yaml", "--minutes",
-                        "0.001", "--min-steps", "2", "--out", str(tmp_path), "--teacher", str(d / "teacher" / "last.pt"),
-                        "--clip", str(d / "clip" / "last.pt"), "--contenders", "kdltr,baseline,clipocr,kdltr+clipocr",
-                        "--max-samples", "8", "--real", str(shared_real / "svt_test"), *sets], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((tmp_path / "kd_gain.json").read_text())
-    rows = res["rows"]
-    names = [row["contender"] for row in rows]
-    assert "CLIP-OCR student" in names and "KD-LTR + CLIP-OCR student" in names
-    assert all(row["easy"] is not None for row in rows)
-    # each CLIP-OCR row is judged against the baseline and the KD-LTR student, split by split, from its own cells
-    by = {row["model"]: row for row in rows}
-    md = (tmp_path / "kd_gain.md").read_text()
-    for model in ("clipocr", "kdltr+clipocr"):
-        for who, ref in (("baseline", "baseline"), ("kdltr", "student")):
-            got = res["clipocr_ahead"][model][who]
-            assert set(got) == {"easy", "medium", "hard", "svt_test_lr16", "svt_test_lr16blur"}
-            assert got == {k: by[model][k] > by[ref][k] for k in got}
-        n = sum(res["clipocr_ahead"][model]["baseline"].values())
-        assert f"{by[model]['contender']} ahead of the LR-only baseline on {n}/5" in md
-
-
-def test_clipocr_summary_lines_name_the_splits_behind():
-    from experiments.kd_gain import _clipocr_lines
-
-    def row(model, label, easy, hard, real):
-        return {"contender": label, "model": model, "easy": easy, "hard": hard, "synthetic_avg": None, "svt_lr16": real}
-
-    rows = [row("baseline", "baseline student (LR only)", 50.0, 20.0, 30.0), row("student", "KD-LTR student", 52.0, 19.0, 31.0),
-            row("clipocr", "CLIP-OCR student", 51.0, 21.0, 30.0)]
-    lines, res = _clipocr_lines(rows, "svt")
-    assert res == {"clipocr": {"baseline": {"easy": True, "hard": True, "svt_lr16": False},
-                               "kdltr": {"easy": False, "hard": True, "svt_lr16": False}}}
-    assert lines == ["CLIP-OCR student ahead of the LR-only baseline on 2/3 (not on svt_lr16) and of the KD-LTR "
-                     "student on 1/3 (not on easy, svt_lr16) test splits"]
