@@ -14,5 +14,5 @@ suffix=$("$PY" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'
 preload="$("$CC" -print-file-name=libasan.so):$("$CC" -print-file-name=libubsan.so)"
 # Python itself leaks by design at exit: leak checking off, every other error aborts the run.
 LD_PRELOAD="$preload" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  RUNTIME_NATIVE_LIB="$tmp/_native$suffix" "$PY" -m pytest -q -p no:cacheprovider tests/test_fastpath.py "$@"
+  RUNTIME_NATIVE_LIB="$tmp/_native$suffix" "$PY" -m pytest -q -p no:cacheprovider tests/runtime/test_fastpath.py "$@"
 echo "asan: the C extension's tests passed under AddressSanitizer + UBSan"
