@@ -31,34 +31,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from compress.bench import machine_name
 from runtime.cli import InputError, check_writable, non_negative, positive
-from runtime.metrics import write_bytes_atomic, write_json_atomic
+from runtime.files import write_bytes_atomic, write_json_atomic
+from runtime.timing import machine_name, sigma_clipped_times
 
-__all__ = ["Row", "main", "sigma_clipped_times", "load_crops"]
+__all__ = ["Row", "main", "load_crops"]
 
 ROOT = Path(__file__).resolve().parents[1]
 # PP-OCRv6 tiny's detector at 960 px: the recall of PP-OCRv4's on 12-20 px words at half its time (README)
 DEFAULT_DETECTOR = "ppocrv6-tiny-det"
-
-
-def sigma_clipped_times(fn, warmup: int = 3, runs: int = 30, min_seconds: float = 0.5, max_runs: int = 300) -> list[float]:
-    """Milliseconds per call after a warm-up: at least ``runs`` calls and ``min_seconds``, then 3-sigma clipping."""
-    for _ in range(warmup):
-        fn()
-    t_all, t0 = [], time.perf_counter()
-    while (len(t_all) < runs or time.perf_counter() - t0 < min_seconds) and len(t_all) < max_runs:
-        t = time.perf_counter()
-        fn()
-        t_all.append((time.perf_counter() - t) * 1000)
-    a = np.array(t_all)
-    for _ in range(3):
-        m, s = a.mean(), a.std()
-        keep = np.abs(a - m) <= 3 * s if s > 0 else np.ones_like(a, bool)
-        if keep.all():
-            break
-        a = a[keep]
-    return a.tolist()
 
 
 # -- run ---------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from runtime.cli import InputError, check_writable, non_negative, positive
-from runtime.metrics import write_bytes_atomic, write_json_atomic
+from runtime.files import write_bytes_atomic, write_json_atomic
 from runtime.pipeline import FrameResult, Pipeline, parse_roi
 from runtime.scheduler import ScheduleCfg
 from runtime.weights import default_model

@@ -18,7 +18,8 @@ import numpy as np
 from runtime.conditions import CONDITIONS, apply_condition
 from runtime.cli import InputError, check_writable, non_negative, positive
 from runtime.datasets import LabelPolicy, detect_layout, usable_samples
-from runtime.metrics import EvalReport, reports_to_markdown, write_json_atomic
+from runtime.files import write_json_atomic
+from runtime.metrics import EvalReport, reports_to_markdown
 from runtime.preprocess import HR_SIZE, resize
 
 from .checkpoint import load_model

@@ -29,7 +29,7 @@ from distill.config import load_config
 from experiments.kd_gain import _contender_config, train_or_reuse
 from experiments.kd_gain import main as kd_gain_main
 from runtime.cli import InputError, positive
-from runtime.metrics import write_bytes_atomic, write_json_atomic
+from runtime.files import write_bytes_atomic, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 # Seconds per step relative to the teacher's (2-core CPU runs of configs/clipocr_cpu.yaml, s/step: teacher 1.1,

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from runtime.charset import make_tokenizer
-from runtime.metrics import EvalReport, write_bytes_atomic, write_json_atomic
+from runtime.files import write_bytes_atomic, write_json_atomic
+from runtime.metrics import EvalReport
 
 from distill.checkpoint import CheckpointError, load_checkpoint
 from distill.config import Config, ConfigError, load_config

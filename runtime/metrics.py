@@ -2,8 +2,6 @@
 normalisation, per split and the sample-weighted average, as dataclasses printed as Markdown and JSON."""
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -131,17 +129,3 @@ def reports_to_markdown(reports: Sequence[EvalReport], metric: str = "accuracy")
         cells.append(f"{r.average.ned:.4f}" if r.average else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
-    """Write through a temp file + rename, so a reader never sees half a file."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(obj, path: str | os.PathLike) -> None:
-    write_bytes_atomic((json.dumps(obj, indent=2) + "\n").encode(), path)

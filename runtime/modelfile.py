@@ -134,10 +134,8 @@ def model_info(path: str | Path) -> ModelInfo:
 
 def write_sidecar(engine: str | Path, meta: dict[str, str]) -> Path:
     """The engine's metadata as JSON beside it, written atomically."""
-    import os
+    from .files import write_json_atomic
 
     side = sidecar_path(engine)
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, side)
+    write_json_atomic(meta, side)
     return side

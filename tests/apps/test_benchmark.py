@@ -87,7 +87,7 @@ def test_preprocess_benchmark_prints_ratio():
 
 
 def test_sigma_clipping_drops_outliers():
-    from apps.benchmark import sigma_clipped_times
+    from runtime.timing import sigma_clipped_times
 
     it = iter([0] * 5 + [1] * 40 + [200] + [1] * 100)
     import time
