@@ -65,25 +65,19 @@ class Row:
 def load_crops(data: str, lr_from_hr: bool, max_samples: int) -> dict[str, tuple[list[np.ndarray], list[str]]]:
     """Split name -> (RGB crops, labels). With ``lr_from_hr``: the original crops ("hr") and the named conditions
     lr16 and lr16blur made from them; otherwise each data path is one split as stored."""
-    from runtime.conditions import apply_condition
-    from runtime.datasets import LabelPolicy, usable_samples
+    from runtime.evaluation import input_sets
 
-    splits = {}
-    for path in data.split(","):
-        samples = usable_samples(path, LabelPolicy(normalize="textzoom", max_len=0), max_samples, "benchmark")
-        imgs, gts = [s.image for s in samples], [s.label for s in samples]
-        name = Path(path).name
-        if lr_from_hr:
-            splits[f"{name} hr"] = (imgs, gts)
-            for c in ("lr16", "lr16blur"):
-                splits[f"{name} {c}"] = ([apply_condition(c, im) for im in imgs], gts)
-        else:
-            splits[name] = (imgs, gts)
-    return splits
+    sets = input_sets(data.split(","), ("lr16", "lr16blur") if lr_from_hr else (), hr=True, lr_from_hr=lr_from_hr,
+                      max_samples=max_samples, who="benchmark")
+    if lr_from_hr:  # per split hr first: the table's columns go from the easiest input to the hardest
+        order = {name: i for i, name in enumerate(dict.fromkeys(s.split for s in sets))}
+        sets = sorted(sets, key=lambda s: (order[s.split], s.condition != "HR"))
+    return {f"{s.split} {s.condition.lower()}" if lr_from_hr else s.split: (s.images, s.labels) for s in sets}
 
 
 def _run_row(spec: str, data: str, lr_from_hr: bool, max_samples: int, batches: list[int], runs: int) -> Row:
-    from runtime.metrics import score_split, weighted_average
+    from runtime.evaluation import InputSet, evaluate
+    from runtime.metrics import weighted_average
 
     from .readers import open_reader
 
@@ -95,11 +89,7 @@ def _run_row(spec: str, data: str, lr_from_hr: bool, max_samples: int, batches: 
         splits = load_crops(data, lr_from_hr, max_samples)
         results = []
         for name, (imgs, gts) in splits.items():
-            preds = []
-            bs = max(batches) if spec != "tesseract" else 1
-            for i in range(0, len(imgs), bs):
-                preds += rd.read(imgs[i : i + bs])
-            res = score_split(name, preds, gts)
+            res = evaluate(rd.read, InputSet(name, name, imgs, gts), max(batches) if spec != "tesseract" else 1)
             results.append(res)
             row.accuracy[name] = res.accuracy
         avg = weighted_average(results)

@@ -4,9 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.conditions import apply_condition
-from runtime.datasets import LabelPolicy, open_dataset
-from runtime.metrics import SplitResult, score_split
+from runtime.evaluation import evaluate, input_sets
+from runtime.metrics import SplitResult
 from runtime.recognizer import OnnxRecognizer
 
 __all__ = ["GateRow", "evaluate_onnx", "resolve_val", "gate_table"]
@@ -26,21 +25,12 @@ def resolve_val(path: str) -> Path:
 
 
 def evaluate_onnx(onnx_path: str, data: str, max_samples: int = 1000) -> GateRow:
+    """The model on the validation data at its own resolution: LR models read the stored LR of TextZoom pairs, or
+    lr16 made from HR crops; HR models the crops as stored."""
     rec = OnnxRecognizer(onnx_path)
-    reader = open_dataset(resolve_val(data), LabelPolicy(normalize="textzoom", max_len=0))
-    imgs, gts = [], []
-    for s in reader.iter_valid():
-        if rec.info.lr:
-            img = s.lr if s.lr is not None else apply_condition("lr16", s.image)
-        else:
-            img = s.image
-        imgs.append(img)
-        gts.append(s.label)
-        if max_samples and len(gts) >= max_samples:
-            break
-    reader.close()
-    preds = rec(imgs)
-    res = score_split(Path(data).name, [d.text for d in preds], gts, [d.confidence for d in preds])
+    sets = input_sets([resolve_val(data)], ("lr16",) if rec.info.lr else (), hr=not rec.info.lr,
+                      max_samples=max_samples, who="accuracy gate")
+    res = evaluate(rec, sets[0], 32, name=Path(data).name)
     return GateRow(Path(onnx_path).name, rec.info.precision, Path(onnx_path).stat().st_size / 1e6, res)
 
 

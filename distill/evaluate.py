@@ -10,35 +10,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from runtime.conditions import CONDITIONS, apply_condition
+from runtime.conditions import CONDITIONS
 from runtime.cli import InputError, check_writable, non_negative, positive
-from runtime.datasets import LabelPolicy, detect_layout, usable_samples
+from runtime.evaluation import evaluate, input_sets
 from runtime.files import write_json_atomic
 from runtime.metrics import EvalReport, reports_to_markdown
 from runtime.preprocess import HR_SIZE, resize
 
 from .checkpoint import load_model
 from .config import is_onnx_teacher
-from .predict import score_samples
+from .predict import predict_arrays
 
-__all__ = ["expand_splits", "evaluate_models", "main"]
-
-
-def expand_splits(paths: list[str]) -> list[tuple[str, Path]]:
-    """[(split name, lmdb path)]: a synthetic root expands to its test splits."""
-    out: list[tuple[str, Path]] = []
-    for p in map(Path, paths):
-        test = p / "test"
-        if test.is_dir() and any((test / s).is_dir() for s in ("easy", "medium", "hard")):
-            out += [(s, test / s) for s in ("easy", "medium", "hard") if (test / s).is_dir()]
-        else:
-            out.append((p.name, p))
-    return out
+__all__ = ["evaluate_models", "main"]
 
 
 def _bicubic_up(img: np.ndarray) -> np.ndarray:
@@ -49,64 +36,46 @@ def evaluate_models(student_ckpt: str | None, data: list[str], teacher_ckpt: str
                     lr_from_hr: bool = False, conditions: tuple[str, ...] = ("lr16", "lr16blur"),
                     max_samples: int = 0, batch: int = 64, extra_students: dict[str, str] | None = None,
                     onnx_teachers: dict[str, str] | None = None) -> list[EvalReport]:
-    """Reports for every model x input condition over every split. ``extra_students``: name -> checkpoint, more LR
-    models read the same inputs (kd_gain uses it for the baseline). ``onnx_teachers``: name -> ONNX recognizer
-    (or ``ppocr``) read through its own preprocessing, on HR and on the LR inputs (its resize upsamples them)."""
-    students: dict[str, tuple] = {}
-    if student_ckpt:
-        students["student"] = load_model(student_ckpt)[:2]
-    for name, ck in (extra_students or {}).items():
-        students[name] = load_model(ck)[:2]
-    teacher = load_model(teacher_ckpt)[:2] if teacher_ckpt else None
-    policy = LabelPolicy(normalize="textzoom", max_len=0)
-    reports: dict[tuple[str, str], EvalReport] = {}
+    """Reports for every model x input condition over every split (``runtime.evaluation``). ``extra_students``:
+    name -> checkpoint, more LR models read the same inputs (kd_gain uses it for the baseline). ``onnx_teachers``:
+    name -> ONNX recognizer (or a zoo name) read through its own preprocessing, on HR and on the LR inputs (its
+    resize upsamples them)."""
+    readers: dict[str, Callable] = {}  # LR students
+    for name, ck in ([("student", student_ckpt)] if student_ckpt else []) + list((extra_students or {}).items()):
+        readers[name] = _torch_reader(ck, batch)
+    teacher = _torch_reader(teacher_ckpt, batch) if teacher_ckpt else None
     onnx = {}
     if onnx_teachers:
         from runtime.charset import CHARSETS
 
         from .onnx_teacher import OnnxTeacher, teacher_dictionary
 
-        onnx = {name: OnnxTeacher(spec, CHARSETS["94"], 1, dictionary=teacher_dictionary(spec, ""))
+        onnx = {name: OnnxTeacher(spec, CHARSETS["94"], 1, dictionary=teacher_dictionary(spec, "")).read
                 for name, spec in onnx_teachers.items()}
+    reports: dict[tuple[str, str], EvalReport] = {}
 
-    def add_onnx(model_name: str, cond: str, split: str, t, samples) -> None:
-        from runtime.metrics import score_split
+    def add(model_name: str, cond: str, result) -> None:
+        reports.setdefault((model_name, cond), EvalReport(model_name, cond)).splits.append(result)
 
-        key = (model_name, cond)
-        if key not in reports:
-            reports[key] = EvalReport(model_name, cond)
-        preds = []
-        for k in range(0, len(samples), 16):
-            preds += [text for text, _ in t.read([img for img, _ in samples[k : k + 16]])]
-        reports[key].splits.append(score_split(split, preds, [lab for _, lab in samples]))
-
-    def add(model_name: str, cond: str, split: str, model_tok, samples, transform: Callable | None) -> None:
-        key = (model_name, cond)
-        if key not in reports:
-            reports[key] = EvalReport(model_name, cond)
-        res = score_samples(model_tok[0], model_tok[1], samples, split, batch, transform)
-        reports[key].splits.append(res)
-
-    for split, path in expand_splits(data):
-        samples = usable_samples(path, policy, max_samples, "evaluate")
-        pairs = detect_layout(path) == "textzoom" and not lr_from_hr
-        conds = ("LR",) if pairs else conditions
-        for cond in conds:
-            if pairs:
-                lr_imgs = [(s.lr, s.label) for s in samples]
-            else:
-                lr_imgs = [(apply_condition(cond, s.image), s.label) for s in samples]
-            for name, mt in students.items():
-                add(name, cond, split, mt, lr_imgs, None)
+    for s in input_sets(data, conditions, hr=True, lr_from_hr=lr_from_hr, max_samples=max_samples):
+        if s.condition == "HR":
             if teacher is not None:
-                add("teacher", f"bicubic({cond})", split, teacher, lr_imgs, _bicubic_up)
-            for name, t in onnx.items():
-                add_onnx(name, cond, split, t, lr_imgs)
+                add("teacher", "HR", evaluate(teacher, s, batch))
+            for name, read in onnx.items():
+                add(name, "HR", evaluate(read, s, 16))  # PP-OCR pads a batch to its widest crop: keep batches small
+            continue
+        for name, read in readers.items():
+            add(name, s.condition, evaluate(read, s, batch))
         if teacher is not None:
-            add("teacher", "HR", split, teacher, [(s.image, s.label) for s in samples], None)
-        for name, t in onnx.items():
-            add_onnx(name, "HR", split, t, [(s.image, s.label) for s in samples])
+            add("teacher", f"bicubic({s.condition})", evaluate(teacher, s, batch, _bicubic_up))
+        for name, read in onnx.items():
+            add(name, s.condition, evaluate(read, s, 16))
     return [r.finalize() for r in reports.values()]
+
+
+def _torch_reader(ckpt: str, batch: int) -> Callable:
+    model, tok = load_model(ckpt)[:2]
+    return lambda imgs: predict_arrays(model, tok, imgs, batch)
 
 
 def build_parser() -> argparse.ArgumentParser:

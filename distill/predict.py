@@ -1,17 +1,15 @@
-"""Batched prediction and scoring of a PyTorch recognizer (the torch twin of runtime's Recognizer)."""
+"""Batched prediction with a PyTorch recognizer (the torch twin of runtime's Recognizer; scoring is
+runtime.evaluation)."""
 from __future__ import annotations
-
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from runtime.charset import Decoded, Tokenizer
-from runtime.metrics import SplitResult, score_split
 from runtime.preprocess import prepare_batch
 
-__all__ = ["predict", "predict_arrays", "score_samples"]
+__all__ = ["predict", "predict_arrays"]
 
 
 @torch.no_grad()
@@ -33,28 +31,3 @@ def predict_arrays(model: nn.Module, tok: Tokenizer, imgs: list[np.ndarray], bat
     for i in range(0, len(imgs), batch):
         out += predict(model, tok, _to_tensor(imgs[i : i + batch], size))
     return out
-
-
-def score_samples(model: nn.Module, tok: Tokenizer, samples: Iterable[tuple[np.ndarray, str]], split: str,
-                  batch: int = 64, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> SplitResult:
-    """Word accuracy / NED (TextZoom protocol) over (image, label) pairs; ``transform`` maps each image first
-    (an LR condition, bicubic upsampling...)."""
-    preds: list[str] = []
-    confs: list[float] = []
-    gts: list[str] = []
-    imgs: list[np.ndarray] = []
-
-    def flush() -> None:
-        for d in predict_arrays(model, tok, imgs, batch):
-            preds.append(d.text)
-            confs.append(d.confidence)
-        imgs.clear()
-
-    for img, label in samples:
-        imgs.append(transform(img) if transform else img)
-        gts.append(label)
-        if len(imgs) >= batch:
-            flush()
-    if imgs:
-        flush()
-    return score_split(split, preds, gts, confs)

@@ -32,13 +32,14 @@ from tqdm import tqdm
 
 from runtime.charset import make_tokenizer, resolve_charset
 from runtime.datasets import LabelPolicy, open_dataset
+from runtime.evaluation import InputSet, evaluate
 
 from .augment import text_augment
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, is_onnx_teacher, load_config
 from .datasets import PairDataset, WeightedConcat, WithTeacherTargets, collate
 from .models import PPOCR_LR_OVERRIDES, build_model, make_onnx_student, make_student, model_spec, resolved_kwargs
-from .predict import score_samples
+from .predict import predict_arrays
 from .system import TrainingSystem
 
 __all__ = ["main", "train", "ResumableSampler", "prepare_synth"]
@@ -251,10 +252,13 @@ def validate(model, tok, reader, stage: str, device, batch: int, max_samples: in
     from runtime.conditions import apply_condition
 
     n = len(reader) if not max_samples else min(len(reader), max_samples)
-    samples = ((s.image if stage == "teacher" else s.lr if s.lr is not None else apply_condition("lr16blur", s.image),
-                s.label) for _, s in zip(range(n), reader.iter_valid()))
+    val = InputSet("val", "val", [], [])
+    for _, s in zip(range(n), reader.iter_valid()):
+        val.images.append(s.image if stage == "teacher" else s.lr if s.lr is not None
+                          else apply_condition("lr16blur", s.image))
+        val.labels.append(s.label)
     model.eval()
-    acc = score_samples(model, tok, samples, "val", batch).accuracy
+    acc = evaluate(lambda imgs: predict_arrays(model, tok, imgs, batch), val, batch).accuracy
     model.train()
     return acc
 
