@@ -70,25 +70,22 @@ def _ort_version() -> str:
 
 class PPOCRReader(_Base):
     """A PP-OCR recognizer of the zoo (``runtime.zoo``: ``ppocrv6``, ``ppocrv6-tiny``, ``ppocrv4`` / ``ppocr``) run
-    directly with ONNX Runtime the way RapidOCR runs it: BGR, height 48, width from the aspect ratio, the batch
-    padded to max(320, 48 * widest w/h), (x/255 - 0.5) / 0.5, CTC over the model's own dictionary (blank 0, space
-    last). The same preprocessing and decoding that make it a teacher in ``distill``
-    (``distill.onnx_teacher.OnnxTeacher``)."""
+    directly with ONNX Runtime the way RapidOCR runs it (``runtime.ppocr``): BGR, height 48, width from the aspect
+    ratio, the batch padded to max(320, 48 * widest w/h), (x/255 - 0.5) / 0.5, CTC over the model's own dictionary
+    (blank 0, space last). The same reading makes it a teacher in ``distill``."""
 
     def __init__(self, name: str = "ppocrv4", height: int | None = None, min_width: int | None = None) -> None:
-        from distill.onnx_teacher import PPOCR_PREPROC, OnnxPreproc, OnnxTeacher
         from runtime import zoo
-        from runtime.charset import CHARSETS
+        from runtime.ppocr import PPOCR_INPUT, Letterbox, LetterboxRecognizer
 
         m = zoo.find(name)
         if m.kind != "rec":
             raise ValueError(f"{name}: a {m.kind} model, not a recognizer")
         path = m.path()  # FileNotFoundError names the wheel to install
-        height = PPOCR_PREPROC.height if height is None else height  # RapidOCR's own 48x320 unless given
-        min_width = PPOCR_PREPROC.min_width if min_width is None else min_width
-        pre = OnnxPreproc(height=height, min_width=min_width)
-        self.teacher = OnnxTeacher(str(path), CHARSETS["94"], 1, pre, m.dictionary_spec())  # validates the sizes
-        default = (height, min_width) == (PPOCR_PREPROC.height, PPOCR_PREPROC.min_width)
+        height = PPOCR_INPUT.height if height is None else height  # RapidOCR's own 48x320 unless given
+        min_width = PPOCR_INPUT.min_width if min_width is None else min_width
+        self.rec = LetterboxRecognizer(name, Letterbox(height=height, min_width=min_width))  # validates the sizes
+        default = (height, min_width) == (PPOCR_INPUT.height, PPOCR_INPUT.min_width)
         self.name = f"{m.label} ({m.package})" + ("" if default else f" @{height}x{min_width}")
         self.format, self.backend = "ONNX", "onnxruntime " + _ort_version()
         self.precision, self.size_mb = "fp32", Path(path).stat().st_size / 1e6
@@ -96,10 +93,10 @@ class PPOCRReader(_Base):
                     + ("" if default else " (not RapidOCR's own 48x320)"))
 
     def batch(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
-        return self.teacher.batch(crops_rgb)[0]
+        return self.rec.batch(crops_rgb)[0]
 
     def read(self, crops):
-        return [text for text, _ in self.teacher.read(crops)]
+        return [text for text, _ in self.rec.read(crops)]
 
 
 class TesseractReader(_Base):

@@ -46,12 +46,9 @@ def evaluate_models(student_ckpt: str | None, data: list[str], teacher_ckpt: str
     teacher = _torch_reader(teacher_ckpt, batch) if teacher_ckpt else None
     onnx = {}
     if onnx_teachers:
-        from runtime.charset import CHARSETS
+        from runtime.ppocr import LetterboxRecognizer
 
-        from .onnx_teacher import OnnxTeacher, teacher_dictionary
-
-        onnx = {name: OnnxTeacher(spec, CHARSETS["94"], 1, dictionary=teacher_dictionary(spec, "")).read
-                for name, spec in onnx_teachers.items()}
+        onnx = {name: LetterboxRecognizer(spec).read for name, spec in onnx_teachers.items()}
     reports: dict[tuple[str, str], EvalReport] = {}
 
     def add(model_name: str, cond: str, result) -> None:

@@ -1,4 +1,4 @@
-"""Any recognizer ONNX file as an HR teacher, run through ONNX Runtime with its own preprocessing and dictionary.
+"""Any recognizer ONNX file as an HR teacher, read by ``runtime.ppocr`` (its own letterbox input and dictionary).
 
 The teacher's output is turned into targets for one of our CTC students:
 
@@ -35,65 +35,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-__all__ = ["OnnxPreproc", "OnnxTeacher", "TeacherTargets", "TeacherCache", "charset_mapping", "resample_frames",
-           "resample_peaks", "resolve_teacher_path", "teacher_dictionary", "PPOCR_PREPROC", "frames_read"]
+from runtime.ppocr import PPOCR_INPUT, Letterbox, LetterboxRecognizer, resolve_recognizer
 
-
-@dataclass(frozen=True)
-class OnnxPreproc:
-    """How the teacher wants its input. PP-OCR's recognizers: 48 px high, width from the aspect ratio, the batch
-    padded to at least 320 px (pad value 0 after normalisation), BGR, (x/255 - 0.5) / 0.5, bilinear resize."""
-
-    height: int = 48
-    min_width: int = 320
-    max_width: int = 1600  # very long crops are squeezed to this width rather than growing the batch unbounded
-    channel_order: str = "bgr"  # bgr | rgb
-    mean: float = 0.5
-    std: float = 0.5
-    interp: str = "bilinear"  # bilinear | area | bicubic (OpenCV)
-
-    def validate(self) -> "OnnxPreproc":
-        if self.channel_order not in ("bgr", "rgb"):
-            raise ValueError(f"onnx teacher channel_order: expected bgr or rgb, got {self.channel_order!r}")
-        if self.interp not in _INTERP:
-            raise ValueError(f"onnx teacher interp: expected one of {sorted(_INTERP)}, got {self.interp!r}")
-        if self.height <= 0 or self.min_width <= 0 or self.max_width < self.min_width:
-            raise ValueError(f"onnx teacher sizes: height {self.height}, min_width {self.min_width}, "
-                             f"max_width {self.max_width} are not usable")
-        return self
-
-
-_INTERP = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC}
-PPOCR_PREPROC = OnnxPreproc()
-
-
-def resolve_teacher_path(spec: str) -> str:
-    """A zoo name (``ppocrv6``, ``ppocrv6-tiny``, ``ppocrv4`` / ``ppocr``: ``runtime.zoo``) -> its recognizer inside
-    the installed wheel; else an ONNX file path. A missing wheel or file is a FileNotFoundError naming it."""
-    from runtime import zoo
-
-    if zoo.is_zoo_name(spec):
-        m = zoo.find(spec)
-        if m.kind != "rec":
-            raise FileNotFoundError(f"teacher {spec!r}: a {m.kind} model, not a recognizer")
-        return str(m.path())
-    if not Path(spec).is_file():
-        raise FileNotFoundError(f"teacher {spec}: no such ONNX file (or a model name: "
-                                f"{', '.join(zoo.rec_names())})")
-    return spec
-
-
-def teacher_dictionary(spec: str, configured: str) -> str:
-    """The dictionary of teacher ``spec``: ``configured`` when set, else the zoo model's own (its metadata or the
-    dictionary file in its wheel), else the PP-OCR default ``metadata:character``."""
-    from runtime import zoo
-
-    if configured:
-        return configured
-    return zoo.find(spec).dictionary_spec() if zoo.is_zoo_name(spec) else "metadata:character"
+__all__ = ["OnnxTeacher", "TeacherTargets", "TeacherCache", "charset_mapping", "resample_frames", "resample_peaks",
+           "frames_read"]
 
 
 def charset_mapping(teacher_classes: list[str], student_charset: str, blank: int = 0) -> tuple[np.ndarray, dict]:
@@ -186,37 +133,24 @@ class TeacherTargets:
     feats: np.ndarray | None = None  # (F, D) float16: the teacher's feature tensor on the student's frames
 
 
-class OnnxTeacher:
-    """ONNX Runtime session + declared preprocessing + dictionary + mapping to a student charset.
+class OnnxTeacher(LetterboxRecognizer):
+    """An ONNX recognizer (``runtime.ppocr``: letterbox input, dictionary, CTC) + the mapping of its classes to a
+    student charset, and the student's targets from its outputs.
 
-    dictionary: ``metadata:KEY`` reads the model's metadata (PP-OCR: ``character``, one character a line), or a
-    text file with one character a line. space_char: the class after the dictionary is a space (PP-OCR).
     feature: ``head`` (the classifier's input) or a tensor name of the graph to expose as features; "" = none."""
 
-    def __init__(self, path: str, student_charset: str, frames: int, preproc: OnnxPreproc = PPOCR_PREPROC,
-                 dictionary: str = "metadata:character", space_char: bool = True, unmapped: str = "renorm",
+    def __init__(self, path: str, student_charset: str, frames: int, preproc: Letterbox = PPOCR_INPUT,
+                 dictionary: str | None = None, space_char: bool = True, unmapped: str = "renorm",
                  threads: int = 0, resample: str = "area", feature: str = "") -> None:
-        from runtime.onnxfile import ort_session
-
-        self.path = resolve_teacher_path(path)
-        self.pre = preproc.validate()
         if unmapped not in ("renorm", "blank"):
             raise ValueError(f"onnx teacher unmapped: expected renorm or blank, got {unmapped!r}")
         if resample not in ("peaks", "area"):
             raise ValueError(f"onnx teacher resample: expected peaks or area, got {resample!r}")
         self.unmapped, self.frames, self.resample = unmapped, int(frames), resample
-        self.feature = ""
-        model: str | bytes = self.path
+        self.feature, model = "", None
         if feature:
-            model, self.feature = _with_feature_output(self.path, feature)
-        self.session = ort_session(model, threads, what="recognizer (teacher)")
-        self.input_name = self.session.get_inputs()[0].name
-        self.classes = ["<blank>"] + self._dictionary(dictionary) + ([" "] if space_char else [])
-        n_out = self.session.get_outputs()[0].shape[-1]
-        if isinstance(n_out, int) and n_out != len(self.classes):
-            raise ValueError(f"{self.path}: the model has {n_out} output classes but the dictionary "
-                             f"{dictionary!r} gives {len(self.classes)} (blank + characters"
-                             f"{' + space' if space_char else ''})")
+            model, self.feature = _with_feature_output(resolve_recognizer(path), feature)
+        super().__init__(path, preproc, dictionary, space_char, threads, model)
         from runtime.charset import make_tokenizer
 
         self.student_charset = student_charset
@@ -224,20 +158,6 @@ class OnnxTeacher:
         self.map, self.report = charset_mapping(self.classes, student_charset)
         keep = np.flatnonzero(self.map >= 0)
         self._keep, self._to = keep, self.map[keep]
-        self._is_prob: bool | None = None
-
-    def _dictionary(self, spec: str) -> list[str]:
-        if spec.startswith("metadata:"):
-            key = spec.split(":", 1)[1]
-            meta = self.session.get_modelmeta().custom_metadata_map
-            if key not in meta:
-                raise ValueError(f"{self.path}: no {key!r} in the model metadata (keys: {sorted(meta)}); give "
-                                 "the dictionary file instead")
-            return meta[key].splitlines()
-        p = Path(spec)
-        if not p.is_file():
-            raise FileNotFoundError(f"onnx teacher dictionary {spec}: no such file")
-        return [ln.rstrip("\r\n") for ln in p.read_text(encoding="utf-8").splitlines()]
 
     def fingerprint(self) -> str:
         """Changes whenever the targets would: model bytes, preprocessing, dictionary, student charset, frames."""
@@ -253,56 +173,21 @@ class OnnxTeacher:
         h.update(json.dumps(key).encode())
         return h.hexdigest()[:16]
 
-    def batch(self, crops_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 3, H, W) float32 input and each crop's resized width in pixels."""
-        pre = self.pre
-        H = pre.height
-        ratio = max([pre.min_width / H] + [c.shape[1] / max(c.shape[0], 1) for c in crops_rgb])
-        W = min(int(H * ratio), pre.max_width)
-        x = np.zeros((len(crops_rgb), 3, H, W), np.float32)
-        widths = np.zeros(len(crops_rgb), np.int64)
-        for i, c in enumerate(crops_rgb):
-            h, w = c.shape[:2]
-            rw = max(1, min(W, int(math.ceil(H * w / max(h, 1)))))
-            img = c[..., ::-1] if pre.channel_order == "bgr" else c
-            img = cv2.resize(np.ascontiguousarray(img), (rw, H), interpolation=_INTERP[pre.interp]).astype(np.float32)
-            x[i, :, :, :rw] = ((img / 255.0 - pre.mean) / pre.std).transpose(2, 0, 1)
-            widths[i] = rw
-        return x, widths
-
-    def raw(self, crops_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(probs (N, T, C_teacher), valid frames per crop)."""
-        return self._run(crops_rgb)[:2]
-
-    def _run(self, crops_rgb: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        x, widths = self.batch(crops_rgb)
-        outs = self.session.run(None, {self.input_name: x})
-        out = outs[0].astype(np.float32)
-        feats = None
-        if self.feature:
-            feats = outs[-1].astype(np.float32)
-            if feats.ndim == 4 and feats.shape[2] == 1:  # (N, D, 1, T) maps -> (N, T, D)
-                feats = feats[:, :, 0].transpose(0, 2, 1)
-            if feats.ndim != 3 or feats.shape[:2] != out.shape[:2]:
-                raise ValueError(f"{self.path}: feature tensor {self.feature!r} has shape {feats.shape}; expected "
-                                 f"(N, T, D) with the output's N, T = {out.shape[:2]} (or (N, D, 1, T))")
-        if self._is_prob is None:  # some exports end in logits: decide once from the first batch
-            s = out[:1].sum(-1)
-            self._is_prob = bool(np.all(out[:1] >= 0) and np.allclose(s, 1.0, atol=1e-3))
-        if not self._is_prob:
-            out = np.exp(out - out.max(-1, keepdims=True))
-            out /= out.sum(-1, keepdims=True)
-        T = out.shape[1]
-        valid = np.clip(np.ceil(widths * T / x.shape[3]).astype(np.int64), 1, T)
-        return out, valid, feats
-
-    def read(self, crops_rgb: list[np.ndarray]) -> list[tuple[str, float]]:
-        """The teacher's own reading (its full dictionary): (text, confidence) per crop."""
-        return self._decode(self.raw(crops_rgb)[0])
+    def _features(self, extra: list[np.ndarray], out: np.ndarray) -> np.ndarray | None:
+        if not self.feature:
+            return None
+        feats = extra[-1].astype(np.float32)
+        if feats.ndim == 4 and feats.shape[2] == 1:  # (N, D, 1, T) maps -> (N, T, D)
+            feats = feats[:, :, 0].transpose(0, 2, 1)
+        if feats.ndim != 3 or feats.shape[:2] != out.shape[:2]:
+            raise ValueError(f"{self.path}: feature tensor {self.feature!r} has shape {feats.shape}; expected "
+                             f"(N, T, D) with the output's N, T = {out.shape[:2]} (or (N, D, 1, T))")
+        return feats
 
     def targets(self, crops_rgb: list[np.ndarray]) -> list[TeacherTargets]:
-        probs, valid, feats = self._run(crops_rgb)
-        read = self._decode(probs)
+        probs, valid, extra = self.outputs(crops_rgb)
+        feats = self._features(extra, probs)
+        read = self.decode(probs)
         out = []
         C = len(self.student_charset) + 1
         for i in range(len(crops_rgb)):
@@ -321,13 +206,6 @@ class OnnxTeacher:
             f = None if feats is None else resample_frames(feats[i, : valid[i]], self.frames).astype(np.float16)
             out.append(TeacherTargets(r.astype(np.float16), self._tok.adapt(text), conf, float(dropped.mean()), f))
         return out
-
-    def _decode(self, probs: np.ndarray) -> list[tuple[str, float]]:
-        from runtime.fastpath import decode
-
-        d = decode(np.ascontiguousarray(probs), "ctc", 0)
-        return [("".join(self.classes[i] for i in ids[:n].tolist()), float(c))
-                for ids, n, c in zip(d.ids, d.lengths, d.seq_conf)]
 
 
 def _with_feature_output(path: str, feature: str) -> tuple[bytes, str]:

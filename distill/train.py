@@ -148,15 +148,17 @@ def with_teacher_targets(cfg: Config, teacher, ds: PairDataset, unlabeled: bool,
 def build_onnx_student(cfg: Config, master: bool):
     """(spec, student, teacher) for an ONNX teacher: the student is the teacher's own graph at 16x64 (stride and
     pooling overrides), classifier cut to our charset, all weights from the file."""
-    from .onnx_teacher import OnnxPreproc, OnnxTeacher, resolve_teacher_path, teacher_dictionary
+    from runtime.ppocr import Letterbox, default_dictionary, resolve_recognizer
+
+    from .onnx_teacher import OnnxTeacher
 
     o = cfg.onnx_teacher
-    path = resolve_teacher_path(cfg.train.teacher_ckpt)
-    pre = OnnxPreproc(o.height, o.min_width, o.max_width, o.channel_order, o.mean, o.std, o.interp)
+    path = resolve_recognizer(cfg.train.teacher_ckpt)
+    pre = Letterbox(o.height, o.min_width, o.max_width, o.channel_order, o.mean, o.std, o.interp)
     charset = resolve_charset(cfg.model.charset)
     # One session: its class names shape the student, whose frame count it then needs for its targets.
-    teacher = OnnxTeacher(path, charset, 1, pre, teacher_dictionary(cfg.train.teacher_ckpt, o.dictionary), o.space_char, o.unmapped, o.threads, o.resample,
-                          o.feature)
+    teacher = OnnxTeacher(path, charset, 1, pre, default_dictionary(cfg.train.teacher_ckpt, o.dictionary),
+                          o.space_char, o.unmapped, o.threads, o.resample, o.feature)
     overrides = o.student_overrides
     if not overrides and (cfg.train.teacher_ckpt == "ppocr" or "PP-OCRv4_rec" in Path(path).name):
         overrides = PPOCR_LR_OVERRIDES

@@ -15,10 +15,10 @@ REC_CLASSES = {"ppocrv6": 18710, "ppocrv6-tiny": 6906, "ppocrv4": 6625}
 def test_teacher_dictionary_maps_every_student_character(name):
     if not have_wheel(name):
         pytest.skip(f"{zoo.find(name).pip} not installed")
-    from distill.onnx_teacher import OnnxTeacher, teacher_dictionary
+    from distill.onnx_teacher import OnnxTeacher
     from runtime.charset import CHARSETS
 
-    t = OnnxTeacher(name, CHARSETS["94"], 16, dictionary=teacher_dictionary(name, ""))
+    t = OnnxTeacher(name, CHARSETS["94"], 16)
     assert len(t.classes) == REC_CLASSES[name] and t.classes[0] == "<blank>" and t.classes[-1] == " "
     r = t.report
     assert r["mapped_exact"] == 94 and r["student_chars_without_teacher_class"] == ""

