@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 
 from distill.checkpoint import load_checkpoint, load_model
+from distill.models import OnnxNet
 from runtime.cli import InputError, positive
 from runtime.modelfile import PREFIX, ModelInfo, path_for
 from runtime.preprocess import MEAN, STD
 
 from .calibration import add_calibration_args, resolve_calib_path
+from .fusion import fuse_for_inference
 from .graph_rewrites import scalar_affine_to_conv
 from .parity import ParityError, parity_check, parity_images
 
@@ -62,8 +64,8 @@ def export_onnx(ckpt: str, out_dir: str, opset: int = 17, simplify: bool = True,
     import onnx
 
     model, tok, ck = load_model(ckpt)
-    if hasattr(model, "fuse_for_inference"):  # graphs imported from ONNX: fold affine/hardswish chains first
-        print(f"export: fused for inference {model.fuse_for_inference()}")
+    if isinstance(model, OnnxNet):  # graphs imported from ONNX: fold affine/hardswish chains first
+        print(f"export: fused for inference {fuse_for_inference(model)}")
     spec = ck["model_spec"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

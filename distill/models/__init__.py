@@ -12,7 +12,8 @@ from runtime.preprocess import HR_SIZE, LR_SIZE
 
 from .clip import CLIP
 from .cnn import CNNAttn, CNNCTC
-from .onnx_net import PPOCR_LR_OVERRIDES, OnnxNet, scale_pair, strip_weights, upsample_halved_strides
+from .lr_surgery import PPOCR_LR_OVERRIDES, upsample_halved_strides
+from .onnx_net import OnnxNet, scale_pair, strip_weights
 from .parseq import PARSeq, RecOut, gen_tgt_perms
 
 __all__ = ["MODELS", "build_model", "model_spec", "resolved_kwargs", "make_student", "make_onnx_student",

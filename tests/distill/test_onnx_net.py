@@ -13,7 +13,9 @@ from onnx import TensorProto, helper
 
 from conftest import REC, needs_exact_int8, needs_ppocr, tiny_ctc_onnx
 from distill.models import build_model, make_onnx_student
-from distill.models.onnx_net import PPOCR_LR_OVERRIDES, OnnxNet, strip_weights, upsample_halved_strides
+from compress.fusion import fuse_for_inference
+from distill.models.lr_surgery import PPOCR_LR_OVERRIDES, upsample_halved_strides
+from distill.models.onnx_net import OnnxNet, strip_weights
 from distill.onnx_teacher import OnnxTeacher
 from runtime.charset import CHARSETS
 
@@ -187,7 +189,7 @@ def test_ppocr_graph_parity_and_lr_student_export(tmp_path):
     with torch.no_grad():
         assert np.abs(net(torch.from_numpy(x)).numpy() - ref).max() < 1e-4
     n = len(net.nodes)
-    fused = net.fuse_for_inference()  # what compress.export does: fewer elementwise passes, same outputs
+    fused = fuse_for_inference(net)  # what compress.export does: fewer elementwise passes, same outputs
     assert fused["conv_affine"] >= 20 and fused["hardswish"] >= 20 and fused["affine_into_conv"] >= 10
     assert len(net.nodes) < n - 100
     with torch.no_grad():
@@ -269,7 +271,7 @@ def test_fuse_folds_scalar_affines_into_unpadded_convs_only(tmp_path):
     net = OnnxNet(7, graph=p.read_bytes()).eval()
     x = np.random.default_rng(4).uniform(-1, 1, (2, 3, 16, 32)).astype(np.float32)
     ref = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    counts = net.fuse_for_inference()
+    counts = fuse_for_inference(net)
     # the affine before the 1x1 conv is folded; the one before the padded depthwise conv stays (its zero border
     # would change)
     assert counts["affine_into_conv"] == 1

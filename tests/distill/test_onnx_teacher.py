@@ -12,7 +12,8 @@ import torch
 from conftest import REC, needs_ppocr, real_lmdb, run_module, str_items, tiny_ctc_onnx, write_lmdb
 from distill.config import ConfigError, load_config
 from distill.models import make_onnx_student
-from distill.models.onnx_net import PPOCR_LR_OVERRIDES, OnnxNet
+from distill.models.lr_surgery import PPOCR_LR_OVERRIDES
+from distill.models.onnx_net import OnnxNet
 from distill.onnx_teacher import (OnnxTeacher, TeacherCache, charset_mapping, frames_read, resample_frames,
                                   resample_peaks)
 from distill.unlabeled import UnlabeledFolder, UnlabeledLmdb, open_unlabeled, video_regions_to_lmdb
