@@ -86,82 +86,97 @@ class TrainingSystem(nn.Module):
         return self
 
     def forward(self, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
+        """(weighted total loss, each part's value) of one batch at ``step``."""
         x = batch["hr"] if self.stage in ("teacher", "clip") else batch["lr"]
-        labels = batch["label"]
-        dev = x.device
-        parts: dict[str, Tensor] = {}
         if self.stage == "clip":  # the offline CLIP of CLIP-OCR: symmetric InfoNCE between word images and labels
             from .clipocr import clip_contrastive_loss
 
-            loss = clip_contrastive_loss(self.student, x, labels, self.clip_norm)
+            loss = clip_contrastive_loss(self.student, x, batch["label"], self.clip_norm)
             return loss, {"clip": float(loss.detach())}
-        if self.ctc:
-            flat, lengths = self.tok.encode(labels)
-            flat, lengths = torch.from_numpy(flat).to(dev), torch.from_numpy(lengths).to(dev)
-            out: RecOut = self.student.forward_train(x)
-            has = batch.get("has_label")
-            parts["ce"] = L.ctc_loss(out.logits[0], flat, lengths, None if has is None else has.to(dev))
-            if self.stage == "student" and "t_probs" in batch and self.cfg.logits.enabled:
-                # An ONNX teacher: its cached frame distributions, already in our classes and on our frame grid.
-                parts["logits"] = L.frame_kl_from_probs(out.logits[0], batch["t_probs"].to(dev), self.cfg.temperature)
-            if self.stage == "student" and "t_feats" in batch and self.cfg.visual.enabled:
-                # Its cached features (onnx_teacher.feature) against the student's same tensor: KD-LTR's visual
-                # focus form (z-scored per channel over frames, 1 - cosine), no attention mask.
-                parts["visual"] = L.visual_focus_loss(out.char_feats[0], batch["t_feats"].to(dev))
-            if self.kdltr:
-                with torch.no_grad():
-                    tout = self.teacher.forward_train(batch["hr"])
-                t_logits = tout.logits[0]
-                if self.cfg.logits.enabled:
-                    parts["logits"] = L.frame_kl_loss(out.logits[0], t_logits, self.cfg.temperature)
-                if self.cfg.visual.enabled:
-                    # The paper masks by the teacher's attention; a CTC teacher's character frames play that part.
-                    mask = L.ctc_focus_mask(t_logits, tout.visual.shape[2]) if self.cfg.ctc_focus_mask else None
-                    parts["visual"] = L.visual_focus_loss(out.visual, tout.visual, mask)
-                if self.projector is not None:
-                    # Character-level features of a CTC model: the frames where the teacher emits a character.
-                    parts["semantic"] = L.semantic_contrastive_loss(self.projector, out.char_feats[0],
-                                                                    tout.char_feats[0], L.ctc_char_frames(t_logits),
-                                                                    self.cfg.tau)
-        else:
-            assert isinstance(self.tok, AttnTokenizer)
-            # CLIP-OCR's token mixers need a fixed decoder length: pad targets to max_len then.
-            fixed = self.student.max_len if self.clip_heads is not None else None
-            tgt = torch.from_numpy(self.tok.encode(labels, max_len=fixed)).to(dev)
-            perms = None
-            if hasattr(self.student, "perm_num"):
-                # Teacher and student share the permutations; seeded by step so a resumed run draws the same.
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-                perms = gen_tgt_perms(tgt.shape[1] - 2, self.student.perm_num, g, dev)
-            taps = tuple(s for s, _ in self.cfg.clipocr.enc_pairs) if self.clip_heads is not None else ()
-            out = self.student.forward_train(x, tgt, perms, enc_taps=taps) if taps else \
-                self.student.forward_train(x, tgt, perms)
-            pad = self.student.pad_id
-            ce_sum, n = 0.0, 0
-            for lg, tg in zip(out.logits, out.targets):
-                s, k = L.ce_loss(lg, tg, pad)
-                ce_sum, n = ce_sum + s, n + k
-            parts["ce"] = ce_sum / max(int(n), 1)
-            if self.clip_heads is not None:
-                c = self.cfg.clipocr
-                parts.update(self.clip_heads.losses(out, self.clip, batch["hr"], labels, self.clip_norm, c.tau,
-                                                    c.w_ce, c.w_gram))
-            if self.kdltr:
-                with torch.no_grad():
-                    tout = self.teacher.forward_train(batch["hr"], tgt, perms)
-                valids = [tg != pad for tg in out.targets]
-                if self.cfg.visual.enabled:
-                    mask = None if tout.attn is None else L.attention_mask(tout.attn, valids[0])
-                    parts["visual"] = L.visual_focus_loss(out.visual, tout.visual, mask)
-                if self.cfg.semantic.enabled and self.projector is not None:
-                    parts["semantic"] = sum(
-                        L.semantic_contrastive_loss(self.projector, fs, ft, v, self.cfg.tau)
-                        for fs, ft, v in zip(out.char_feats, tout.char_feats, valids)) / len(valids)
-                if self.cfg.logits.enabled:
-                    parts["logits"] = sum(
-                        L.soft_logits_loss(ls, lt, v, self.cfg.temperature, self.cfg.alpha, self.cfg.min_p,
-                                           self.cfg.beam, self.student.eos_id)
-                        for ls, lt, v in zip(out.logits, tout.logits, valids)) / len(valids)
+        parts = self._ctc_losses(batch, x) if self.ctc else self._attn_losses(batch, x, step)
+        weights = self._weights(parts, batch, step)
+        total = sum(weights[k] * v for k, v in parts.items())
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    def _ctc_losses(self, batch: dict, x: Tensor) -> dict[str, Tensor]:
+        """CTC students: CE (CTC) on the labels; KD-LTR from a checkpoint teacher (frame KL, visual focus, semantic
+        contrast), or an ONNX teacher's cached targets (frame KL, features)."""
+        labels, dev, parts = batch["label"], x.device, {}
+        flat, lengths = self.tok.encode(labels)
+        flat, lengths = torch.from_numpy(flat).to(dev), torch.from_numpy(lengths).to(dev)
+        out: RecOut = self.student.forward_train(x)
+        has = batch.get("has_label")
+        parts["ce"] = L.ctc_loss(out.logits[0], flat, lengths, None if has is None else has.to(dev))
+        if self.stage == "student" and "t_probs" in batch and self.cfg.logits.enabled:
+            # An ONNX teacher: its cached frame distributions, already in our classes and on our frame grid.
+            parts["logits"] = L.frame_kl_from_probs(out.logits[0], batch["t_probs"].to(dev), self.cfg.temperature)
+        if self.stage == "student" and "t_feats" in batch and self.cfg.visual.enabled:
+            # Its cached features (onnx_teacher.feature) against the student's same tensor: KD-LTR's visual
+            # focus form (z-scored per channel over frames, 1 - cosine), no attention mask.
+            parts["visual"] = L.visual_focus_loss(out.char_feats[0], batch["t_feats"].to(dev))
+        if self.kdltr:
+            with torch.no_grad():
+                tout = self.teacher.forward_train(batch["hr"])
+            t_logits = tout.logits[0]
+            if self.cfg.logits.enabled:
+                parts["logits"] = L.frame_kl_loss(out.logits[0], t_logits, self.cfg.temperature)
+            if self.cfg.visual.enabled:
+                # The paper masks by the teacher's attention; a CTC teacher's character frames play that part.
+                mask = L.ctc_focus_mask(t_logits, tout.visual.shape[2]) if self.cfg.ctc_focus_mask else None
+                parts["visual"] = L.visual_focus_loss(out.visual, tout.visual, mask)
+            if self.projector is not None:
+                # Character-level features of a CTC model: the frames where the teacher emits a character.
+                parts["semantic"] = L.semantic_contrastive_loss(self.projector, out.char_feats[0],
+                                                                tout.char_feats[0], L.ctc_char_frames(t_logits),
+                                                                self.cfg.tau)
+        return parts
+
+    def _attn_losses(self, batch: dict, x: Tensor, step: int) -> dict[str, Tensor]:
+        """Attention decoders (PARSeq, CNN-attn): CE over the permutations; KD-LTR's visual focus, semantic contrast
+        and soft logits from the teacher; CLIP-OCR's word and linguistic-consistency losses."""
+        labels, dev, parts = batch["label"], x.device, {}
+        assert isinstance(self.tok, AttnTokenizer)
+        # CLIP-OCR's token mixers need a fixed decoder length: pad targets to max_len then.
+        fixed = self.student.max_len if self.clip_heads is not None else None
+        tgt = torch.from_numpy(self.tok.encode(labels, max_len=fixed)).to(dev)
+        perms = None
+        if hasattr(self.student, "perm_num"):
+            # Teacher and student share the permutations; seeded by step so a resumed run draws the same.
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            perms = gen_tgt_perms(tgt.shape[1] - 2, self.student.perm_num, g, dev)
+        taps = tuple(s for s, _ in self.cfg.clipocr.enc_pairs) if self.clip_heads is not None else ()
+        out = self.student.forward_train(x, tgt, perms, enc_taps=taps) if taps else \
+            self.student.forward_train(x, tgt, perms)
+        pad = self.student.pad_id
+        ce_sum, n = 0.0, 0
+        for lg, tg in zip(out.logits, out.targets):
+            s, k = L.ce_loss(lg, tg, pad)
+            ce_sum, n = ce_sum + s, n + k
+        parts["ce"] = ce_sum / max(int(n), 1)
+        if self.clip_heads is not None:
+            c = self.cfg.clipocr
+            parts.update(self.clip_heads.losses(out, self.clip, batch["hr"], labels, self.clip_norm, c.tau,
+                                                c.w_ce, c.w_gram))
+        if self.kdltr:
+            with torch.no_grad():
+                tout = self.teacher.forward_train(batch["hr"], tgt, perms)
+            valids = [tg != pad for tg in out.targets]
+            if self.cfg.visual.enabled:
+                mask = None if tout.attn is None else L.attention_mask(tout.attn, valids[0])
+                parts["visual"] = L.visual_focus_loss(out.visual, tout.visual, mask)
+            if self.cfg.semantic.enabled and self.projector is not None:
+                parts["semantic"] = sum(
+                    L.semantic_contrastive_loss(self.projector, fs, ft, v, self.cfg.tau)
+                    for fs, ft, v in zip(out.char_feats, tout.char_feats, valids)) / len(valids)
+            if self.cfg.logits.enabled:
+                parts["logits"] = sum(
+                    L.soft_logits_loss(ls, lt, v, self.cfg.temperature, self.cfg.alpha, self.cfg.min_p,
+                                       self.cfg.beam, self.student.eos_id)
+                    for ls, lt, v in zip(out.logits, tout.logits, valids)) / len(valids)
+        return parts
+
+    def _weights(self, parts: dict[str, Tensor], batch: dict, step: int) -> dict[str, float]:
+        """Each part's weight at ``step`` (the KD terms follow ``distill.kd_schedule``)."""
         if self.stage == "student":
             # KD-LTR weighs CE lightly (0.025) against its KL term; CLIP-OCR alone trains on CE + word + LCLs.
             ce_w = (self.cfg.ce.weight if self.cfg.ce.enabled else 0.0) if self.kdltr or "t_probs" in batch else 1.0
@@ -172,5 +187,4 @@ class TrainingSystem(nn.Module):
             weights.update({k: weights[k] * kd for k in ("visual", "semantic", "logits")})
         else:
             weights = {"ce": 1.0}
-        total = sum(weights[k] * v for k, v in parts.items())
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return weights
