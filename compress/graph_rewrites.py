@@ -172,102 +172,145 @@ def qdq_integer_activations(model) -> dict[str, int]:
     The uint8 grids make this the ``cpu`` flavour's rewrite (TensorRT fuses activations into its convolutions).
     """
     import onnx
-    from onnx import helper, numpy_helper
 
-    g = model.graph
-    value = constant_lookup(g)
-    prod, readers = _links(g)
-    rank = {v.name: len(v.type.tensor_type.shape.dim)
-            for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
-    counts = {"hardswish": 0, "gate": 0, "squeeze": 0, "affine": 0}
-    consts: list = []
-    replaced: set[str] = set()
+    rw = _IntegerActivations(model.graph, onnx.shape_inference.infer_shapes(model).graph.value_info)
+    for node in list(model.graph.node):
+        if node.op_type == "ReduceMean":
+            rw.squeeze(node)
+        else:
+            rw.activation(node)
+    return rw.finish()
 
-    def scalar(name: str, v: float, dtype) -> str:
-        consts.append(numpy_helper.from_array(np.array(v, dtype), name))
+
+class _IntegerActivations:
+    """The state of one ``qdq_integer_activations`` pass: the graph's links, the new constants, the counts."""
+
+    def __init__(self, g, value_info) -> None:
+        self.g, self.value = g, constant_lookup(g)
+        self.prod, self.readers = _links(g)
+        self.rank = {v.name: len(v.type.tensor_type.shape.dim) for v in value_info}
+        self.counts = {"hardswish": 0, "gate": 0, "squeeze": 0, "affine": 0}
+        self.consts: list = []
+        self.replaced: set[str] = set()
+
+    def prefix(self) -> str:
+        return f"{_QACT}_{sum(self.counts.values())}"
+
+    def scalar(self, name: str, v: float, dtype) -> str:
+        from onnx import numpy_helper
+
+        self.consts.append(numpy_helper.from_array(np.array(v, dtype), name))
         return name
 
-    def is_op(name: str, op: str) -> bool:
-        return name in prod and prod[name].op_type == op
+    def is_op(self, name: str, op: str) -> bool:
+        return name in self.prod and self.prod[name].op_type == op
 
-    def quantized_reader(node) -> bool:  # read by one QuantizeLinear only
-        r = readers.get(node.output[0], [])
+    def quantized_reader(self, node) -> bool:
+        """Whether ``node`` is read by one QuantizeLinear only."""
+        r = self.readers.get(node.output[0], [])
         return len(r) == 1 and r[0] is not None and r[0].op_type == "QuantizeLinear"
 
-    def replace(old: list, new: list) -> None:
+    def replace(self, old: list, new: list) -> None:
         """``new`` where the last of ``old`` was: every input they read is computed before it."""
+        g = self.g
         at = list(g.node).index(old[-1]) - (len(old) - 1)
         for n in old:
             g.node.remove(n)
         for j, n in enumerate(new):
             g.node.insert(at + j, n)
         for n in old:
-            replaced.update(n.input)
+            self.replaced.update(n.input)
 
-    for node in list(g.node):
-        p = f"{_QACT}_{sum(counts.values())}"
-        if node.op_type == "ReduceMean" and is_op(node.input[0], "DequantizeLinear") and quantized_reader(node):
-            a = _attrs(node)
-            axes = a.get("axes") or (list(value(node.input[1])) if len(node.input) > 1 and node.input[1] else None)
-            if a.get("keepdims", 1) != 1 or rank.get(node.input[0]) != 4 or sorted(int(x) % 4 for x in axes or []) \
-                    != [2, 3]:
-                continue
-            replace([node], [helper.make_node("GlobalAveragePool", [node.input[0]], [node.output[0]], name=p + "_gap")])
-            counts["squeeze"] += 1
-            continue
-        if node.op_type == "HardSwish" and is_op(node.input[0], "DequantizeLinear") and quantized_reader(node):
+    def squeeze(self, node) -> None:
+        """DQ -> ReduceMean over H, W (keepdims) -> Q as GlobalAveragePool (QLinearGlobalAveragePool)."""
+        from onnx import helper
+
+        if not (self.is_op(node.input[0], "DequantizeLinear") and self.quantized_reader(node)):
+            return
+        a = _attrs(node)
+        axes = a.get("axes") or (list(self.value(node.input[1])) if len(node.input) > 1 and node.input[1] else None)
+        if a.get("keepdims", 1) != 1 or self.rank.get(node.input[0]) != 4 or \
+                sorted(int(x) % 4 for x in axes or []) != [2, 3]:
+            return
+        self.replace([node], [helper.make_node("GlobalAveragePool", [node.input[0]], [node.output[0]],
+                                               name=self.prefix() + "_gap")])
+        self.counts["squeeze"] += 1
+
+    def activation(self, node) -> None:
+        """A HardSwish, or a Mul of x by HardSigmoid(x) or by a clipped gate, between DQ and Q -> a QLinearMul of x by
+        the factor requantized on a fixed uint8 grid."""
+        from onnx import helper
+
+        prod, p = self.prod, self.prefix()
+        if node.op_type == "HardSwish" and self.is_op(node.input[0], "DequantizeLinear") and self.quantized_reader(node):
             x, act, old = node.input[0], node, [node]  # HardSwish = x * HardSigmoid(x), alpha 1/6, beta 0.5
-        elif node.op_type == "Mul" and len(node.input) == 2 and quantized_reader(node):
+        elif node.op_type == "Mul" and len(node.input) == 2 and self.quantized_reader(node):
             x, f = node.input
-            if not (is_op(f, "HardSigmoid") or is_op(f, "Clip")):
+            if not (self.is_op(f, "HardSigmoid") or self.is_op(f, "Clip")):
                 x, f = f, x
-            if not is_op(x, "DequantizeLinear") or f not in prod or len(readers.get(f, [])) != 1:
-                continue
+            if not self.is_op(x, "DequantizeLinear") or f not in prod or len(self.readers.get(f, [])) != 1:
+                return
             act, old = prod[f], [prod[f], node]
         else:
-            continue
+            return
         dq_x = prod[x]
-        zp_x = value(dq_x.input[2]) if len(dq_x.input) > 2 and dq_x.input[2] else None
+        zp_x = self.value(dq_x.input[2]) if len(dq_x.input) > 2 and dq_x.input[2] else None
         if zp_x is None or zp_x.dtype != np.uint8:  # the uint8 grids below need uint8 activations (cpu flavour)
-            continue
+            return
         if act.op_type in ("HardSwish", "HardSigmoid") and act.input[0] == x:
-            a = float(_attrs(act).get("alpha", 0.2)) if act.op_type == "HardSigmoid" else 1 / 6
-            b = float(_attrs(act).get("beta", 0.5)) if act.op_type == "HardSigmoid" else 0.5
-            if a <= 0 or b <= 0:
-                continue
-            zp = scalar(p + "_zp", 0, np.uint8)
-            f_new = [helper.make_node("DequantizeLinear", list(dq_x.input), [p + "_x1"], name=p + "_dq_x1"),
-                     helper.make_node("DequantizeLinear", [scalar(p + "_b_q", 255, np.uint8),
-                                                           scalar(p + "_b_s", b / a / 255, np.float32), zp],
-                                      [p + "_b"], name=p + "_dq_b"),
-                     helper.make_node("Add", [p + "_x1", p + "_b"], [p + "_u"], name=p + "_add"),
-                     helper.make_node("QuantizeLinear", [p + "_u", scalar(p + "_u_s", 1 / (255 * a), np.float32), zp],
-                                      [p + "_uq"], name=p + "_q_u"),
-                     helper.make_node("DequantizeLinear", [p + "_uq", scalar(p + "_f_s", 1 / 255, np.float32), zp],
-                                      [p + "_f"], name=p + "_dq_f")]
-            kind = "hardswish"
-        elif act.op_type == "Clip" and len(act.input) == 3 and is_op(act.input[0], "DequantizeLinear"):
-            lo, hi = value(act.input[1]), value(act.input[2])
-            if lo is None or hi is None or float(lo) != 0.0 or float(hi) <= 0:
-                continue
-            zp, s = scalar(p + "_zp", 0, np.uint8), scalar(p + "_f_s", float(hi) / 255, np.float32)
-            f_new = [helper.make_node("QuantizeLinear", [act.input[0], s, zp], [p + "_fq"], name=p + "_q_f"),
-                     helper.make_node("DequantizeLinear", [p + "_fq", s, zp], [p + "_f"], name=p + "_dq_f")]
-            kind = "gate"
+            f_new, kind = self._hardsigmoid(act, dq_x, p), "hardswish"
+        elif act.op_type == "Clip" and len(act.input) == 3 and self.is_op(act.input[0], "DequantizeLinear"):
+            f_new, kind = self._gate(act, p), "gate"
         else:
-            continue
+            return
+        if f_new is None:
+            return
         # a DequantizeLinear of its own for the Mul: ONNX Runtime fuses a DQ into the one node that reads it
-        replace(old, f_new + [
+        self.replace(old, f_new + [
             helper.make_node("DequantizeLinear", list(dq_x.input), [p + "_x"], name=p + "_dq_x"),
             helper.make_node("Mul", [p + "_x", p + "_f"], [node.output[0]], name=p + "_mul")])
-        if all(r in old for r in readers.get(x, [])):
-            g.node.remove(dq_x)  # read by nothing else now
-        counts[kind] += 1
-    g.initializer.extend(consts)
-    counts["affine"] = _absorb_affines(g, replaced)
-    value = constant_lookup(g)  # with the new initializers
-    _drop_unused(g, {n for n in replaced if value(n) is not None})
-    return counts
+        if all(r in old for r in self.readers.get(x, [])):
+            self.g.node.remove(dq_x)  # read by nothing else now
+        self.counts[kind] += 1
+
+    def _hardsigmoid(self, act, dq_x, p: str) -> list | None:
+        """HardSigmoid(x) as x + b/a requantized to the uint8 scale 1/(255 a), read back at scale 1/255."""
+        from onnx import helper
+
+        a = float(_attrs(act).get("alpha", 0.2)) if act.op_type == "HardSigmoid" else 1 / 6
+        b = float(_attrs(act).get("beta", 0.5)) if act.op_type == "HardSigmoid" else 0.5
+        if a <= 0 or b <= 0:
+            return None
+        zp = self.scalar(p + "_zp", 0, np.uint8)
+        return [helper.make_node("DequantizeLinear", list(dq_x.input), [p + "_x1"], name=p + "_dq_x1"),
+                helper.make_node("DequantizeLinear", [self.scalar(p + "_b_q", 255, np.uint8),
+                                                      self.scalar(p + "_b_s", b / a / 255, np.float32), zp],
+                                 [p + "_b"], name=p + "_dq_b"),
+                helper.make_node("Add", [p + "_x1", p + "_b"], [p + "_u"], name=p + "_add"),
+                helper.make_node("QuantizeLinear", [p + "_u", self.scalar(p + "_u_s", 1 / (255 * a), np.float32), zp],
+                                 [p + "_uq"], name=p + "_q_u"),
+                helper.make_node("DequantizeLinear", [p + "_uq", self.scalar(p + "_f_s", 1 / 255, np.float32), zp],
+                                 [p + "_f"], name=p + "_dq_f")]
+
+    def _gate(self, act, p: str) -> list | None:
+        """Clip(g, 0, hi) as a requantization of g to the uint8 scale hi/255."""
+        from onnx import helper
+
+        lo, hi = self.value(act.input[1]), self.value(act.input[2])
+        if lo is None or hi is None or float(lo) != 0.0 or float(hi) <= 0:
+            return None
+        zp, s = self.scalar(p + "_zp", 0, np.uint8), self.scalar(p + "_f_s", float(hi) / 255, np.float32)
+        return [helper.make_node("QuantizeLinear", [act.input[0], s, zp], [p + "_fq"], name=p + "_q_f"),
+                helper.make_node("DequantizeLinear", [p + "_fq", s, zp], [p + "_f"], name=p + "_dq_f")]
+
+    def finish(self) -> dict[str, int]:
+        """The new constants in, the scalar affines absorbed, the unread constants dropped; the counts."""
+        g = self.g
+        g.initializer.extend(self.consts)
+        self.counts["affine"] = _absorb_affines(g, self.replaced)
+        value = constant_lookup(g)  # with the new initializers
+        _drop_unused(g, {n for n in self.replaced if value(n) is not None})
+        return self.counts
 
 
 def _absorb_affines(g, replaced: set[str]) -> int:
