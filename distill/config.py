@@ -359,19 +359,39 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    raw: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config {p}: no such file")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML ({e})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
+    """The config of YAML file ``path`` (dataclass defaults without one), then ``overrides`` (``key=value``). A file
+    may start from another: ``extends: base.yaml`` (relative to the file) takes that file's mapping and merges its
+    own keys over it, section by section, so a recipe's stages are short files that say what differs."""
+    raw = _read_yaml(Path(path)) if path else {}
     raw = apply_overrides(raw, overrides or [])
     return _build(Config, raw, "").validate()
+
+
+def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if not p.is_file():
+        raise ConfigError(f"{'extends' if seen else '--config'} {p}: no such file")
+    if p.resolve() in seen:
+        raise ConfigError(f"{p}: extends itself (through {' -> '.join(str(s) for s in seen)})")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: extends: expected a file name, got {base!r}")
+    return _merge(_read_yaml(p.parent / base, seen + (p.resolve(),)), raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on ``base``: mappings merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def config_from_dict(d: dict) -> Config:

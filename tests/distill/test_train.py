@@ -170,3 +170,26 @@ def test_teacher_trains_further_from_an_older_checkpoint(synth, tmp_path):
     with pytest.raises(ConfigError, match=r"its model differs .* \['kwargs.hidden'\]"):
         train(load_config("configs/smoke.yaml", overrides(synth, tmp_path / "t3", "cnn-ctc",
                                                           f"train.init_ckpt={tmp_path / 'other.pt'}")))
+
+
+def test_a_config_extends_another_and_merges_section_by_section(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {name: cnn-ctc, max_len: 12}\noptim: {lr: 0.01, steps: 7}\n")
+    (tmp_path / "stage.yaml").write_text("extends: base.yaml\noptim: {steps: 9}\ntrain: {out_dir: runs/x}\n")
+    cfg = load_config(str(tmp_path / "stage.yaml"), ["optim.lr=0.5"])
+    assert (cfg.model.name, cfg.model.max_len, cfg.optim.steps, cfg.optim.lr, cfg.train.out_dir) == \
+        ("cnn-ctc", 12, 9, 0.5, "runs/x")
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ValueError, match="extends itself"):
+        load_config(str(tmp_path / "loop.yaml"))
+    (tmp_path / "missing.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ValueError, match="extends .*nowhere.yaml: no such file"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.parametrize("stage, base", [("configs/ppocrv6_baseline.yaml", "configs/ppocrv6_student.yaml"),
+                                         ("configs/smoke_student.yaml", "configs/smoke.yaml")])
+def test_recipe_stage_files_differ_from_their_base_only_where_they_say(stage, base):
+    a, b = load_config(str(ROOT / stage)).to_dict(), load_config(str(ROOT / base)).to_dict()
+    diff = {f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]} if all(isinstance(v, dict) for v in a.values()) \
+        else None
+    assert diff and diff <= {"train.stage", "train.out_dir", "train.teacher_ckpt"}, diff
