@@ -173,7 +173,8 @@ def test_teacher_trains_further_from_an_older_checkpoint(synth, tmp_path):
 
 
 def test_a_config_extends_another_and_merges_section_by_section(tmp_path):
-    (tmp_path / "base.yaml").write_text("model: {name: cnn-ctc, max_len: 12}\noptim: {lr: 0.01, steps: 7}\n")
+    (tmp_path / "base.yaml").write_text("model: {name: cnn-ctc, max_len: 12}\noptim: {lr: 0.01, steps: 7}\n"
+                                        "data: {synth: {n: 10}}\n")
     (tmp_path / "stage.yaml").write_text("extends: base.yaml\noptim: {steps: 9}\ntrain: {out_dir: runs/x}\n")
     cfg = load_config(str(tmp_path / "stage.yaml"), ["optim.lr=0.5"])
     assert (cfg.model.name, cfg.model.max_len, cfg.optim.steps, cfg.optim.lr, cfg.train.out_dir) == \
