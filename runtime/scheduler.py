@@ -40,7 +40,7 @@ SIG_SHAPE = (4, 16)
 
 @dataclass
 class ScheduleCfg:
-    max_reads: int = 2  # crops read per frame at most (0: no limit by count); 2 keeps 30 FPS with the default model
+    max_reads: int = 1  # crops read per frame at most (0: no limit by count); 1 keeps 50 FPS with the default model
     budget_ms: float = 0.0  # recognition milliseconds per frame at most, measured (0: no limit by time)
     change: float = 0.06  # signature difference that makes a crop due (normalised units; 0.06 ~ 8 grey levels)
     forget: float = 0.25  # factor on the old vote totals when a changed crop reads differently

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Track", "Tracker", "iou_matrix", "Vote"]
+__all__ = ["Track", "Tracker", "iou_matrix", "coverage", "Vote"]
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -26,6 +26,20 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def coverage(truth: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N, M): the share of each of N true boxes' area that each of M boxes covers (how the benchmarks match a true
+    word to an output box: a detector's box is larger than the glyphs' tight box, which IoU would punish)."""
+    a = np.asarray(truth, np.float64).reshape(-1, 4)
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    return inter / np.maximum(area[:, None], 1e-9)
 
 
 @dataclass
