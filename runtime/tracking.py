@@ -15,7 +15,8 @@ import numpy as np
 __all__ = ["Track", "Tracker", "iou_matrix", "coverage", "Vote"]
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _intersections(a, b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, M) intersection areas of N and M (x0, y0, x1, y1) boxes, and each side's areas."""
     a = np.asarray(a, np.float64).reshape(-1, 4)
     b = np.asarray(b, np.float64).reshape(-1, 4)
     x0 = np.maximum(a[:, None, 0], b[None, :, 0])
@@ -23,22 +24,18 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     x1 = np.minimum(a[:, None, 2], b[None, :, 2])
     y1 = np.minimum(a[:, None, 3], b[None, :, 3])
     inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter, (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    inter, area_a, area_b = _intersections(a, b)
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def coverage(truth: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """(N, M): the share of each of N true boxes' area that each of M boxes covers (how the benchmarks match a true
     word to an output box: a detector's box is larger than the glyphs' tight box, which IoU would punish)."""
-    a = np.asarray(truth, np.float64).reshape(-1, 4)
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    inter, area, _ = _intersections(truth, boxes)
     return inter / np.maximum(area[:, None], 1e-9)
 
 

@@ -121,3 +121,12 @@ def test_async_detection_never_blocks_recognition():
             break
     p.close()
     assert r.detected and r.words[0].text == "a" and not res[0].words
+
+
+def test_coverage_is_the_share_of_the_true_box_inside_each_box():
+    from runtime.tracking import coverage
+
+    truth = [[0, 0, 10, 10]]
+    c = coverage(truth, [[5, 0, 15, 10], [-5, -5, 20, 20], [20, 20, 30, 30]])
+    assert c.tolist() == [[0.5, 1.0, 0.0]]
+    assert iou_matrix(truth, [[-5, -5, 20, 20]])[0, 0] == 100 / 625  # a larger box: low IoU, full coverage
