@@ -3,9 +3,16 @@
 teacher:  CE (or CTC) on HR images.
 baseline: the LR student, CE (or CTC) on LR images only: the reference the KD gain is measured against.
 student:  KD-LTR on LR images from a frozen HR teacher: visual focus + semantic contrastive + soft logits + CE
-          (CTC students: per frame, with the teacher's character frames as mask and as "characters").
+          (CTC students: per frame, with the teacher's character frames as mask and as "characters"); or an ONNX
+          teacher's cached targets; and/or CLIP-OCR's losses.
+
+Each training signal is a method object (``Labels``, ``OnnxTargets``, ``ClipOcr``, ``KdLtr``) whose ``loss``
+turns the student's step into loss parts; the system runs the student once, asks the stage's methods, and weighs
+the parts.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -23,7 +30,8 @@ __all__ = ["TrainingSystem"]
 class TrainingSystem(nn.Module):
     def __init__(self, student: nn.Module, tokenizer: Tokenizer | None, stage: str, distill: DistillCfg,
                  teacher: nn.Module | None = None, seed: int = 0, clip: nn.Module | None = None,
-                 clip_norm: str = "ours", total_steps: int = 0) -> None:
+                 clip_norm: str = "ours", total_steps: int = 0, onnx_targets: bool = False) -> None:
+        """``onnx_targets``: the batches carry an ONNX teacher's targets (``t_probs``, maybe ``t_feats``)."""
         super().__init__()
         self.total_steps = total_steps  # the length of distill.kd_schedule's decay
         self.student = student
@@ -46,6 +54,10 @@ class TrainingSystem(nn.Module):
         self.clip_heads = None
         if stage == "student" and "clipocr" in distill.method:
             self.clip_heads = self._make_clip_heads(student, clip, distill)
+        self.onnx_targets = stage == "student" and onnx_targets
+        # the training signals of this stage, in the order their parts are reported
+        self.methods = [Labels()] + ([OnnxTargets()] if self.onnx_targets else []) + \
+            ([ClipOcr()] if self.clip_heads is not None else []) + ([KdLtr()] if self.kdltr else [])
 
     @staticmethod
     def _make_clip_heads(student: nn.Module, clip: nn.Module | None, distill: DistillCfg):
@@ -93,48 +105,21 @@ class TrainingSystem(nn.Module):
 
             loss = clip_contrastive_loss(self.student, x, batch["label"], self.clip_norm)
             return loss, {"clip": float(loss.detach())}
-        parts = self._ctc_losses(batch, x) if self.ctc else self._attn_losses(batch, x, step)
-        weights = self._weights(parts, batch, step)
+        st = self._student_step(batch, x, step)
+        parts: dict[str, Tensor] = {}
+        for method in self.methods:
+            parts.update(method.loss(self, st))
+        weights = self._weights(parts, step)
         total = sum(weights[k] * v for k, v in parts.items())
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
-    def _ctc_losses(self, batch: dict, x: Tensor) -> dict[str, Tensor]:
-        """CTC students: CE (CTC) on the labels; KD-LTR from a checkpoint teacher (frame KL, visual focus, semantic
-        contrast), or an ONNX teacher's cached targets (frame KL, features)."""
-        labels, dev, parts = batch["label"], x.device, {}
-        flat, lengths = self.tok.encode(labels)
-        flat, lengths = torch.from_numpy(flat).to(dev), torch.from_numpy(lengths).to(dev)
-        out: RecOut = self.student.forward_train(x)
-        has = batch.get("has_label")
-        parts["ce"] = L.ctc_loss(out.logits[0], flat, lengths, None if has is None else has.to(dev))
-        if self.stage == "student" and "t_probs" in batch and self.cfg.logits.enabled:
-            # An ONNX teacher: its cached frame distributions, already in our classes and on our frame grid.
-            parts["logits"] = L.frame_kl_from_probs(out.logits[0], batch["t_probs"].to(dev), self.cfg.temperature)
-        if self.stage == "student" and "t_feats" in batch and self.cfg.visual.enabled:
-            # Its cached features (onnx_teacher.feature) against the student's same tensor: KD-LTR's visual
-            # focus form (z-scored per channel over frames, 1 - cosine), no attention mask.
-            parts["visual"] = L.visual_focus_loss(out.char_feats[0], batch["t_feats"].to(dev))
-        if self.kdltr:
-            with torch.no_grad():
-                tout = self.teacher.forward_train(batch["hr"])
-            t_logits = tout.logits[0]
-            if self.cfg.logits.enabled:
-                parts["logits"] = L.frame_kl_loss(out.logits[0], t_logits, self.cfg.temperature)
-            if self.cfg.visual.enabled:
-                # The paper masks by the teacher's attention; a CTC teacher's character frames play that part.
-                mask = L.ctc_focus_mask(t_logits, tout.visual.shape[2]) if self.cfg.ctc_focus_mask else None
-                parts["visual"] = L.visual_focus_loss(out.visual, tout.visual, mask)
-            if self.projector is not None:
-                # Character-level features of a CTC model: the frames where the teacher emits a character.
-                parts["semantic"] = L.semantic_contrastive_loss(self.projector, out.char_feats[0],
-                                                                tout.char_feats[0], L.ctc_char_frames(t_logits),
-                                                                self.cfg.tau)
-        return parts
-
-    def _attn_losses(self, batch: dict, x: Tensor, step: int) -> dict[str, Tensor]:
-        """Attention decoders (PARSeq, CNN-attn): CE over the permutations; KD-LTR's visual focus, semantic contrast
-        and soft logits from the teacher; CLIP-OCR's word and linguistic-consistency losses."""
-        labels, dev, parts = batch["label"], x.device, {}
+    def _student_step(self, batch: dict, x: Tensor, step: int) -> "Step":
+        """The student's forward on the batch, with the label targets every method reads."""
+        labels, dev = batch["label"], x.device
+        if self.ctc:
+            flat, lengths = self.tok.encode(labels)
+            return Step(batch, self.student.forward_train(x), flat=torch.from_numpy(flat).to(dev),
+                        lengths=torch.from_numpy(lengths).to(dev))
         assert isinstance(self.tok, AttnTokenizer)
         # CLIP-OCR's token mixers need a fixed decoder length: pad targets to max_len then.
         fixed = self.student.max_len if self.clip_heads is not None else None
@@ -147,39 +132,13 @@ class TrainingSystem(nn.Module):
         taps = tuple(s for s, _ in self.cfg.clipocr.enc_pairs) if self.clip_heads is not None else ()
         out = self.student.forward_train(x, tgt, perms, enc_taps=taps) if taps else \
             self.student.forward_train(x, tgt, perms)
-        pad = self.student.pad_id
-        ce_sum, n = 0.0, 0
-        for lg, tg in zip(out.logits, out.targets):
-            s, k = L.ce_loss(lg, tg, pad)
-            ce_sum, n = ce_sum + s, n + k
-        parts["ce"] = ce_sum / max(int(n), 1)
-        if self.clip_heads is not None:
-            c = self.cfg.clipocr
-            parts.update(self.clip_heads.losses(out, self.clip, batch["hr"], labels, self.clip_norm, c.tau,
-                                                c.w_ce, c.w_gram))
-        if self.kdltr:
-            with torch.no_grad():
-                tout = self.teacher.forward_train(batch["hr"], tgt, perms)
-            valids = [tg != pad for tg in out.targets]
-            if self.cfg.visual.enabled:
-                mask = None if tout.attn is None else L.attention_mask(tout.attn, valids[0])
-                parts["visual"] = L.visual_focus_loss(out.visual, tout.visual, mask)
-            if self.cfg.semantic.enabled and self.projector is not None:
-                parts["semantic"] = sum(
-                    L.semantic_contrastive_loss(self.projector, fs, ft, v, self.cfg.tau)
-                    for fs, ft, v in zip(out.char_feats, tout.char_feats, valids)) / len(valids)
-            if self.cfg.logits.enabled:
-                parts["logits"] = sum(
-                    L.soft_logits_loss(ls, lt, v, self.cfg.temperature, self.cfg.alpha, self.cfg.min_p,
-                                       self.cfg.beam, self.student.eos_id)
-                    for ls, lt, v in zip(out.logits, tout.logits, valids)) / len(valids)
-        return parts
+        return Step(batch, out, tgt=tgt, perms=perms)
 
-    def _weights(self, parts: dict[str, Tensor], batch: dict, step: int) -> dict[str, float]:
+    def _weights(self, parts: dict[str, Tensor], step: int) -> dict[str, float]:
         """Each part's weight at ``step`` (the KD terms follow ``distill.kd_schedule``)."""
         if self.stage == "student":
             # KD-LTR weighs CE lightly (0.025) against its KL term; CLIP-OCR alone trains on CE + word + LCLs.
-            ce_w = (self.cfg.ce.weight if self.cfg.ce.enabled else 0.0) if self.kdltr or "t_probs" in batch else 1.0
+            ce_w = (self.cfg.ce.weight if self.cfg.ce.enabled else 0.0) if self.kdltr or self.onnx_targets else 1.0
             weights = {"ce": ce_w, "visual": self.cfg.visual.weight, "semantic": self.cfg.semantic.weight,
                        "logits": self.cfg.logits.weight, "word": self.cfg.clipocr.word_weight}
             weights.update({k: self.cfg.clipocr.weight for k in parts if k.startswith("sds_")})
@@ -188,3 +147,102 @@ class TrainingSystem(nn.Module):
         else:
             weights = {"ce": 1.0}
         return weights
+
+
+# -- the methods: each turns one training signal into loss parts ------------------------------------------------------
+
+@dataclass
+class Step:
+    """What the methods read: the batch, the student's output, and its label targets (CTC: flat labels and
+    lengths; attention decoders: the padded targets and the shared permutations)."""
+
+    batch: dict
+    out: RecOut
+    flat: Tensor | None = None
+    lengths: Tensor | None = None
+    tgt: Tensor | None = None
+    perms: Tensor | None = None
+
+
+class Labels:
+    """CE on the labels: CTC for CTC students (unlabeled crops masked out), CE over the permutations otherwise."""
+
+    def loss(self, sys: TrainingSystem, st: Step) -> dict[str, Tensor]:
+        out = st.out
+        if sys.ctc:
+            has = st.batch.get("has_label")
+            return {"ce": L.ctc_loss(out.logits[0], st.flat, st.lengths, None if has is None else has.to(st.flat.device))}
+        pad = sys.student.pad_id
+        ce_sum, n = 0.0, 0
+        for lg, tg in zip(out.logits, out.targets):
+            s, k = L.ce_loss(lg, tg, pad)
+            ce_sum, n = ce_sum + s, n + k
+        return {"ce": ce_sum / max(int(n), 1)}
+
+
+class OnnxTargets:
+    """An ONNX teacher's cached targets (CTC students): its frame distributions, already in our classes and on our
+    frame grid; its features (``onnx_teacher.feature``) against the student's same tensor."""
+
+    def loss(self, sys: TrainingSystem, st: Step) -> dict[str, Tensor]:
+        parts, out, dev = {}, st.out, st.out.logits[0].device
+        if sys.cfg.logits.enabled:
+            parts["logits"] = L.frame_kl_from_probs(out.logits[0], st.batch["t_probs"].to(dev), sys.cfg.temperature)
+        if "t_feats" in st.batch and sys.cfg.visual.enabled:
+            # KD-LTR's visual focus form (z-scored per channel over frames, 1 - cosine), no attention mask.
+            parts["visual"] = L.visual_focus_loss(out.char_feats[0], st.batch["t_feats"].to(dev))
+        return parts
+
+
+class ClipOcr:
+    """CLIP-OCR: the word loss and the linguistic-consistency (Gram) losses of the CLIP heads."""
+
+    def loss(self, sys: TrainingSystem, st: Step) -> dict[str, Tensor]:
+        c = sys.cfg.clipocr
+        return sys.clip_heads.losses(st.out, sys.clip, st.batch["hr"], st.batch["label"], sys.clip_norm, c.tau,
+                                     c.w_ce, c.w_gram)
+
+
+class KdLtr:
+    """KD-LTR from a frozen HR teacher checkpoint: visual focus, semantic contrast, soft logits (CTC students: per
+    frame, with the teacher's character frames as mask and as the "characters")."""
+
+    def loss(self, sys: TrainingSystem, st: Step) -> dict[str, Tensor]:
+        return self._ctc(sys, st) if sys.ctc else self._attn(sys, st)
+
+    @staticmethod
+    def _ctc(sys: TrainingSystem, st: Step) -> dict[str, Tensor]:
+        parts, out, cfg = {}, st.out, sys.cfg
+        with torch.no_grad():
+            tout = sys.teacher.forward_train(st.batch["hr"])
+        t_logits = tout.logits[0]
+        if cfg.logits.enabled:
+            parts["logits"] = L.frame_kl_loss(out.logits[0], t_logits, cfg.temperature)
+        if cfg.visual.enabled:
+            # The paper masks by the teacher's attention; a CTC teacher's character frames play that part.
+            mask = L.ctc_focus_mask(t_logits, tout.visual.shape[2]) if cfg.ctc_focus_mask else None
+            parts["visual"] = L.visual_focus_loss(out.visual, tout.visual, mask)
+        if sys.projector is not None:
+            # Character-level features of a CTC model: the frames where the teacher emits a character.
+            parts["semantic"] = L.semantic_contrastive_loss(sys.projector, out.char_feats[0], tout.char_feats[0],
+                                                            L.ctc_char_frames(t_logits), cfg.tau)
+        return parts
+
+    @staticmethod
+    def _attn(sys: TrainingSystem, st: Step) -> dict[str, Tensor]:
+        parts, out, cfg, pad = {}, st.out, sys.cfg, sys.student.pad_id
+        with torch.no_grad():
+            tout = sys.teacher.forward_train(st.batch["hr"], st.tgt, st.perms)
+        valids = [tg != pad for tg in out.targets]
+        if cfg.visual.enabled:
+            mask = None if tout.attn is None else L.attention_mask(tout.attn, valids[0])
+            parts["visual"] = L.visual_focus_loss(out.visual, tout.visual, mask)
+        if cfg.semantic.enabled and sys.projector is not None:
+            parts["semantic"] = sum(
+                L.semantic_contrastive_loss(sys.projector, fs, ft, v, cfg.tau)
+                for fs, ft, v in zip(out.char_feats, tout.char_feats, valids)) / len(valids)
+        if cfg.logits.enabled:
+            parts["logits"] = sum(
+                L.soft_logits_loss(ls, lt, v, cfg.temperature, cfg.alpha, cfg.min_p, cfg.beam, sys.student.eos_id)
+                for ls, lt, v in zip(out.logits, tout.logits, valids)) / len(valids)
+        return parts

@@ -393,7 +393,7 @@ def build_system(cfg: Config, m: Models, dev: Devices) -> tuple[TrainingSystem, 
     tok = make_tokenizer(spec["tokenizer"], spec["charset"]) if spec["tokenizer"] in ("attn", "ctc") else None
     try:
         system = TrainingSystem(m.model, tok, cfg.train.stage, cfg.distill, m.teacher, cfg.train.seed, m.clip,
-                                m.clip_norm, cfg.optim.steps)
+                                m.clip_norm, cfg.optim.steps, onnx_targets=m.onnx_teacher is not None)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     system.to(dev.device)

@@ -454,7 +454,7 @@ def measure_onnx_step_time(cfg: Config, n: int = 3) -> float:
 
     spec, student, teacher = build_onnx_student(cfg, master=False)
     tok = make_tokenizer(spec["tokenizer"], spec["charset"])
-    system = TrainingSystem(student, tok, "student", cfg.distill).train()
+    system = TrainingSystem(student, tok, "student", cfg.distill, onnx_targets=True).train()
     bs = cfg.data.batch_size
     batch = {"hr": torch.randn(bs, 3, 32, 128), "lr": torch.randn(bs, 3, 16, 64), "label": ["sample"] * bs,
              "t_probs": torch.softmax(torch.randn(bs, teacher.frames, len(spec["charset"]) + 1), -1),
