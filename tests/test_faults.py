@@ -259,6 +259,9 @@ def video(tmp_path_factory):
     (["--max-reads", "0", "--read-budget-ms", "0"], ["--max-reads"]),
     (["--reread-confidence", "2"], ["--reread-confidence"]),
     (["--roi-file", "{bad}/missing.txt"], ["--roi-file"]),
+    (["--contact-sheet", "{bad}/sheet.jpg"], ["--contact-sheet", "sheet.jpg"]),
+    (["--contact-sheet", "{bad}/no/dir/sheet.png"], ["--contact-sheet"]),
+    (["--new-reads", "-1"], ["--new-reads"]),
 ])
 def test_camera_options(bad, video, capsys, args, names):
     from runtime import zoo
@@ -276,6 +279,22 @@ def test_camera_options(bad, video, capsys, args, names):
         assert code_err[0] == 0, code_err[1]
         return
     expect(code_err, 2, *names)
+
+
+@pytest.mark.parametrize("args,names", [
+    (["{bad}/v.txt"], ["v.txt"]),
+    (["{bad}/no/dir/v.mp4"], ["no/dir"]),
+    (["{bad}/v.mp4", "--words", "0"], ["--words"]),
+    (["{bad}/v.mp4", "--frames", "-3"], ["--frames"]),
+    (["{bad}/v.mp4", "--rois", "{bad}/no/dir/r.txt"], ["--rois"]),
+])
+def test_synthetic_video_options(bad, capsys, args, names):
+    expect(cli("apps.synthetic_video", [a.format(bad=bad) for a in args], capsys), 2, *names)
+
+
+def test_a_config_whose_base_is_missing_names_it(bad, capsys, tmp_path):
+    (tmp_path / "stage.yaml").write_text("extends: base_that_is_not_there.yaml\n")
+    expect(cli("distill.train", ["--config", tmp_path / "stage.yaml"], capsys), 2, "base_that_is_not_there.yaml")
 
 
 def test_camera_without_regions_or_detector(video, capsys):

@@ -21,10 +21,14 @@ def test_camera_app_headless_on_a_rendered_video(tmp_path):
     truth = render_video(str(video), n_words=8, size=(360, 640), frames=24, font_px=18, speed=1.0)
     r = subprocess.run([sys.executable, "-m", "apps.camera", "--source", str(video), "--detector", str(DET),
                         "--det-side", "640", "--headless", "--sync-detect", "--detect-every", "4",
-                        "--jsonl", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "annotated.mp4")],
+                        "--jsonl", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "annotated.mp4"),
+                        "--contact-sheet", str(tmp_path / "sheet.png")],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    sheet = cv2.imread(str(tmp_path / "sheet.png"))  # one 200 x 62 px cell per word of the last frame, 4 a row
+    n = len(lines[-1]["words"])
+    assert n >= 4 and sheet.shape == (62 * -(-n // 4), 200 * 4, 3) and sheet.min() < 100  # crops and text drawn
     assert len(lines) == 24 and [ln["frame"] for ln in lines] == list(range(24))
     assert set(lines[0]["ms"]) == {"detect", "pack", "schedule", "recognize", "decode", "track"}
     assert sum(ln["detected"] for ln in lines) == 6  # frames 0, 4, ..., 20
