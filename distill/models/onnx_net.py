@@ -131,10 +131,13 @@ class OnnxNet(nn.Module):
                  flip_input_channels: bool = False, weights: dict | None = None,
                  input_scale: float | Sequence[float] = 1.0) -> None:
         super().__init__()
+        # Long (87 lines) but one pass over the graph: weights become parameters, buffers or constants, then the
+        # overrides, the head and the input are resolved against those same tables; split, each piece would need them.
         import onnx
 
         if not graph:
-            raise ValueError("OnnxNet: model.kwargs.graph is empty (build the student with distill.models.onnx_student)")
+            raise ValueError("OnnxNet: model.kwargs.graph is empty (build the student with "
+                             "distill.models.make_onnx_student)")
         m = onnx.load_from_string(bytes(graph))
         self.max_len, self.img_size, self.blank_id = max_len, tuple(img_size), 0
         self.input_scale = scale_pair(input_scale, "OnnxNet: input_scale")

@@ -140,6 +140,8 @@ def _draw_text(text: str, font, pad: tuple[int, int], stroke: int) -> tuple[np.n
 
 def render_word(text: str, rng: np.random.Generator, fonts: FontBank) -> np.ndarray:
     """An RGB uint8 HR word crop of ``text``, roughly 28-64 px high."""
+    # One linear recipe, kept whole on purpose (86 lines): every random draw happens in this order, so a seed renders
+    # the same word on every machine; splitting it would scatter the draw order across functions.
     size = int(rng.integers(26, 52))
     font = fonts.pick(rng, size)
     pad = (int(size * rng.uniform(0.4, 0.7)), int(size * rng.uniform(0.3, 0.5)))  # room for warps and clutter
