@@ -559,6 +559,8 @@ def evaluate_val(cfg: Config, system: TrainingSystem, tok, val_reader, dev: Devi
 # -- the training loop -----------------------------------------------------------------------------------------------
 
 def train(cfg: Config, resume: str | None = None) -> dict:
+    # The whole loop on one screen (84 lines, nanoGPT's shape): setup calls, then the steps; each concern it touches
+    # is a named function above.
     check_resume(cfg, resume)
     dev = setup_devices(cfg)
     out = Path(cfg.train.out_dir)
