@@ -28,7 +28,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from runtime.cli import InputError, check_writable, non_negative, positive
@@ -282,17 +281,14 @@ def cmd_pipeline(args) -> int:
     from runtime.backends import open_recognizer
     from runtime.detector import DBDetector
     from runtime.pipeline import Pipeline
-    from runtime.tracking import coverage
-    from runtime.weights import default_model
+    from runtime.video import read_frames
+    from runtime.weights import model_or_default
 
     from .camera import resolve_detector, schedule_from_args
-    from .sources import FileReader, parse_source
-    from .synthetic_video import render_video
+    from .synthetic_video import match_words, render_video
 
     schedule = schedule_from_args(args)
-    args.model = args.model or default_model()
-    if args.model is None:
-        raise InputError("--model not given and no shipped weights in weights/")
+    args.model = model_or_default(args.model)
     for opt in ("words", "frames", "font_px", "det_side", "detect_every"):
         positive("--" + opt.replace("_", "-"), getattr(args, opt))
     check_writable(args.json, "--json")
@@ -306,12 +302,7 @@ def cmd_pipeline(args) -> int:
         det = DBDetector(str(det_path), max_side=args.det_side, threads=args.det_threads)
         pipe = Pipeline(rec, det, detect_every=args.detect_every, async_detect=not args.sync_detect,
                         schedule=schedule)
-        reader = FileReader(parse_source(video))
-        # frames decoded up front: the benchmark measures processing, not this machine's video decoder
-        frames = []
-        while (item := reader.read()) is not None:
-            frames.append(item[2])
-        reader.close()
+        frames = read_frames(video)  # decoded up front: the benchmark measures processing, not the video decoder
         # warm-up: the first frame until its detection has arrived, so the measured frames carry tracked words
         for _ in range(3000):
             if pipe.process(frames[0], 0).detected:
@@ -331,24 +322,18 @@ def cmd_pipeline(args) -> int:
     stages = {k: float(np.mean([r.ms[k] for r in meas])) for k in meas[0].ms}
     tracked = float(np.mean([len(r.words) for r in meas]))
     reads = float(np.mean([r.reads for r in meas]))
-    # accuracy against the truth: each true word matched to the output box that covers most of it, at least half of
-    # its area (the truth is the glyphs' tight box, a detector's box is about 1.2 x 1.9 times larger, so IoU would
-    # turn a pixel of tracking drift on a short word into a miss); single-frame accuracy counts the words read on
-    # that frame, fused accuracy every word on every frame
+    # accuracy against the truth (synthetic_video.match_words): single-frame accuracy counts the words read on that
+    # frame, fused accuracy every word on every frame
     single = single_n = fused = total = 0
     for r, tr in zip(results, truth[warm:]):
-        if not r.words:
-            total += len(tr)
-            continue
-        cover = coverage(np.array([t["box"] for t in tr]), np.array([w.box for w in r.words]))
-        for i, t in enumerate(tr):
-            total += 1
-            j = int(cover[i].argmax())
-            if cover[i, j] >= 0.5:
-                if r.words[j].read:
-                    single_n += 1
-                    single += r.words[j].frame_text == t["text"]
-                fused += r.words[j].text == t["text"]
+        total += len(tr)
+        for t, j in zip(tr, match_words(tr, [w.box for w in r.words])):
+            if j is None:
+                continue
+            if r.words[j].read:
+                single_n += 1
+                single += r.words[j].frame_text == t["text"]
+            fused += r.words[j].text == t["text"]
     print(f"Machine: {machine_name()}\nVideo: 1280x720, {args.words} moving words ({args.font_px} px font, blur "
           f"{args.blur}), {len(frames)} frames; model {Path(args.model).name}; detector {Path(str(det_path)).name} "
           f"(side {args.det_side}, {'sync every ' + str(args.detect_every) if args.sync_detect else 'async'}); "
@@ -377,6 +362,7 @@ def cmd_detect(args) -> int:
     ``--font-px`` high, several sizes), at each detector input size and tiling asked for."""
     from runtime.detector import DBDetector
     from runtime.tracking import iou_matrix
+    from runtime.video import read_frames
 
     from .camera import _tiles, resolve_detector
     from .synthetic_video import render_video
@@ -391,10 +377,7 @@ def cmd_detect(args) -> int:
             for seed in range(args.scenes):
                 v = os.path.join(td, f"s{k}-{seed}.avi")
                 truth = render_video(v, n_words=16, size=(720, 1280), frames=1, font_px=px, seed=seed)[0]
-                cap = cv2.VideoCapture(v)
-                ok, frame = cap.read()
-                cap.release()
-                scenes.append((px, frame, np.array([t["box"] for t in truth])))
+                scenes.append((px, read_frames(v)[0], np.array([t["box"] for t in truth])))
     rows = []
     for name in args.detectors:
         path = resolve_detector(name)
@@ -445,12 +428,11 @@ def cmd_soak(args) -> int:
     """The camera pipeline for ``--minutes`` on a looping rendered video, fed like a 30 FPS camera: a frame that
     arrives while the pipeline is busy replaces the one waiting (dropped, counted). Resident memory is sampled
     every ``--every`` seconds; the figure that matters is its growth after the first minute."""
+    from runtime.backends import open_recognizer
     from runtime.detector import DBDetector
     from runtime.pipeline import Pipeline
-    from runtime.backends import open_recognizer
     from runtime.video import read_frames
-
-    from runtime.weights import default_model
+    from runtime.weights import model_or_default
 
     from .camera import resolve_detector, schedule_from_args
     from .synthetic_video import render_video
@@ -459,9 +441,7 @@ def cmd_soak(args) -> int:
     positive("--every", args.every)
     check_writable(args.json, "--json")
     schedule = schedule_from_args(args)
-    model = args.model or default_model()
-    if model is None:
-        raise InputError("--model not given and no shipped weights in weights/")
+    model = model_or_default(args.model)
     with tempfile.TemporaryDirectory() as td:
         video = os.path.join(td, "loop.avi")
         render_video(video, n_words=args.words, size=(720, 1280), frames=args.frames, font_px=args.font_px)

@@ -21,16 +21,13 @@ from runtime.cli import InputError, check_writable, non_negative, positive
 from runtime.files import write_bytes_atomic, write_json_atomic
 from runtime.pipeline import FrameResult, Pipeline, parse_roi
 from runtime.scheduler import ScheduleCfg
-from runtime.weights import default_model
+from runtime.weights import model_or_default
 
 from .sources import FileReader, LatestFrameReader, parse_source
 
 __all__ = ["main", "contact_sheet", "draw_overlay", "build_parser", "add_schedule_args", "schedule_from_args"]
 
 
-
-# The default recognizer, most accurate first: the PP-OCRv6 student in FP32 (its INT8 file is no faster on x86 CPUs
-# and reads blurred words 2.6 points worse, weights/MODEL_CARD.md), then the CNN student as the fallback.
 def contact_sheet(frame: np.ndarray, res: FrameResult, height: int = 40, cols: int = 4) -> np.ndarray:
     """Each word of a frame result as its crop (``height`` px high) above its fused reading, in a grid: what the
     recognizer saw and what it said, at a glance."""
@@ -96,7 +93,8 @@ def schedule_from_args(args: argparse.Namespace) -> ScheduleCfg | None:
     try:
         return cfg.validate()
     except ValueError as e:
-        raise InputError(f"--max-reads/--read-budget-ms/--reread-after/--reread-confidence/--change/--new-reads: {e}") from None
+        raise InputError("--max-reads/--read-budget-ms/--reread-after/--reread-confidence/--change/--new-reads: "
+                         f"{e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(args.out, "--out", (".mp4", ".avi", ".mkv"))
     check_writable(args.jsonl, "--jsonl")
     check_writable(args.contact_sheet, "--contact-sheet", (".png",))
-    model = args.model or default_model()
-    if model is None:
-        raise InputError("--model not given and no shipped weights in weights/")
+    model = model_or_default(args.model)
     rois = [parse_roi(r) for r in args.roi]
     if args.roi_file:
         if not Path(args.roi_file).is_file():

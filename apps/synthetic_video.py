@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["render_video", "WORDS"]
+__all__ = ["render_video", "rois", "match_words", "WORDS"]
 
 WORDS = ["price", "meter", "shelf", "seven", "label", "green", "coffee", "water", "north", "store", "milk", "sale",
          "bread", "exit", "open", "stop", "gate", "lamp", "paper", "river"]
@@ -76,6 +76,26 @@ def render_video(path: str, n_words: int = 16, size: tuple[int, int] = (720, 128
     return truth
 
 
+def rois(row: list, pad: int = 4) -> list[tuple[int, int, int, int]]:
+    """The words of one truth row (a frame's list of {"text", "box"}) as ``x, y, w, h`` regions of interest, ``pad``
+    px larger on every side (the glyphs' tight box would clip their anti-aliased edges)."""
+    return [(int(x0) - pad, int(y0) - pad, int(x1 - x0) + 2 * pad, int(y1 - y0) + 2 * pad)
+            for x0, y0, x1, y1 in (t["box"] for t in row)]
+
+
+def match_words(row: list, boxes) -> list[int | None]:
+    """For each true word of a truth row, the index of the output box (x0, y0, x1, y1) that covers most of it, when
+    that is at least half of its area; else None. The truth is the glyphs' tight box and a detector's box is about
+    1.2 x 1.9 times larger, so IoU would turn a pixel of tracking drift on a short word into a miss."""
+    from runtime.tracking import coverage
+
+    if not len(boxes):
+        return [None] * len(row)
+    cover = coverage(np.array([t["box"] for t in row]), np.asarray(boxes, np.float64))
+    best = cover.argmax(1)
+    return [int(j) if cover[i, j] >= 0.5 else None for i, j in enumerate(best)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m apps.synthetic_video OUT.mp4 [--words N] [--frames F] [--font-px P] [--speed S] [--rois FILE]``"""
     import argparse
@@ -102,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     truth = render_video(args.out, args.words, (args.height, args.width), args.frames, args.font_px, args.speed,
                          seed=args.seed)
     if args.rois:
-        Path(args.rois).write_text("".join(f"{int(x0) - 4},{int(y0) - 4},{int(x1 - x0) + 8},{int(y1 - y0) + 8}\n"
-                                           for x0, y0, x1, y1 in (t["box"] for t in truth[0])))
+        Path(args.rois).write_text("".join(f"{x},{y},{w},{h}\n" for x, y, w, h in rois(truth[0])))
     print(f"synthetic_video: wrote {args.out} ({args.frames} frames, {args.words} words) and {args.out}.truth.json")
     return 0
 

@@ -45,7 +45,8 @@ def model_metadata(spec: dict, ckpt_path: str, size: tuple[int, int], precision:
     ``size``: the network's input (H, W), from the model itself."""
     info = ModelInfo(spec["name"], spec["tokenizer"], spec["charset"], size[0], size[1], MEAN, STD, precision,
                      bool(spec["lr"]), int(spec["max_len"]),
-                     {PREFIX + "source_checkpoint": Path(ckpt_path).name, PREFIX + "source_sha256": sha256_file(ckpt_path)})
+                     {PREFIX + "source_checkpoint": Path(ckpt_path).name,
+                      PREFIX + "source_sha256": sha256_file(ckpt_path)})
     return info.to_metadata()
 
 
@@ -90,7 +91,8 @@ def export_onnx(ckpt: str, out_dir: str, opset: int = 17, simplify: bool = True,
     try:
         imgs = parity_images(parity_data, spec["lr"], parity_n, (h, w))
         rep = parity_check(model, tok, str(tmp), imgs, atol=atol, min_agree=min_agree)
-        print(f"export: parity with PyTorch on {rep['n']} {'images of ' + parity_data if parity_data else 'noise images'}: max |diff| {rep['max_abs_diff']:.2e}, "
+        what = f"images of {parity_data}" if parity_data else "noise images"
+        print(f"export: parity with PyTorch on {rep['n']} {what}: max |diff| {rep['max_abs_diff']:.2e}, "
               f"strings agree {100 * rep['agreement']:.1f}% (batch 1 and {rep['batch']})")
     except ParityError:
         tmp.unlink(missing_ok=True)

@@ -178,15 +178,17 @@ class Pipeline:
             raw = self.tracker.boxes(frame_idx)
             boxes, ok = fastpath.clip_boxes(raw, W, H, self.min_box)
             live = [t for t, k in zip(tracks, ok) if k]
-            # cut by the frame's edge by more than a pixel: the crop holds part of the word
-            partial = (np.abs(boxes - raw) > 1.0).any(1)[ok]
             t = time.perf_counter()
             x = fastpath.pack(frame, boxes[ok], self.rec.size, self.rec.info.mean, self.rec.info.std,
                               swap_rb=True, dtype=self.rec.input_dtype)
             ms["pack"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
-            pick, sigs = (list(range(len(live))), None) if self.scheduler is None else \
-                self.scheduler.choose(frame_idx, live, x, partial)
+            if self.scheduler is None:
+                pick, sigs = list(range(len(live))), None
+            else:
+                # cut by the frame's edge by more than a pixel: the crop holds part of the word
+                partial = (np.abs(boxes - raw) > 1.0).any(1)[ok]
+                pick, sigs = self.scheduler.choose(frame_idx, live, x, partial)
             ms["schedule"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
             probs = self.rec.run(x[pick] if len(pick) < len(x) else x) if pick else None

@@ -1,8 +1,8 @@
 """The recognizer contract every backend shares, and its ONNX Runtime backend (CPU, or CUDA/TensorRT execution
 providers when that build of onnxruntime is installed); TensorRT engines are ``runtime.trt_backend``, and
 ``runtime.backends.open_recognizer`` picks one by file format. Everything a recognizer needs (charset, input size,
-normalisation, decoder type) comes from the file's metadata (``runtime.modelfile``). Batched: N crops (or N boxes of one frame) in, N (text, confidence, per-character
-confidences) out."""
+normalisation, decoder type) comes from the file's metadata (``runtime.modelfile``). Batched: N crops (or N boxes
+of one frame) in, N (text, confidence, per-character confidences) out."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -56,8 +56,8 @@ class ScheduleCfg:
                              "with --read-every-frame")
         if not (self.change > 0 and 0 <= self.forget <= 1 and 0 < self.confidence <= 1 and self.max_age >= 1 and
                 self.new_reads >= 0):
-            raise ValueError(f"schedule: need change > 0, forget in [0, 1], confidence in (0, 1], max_age >= 1, new_reads >= 0; "
-                             f"got {self}")
+            raise ValueError(f"schedule: need change > 0, forget in [0, 1], confidence in (0, 1], max_age >= 1, "
+                             f"new_reads >= 0; got {self}")
         return self
 
 
@@ -122,7 +122,7 @@ class ReadScheduler:
                 due.append(((1 + age / c.max_age) * (1.0 - conf + change / c.change), i))
         due.sort(key=lambda d: (-d[0], tracks[d[1]].id))
         new.sort(key=lambda i: tracks[i].id)
-        extra = new[:self.cfg.new_reads]  # read now, beyond the budget
+        extra = new[:c.new_reads]  # read now, beyond the budget
         due = [(float("inf"), i) for i in new[len(extra):]] + due
         n = len(due)
         if c.max_reads:

@@ -73,18 +73,15 @@ if has runtime; then
       --contact-sheet "$OUT/camera_$name.png"
     "$PY" - "$OUT/words.mp4.truth.json" "$OUT/camera_$name.jsonl" <<'PY'
 import json, sys
-import numpy as np
-from runtime.tracking import coverage
+from apps.synthetic_video import match_words
 truth = json.load(open(sys.argv[1]))
 frames = [json.loads(line) for line in open(sys.argv[2])]
 right = total = 0
 for fr in frames[30:]:  # after the first second: every word has been detected and read
     t = truth[fr["frame"]]
     total += len(t)
-    if fr["words"]:
-        cover = coverage(np.array([w["box"] for w in t]), np.array([w["box"] for w in fr["words"]]))
-        right += sum(cover[i].max() >= 0.5 and fr["words"][int(cover[i].argmax())]["text"] == w["text"]
-                     for i, w in enumerate(t))  # the output box covering most of the word, half of it at least
+    right += sum(j is not None and fr["words"][j]["text"] == w["text"]
+                 for w, j in zip(t, match_words(t, [w["box"] for w in fr["words"]])))
 print(f"camera: fused word accuracy {100 * right / max(total, 1):.1f} % over frames 30-{len(frames) - 1} "
       f"({right}/{total} word-frames)")
 PY

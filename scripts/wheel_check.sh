@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 assert importlib.util.find_spec("torch") is None, "torch is installed in the edge venv"
-from apps.synthetic_video import render_video
+from apps.synthetic_video import render_video, rois
 from runtime.backends import open_recognizer
 from runtime.weights import default_model
 
@@ -37,10 +37,9 @@ reads = [d.text for d in open_recognizer(model)(crops)]
 right = sum(r == t["text"] for r, t in zip(reads, truth[0]))
 print(f"wheel_check: {model.split('/')[-1]} read {right}/{len(crops)} rendered words: {reads}")
 assert right >= len(crops) - 1, reads
-rois = sum([["--roi", f"{int(x0) - 4},{int(y0) - 4},{int(x1 - x0) + 8},{int(y1 - y0) + 8}"]
-            for x0, y0, x1, y1 in (t["box"] for t in truth[0])], [])
+roi_args = sum([["--roi", ",".join(map(str, roi))] for roi in rois(truth[0])], [])
 r = subprocess.run([sys.executable, "-m", "apps.camera", "--source", "words.mp4", "--headless", "--jsonl", "r.jsonl",
-                    "--out", "annotated.mp4", *rois], capture_output=True, text=True)
+                    "--out", "annotated.mp4", *roi_args], capture_output=True, text=True)
 assert r.returncode == 0, r.stderr
 last = json.loads(open("r.jsonl").read().splitlines()[-1])
 fused = sum(w["text"] == t["text"] for w, t in zip(last["words"], truth[-1]))

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from apps.synthetic_video import render_video
+from apps.synthetic_video import render_video, rois
 from conftest import CNN_INT8, DET, ROOT, needs_det
 from runtime.tracking import iou_matrix
 
@@ -50,8 +50,7 @@ def test_camera_app_headless_on_a_rendered_video(tmp_path):
 def test_camera_app_fixed_rois_and_bad_arguments(tmp_path):
     video = tmp_path / "still.avi"
     truth = render_video(str(video), n_words=4, size=(240, 480), frames=6, font_px=20, speed=0.0)
-    x0, y0, x1, y1 = truth[0][1]["box"]
-    roi = f"{int(x0) - 4},{int(y0) - 4},{int(x1 - x0) + 8},{int(y1 - y0) + 8}"
+    roi = ",".join(map(str, rois(truth[0])[1]))
     r = subprocess.run([sys.executable, "-m", "apps.camera", "--source", str(video), "--roi", roi, "--headless",
                         "--jsonl", str(tmp_path / "r.jsonl"), "--max-frames", "4"], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)

@@ -3,7 +3,7 @@ recognizer and detector (a sign that turns from OPEN to CLOSED, a word that move
 import numpy as np
 import pytest
 
-from apps.synthetic_video import render_video
+from apps.synthetic_video import render_video, rois
 from conftest import CNN_INT8, DET
 from runtime.scheduler import ReadScheduler, ScheduleCfg, signature
 from runtime.tracking import Track, iou_matrix
@@ -173,9 +173,9 @@ def test_static_scene_settles_well_under_one_read_per_word(tmp_path):
     from runtime.recognizer import OnnxRecognizer
 
     truth = render_video(str(tmp_path / "s.avi"), n_words=8, size=(240, 640), frames=90, font_px=20, speed=0.0)
-    rois = [(int(x0) - 4, int(y0) - 4, int(x1 - x0) + 8, int(y1 - y0) + 8) for x0, y0, x1, y1 in
-            (t["box"] for t in truth[0])]
-    pipe = Pipeline(OnnxRecognizer(str(CNN_INT8), threads=1), rois=rois, schedule=ScheduleCfg(max_reads=4, new_reads=0))
+    regions = rois(truth[0])
+    pipe = Pipeline(OnnxRecognizer(str(CNN_INT8), threads=1), rois=regions,
+                    schedule=ScheduleCfg(max_reads=4, new_reads=0))
     results = [pipe.process(f, i) for i, f in enumerate(_frames(tmp_path / "s.avi"))]
     assert results[0].reads == 4 and results[0].skipped == 4  # budget: the 8 new words over two frames
     settled = results[30:]
@@ -183,5 +183,5 @@ def test_static_scene_settles_well_under_one_read_per_word(tmp_path):
     assert per_word < 0.1, per_word
     right = sum(w.text == t["text"] for w, t in zip(results[-1].words, truth[-1]))
     assert right >= 6
-    every = Pipeline(OnnxRecognizer(str(CNN_INT8), threads=1), rois=rois, schedule=None)
+    every = Pipeline(OnnxRecognizer(str(CNN_INT8), threads=1), rois=regions, schedule=None)
     assert every.process(_frames(tmp_path / "s.avi")[0], 0).reads == 8
