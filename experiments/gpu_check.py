@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -53,15 +54,24 @@ def _images_per_s(run_dir: Path) -> float | None:
     return sum(rows) / len(rows) if rows else None
 
 
-def _stage(name: str, cfg, stats: list[dict]) -> None:
+def _stage(name: str, cfg, stats: list[dict], report) -> bool:
+    """Train one stage (or reuse its finished run) and log its figures. A failure is recorded, not raised: one broken
+    stage on a short GPU slot should still leave the others' figures (and the error) in the report."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    train_or_reuse(cfg, name)
-    stats.append({"stage": name, "steps": cfg.optim.steps, "wall_s": round(time.perf_counter() - t, 1),
-                  "images_per_s": _images_per_s(Path(cfg.train.out_dir)), "peak_gpu_mb": _peak_mb(),
-                  "batch": cfg.data.batch_size})
-    print(f"gpu_check: {name}: {stats[-1]}", flush=True)
+    row = {"stage": name, "steps": cfg.optim.steps, "batch": cfg.data.batch_size}
+    try:
+        train_or_reuse(cfg, name)
+    except Exception as e:  # noqa: BLE001 - reported with its traceback's end, then the run goes on without it
+        traceback.print_exc()
+        row["error"] = f"{type(e).__name__}: {e}"[:300]
+    row.update(wall_s=round(time.perf_counter() - t, 1), images_per_s=_images_per_s(Path(cfg.train.out_dir)),
+               peak_gpu_mb=_peak_mb())
+    stats.append(row)
+    print(f"gpu_check: {name}: {row}", flush=True)
+    report()
+    return "error" not in row
 
 
 def _probe_teacher(base, work: Path, steps: int = 12) -> float:
@@ -103,6 +113,29 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config(str(ROOT / config), sets)
     t_start = time.perf_counter()
     stats: list[dict] = []
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (smoke)"
+    steps: dict[str, int] = {}
+    gain_dir = work / "gain"
+
+    def report() -> None:
+        """gpu_check.md / .json from what has run so far: written after every stage, so that a run cut short by its
+        slot still returns the stages it finished."""
+        f = lambda v, d=0: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+        lines = [f"# GPU check on {device} (torch {torch.__version__}, {time.perf_counter() - t_start:.0f} s in all)",
+                 "", "| stage | steps | batch | wall s | train images/s | peak GPU MiB |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {s['stage']} | {s['steps']} | {s['batch'] or '-'} | {s['wall_s']:.0f} | "
+                  f"{f(s['images_per_s'])} | {f(s['peak_gpu_mb'])} |" for s in stats]
+        lines += [f"\n{s['stage']} failed: {s['error']}" for s in stats if s.get("error")]
+        gain_md, gain = gain_dir / "kd_gain.md", {}
+        text = "\n".join(lines) + "\n"
+        if gain_md.exists() and stats[-1]["stage"] == "evaluate":
+            text += "\n" + gain_md.read_text()
+            gain = json.loads((gain_dir / "kd_gain.json").read_text())
+        out.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(text.encode(), out / "gpu_check.md")
+        write_json_atomic({"device": device, "torch": torch.__version__, "stages": stats, "steps": steps,
+                           "gain": {k: gain[k] for k in ("rows", "ahead", "clipocr_ahead", "steps") if k in gain}},
+                          out / "gpu_check.json")
 
     from distill.train import prepare_synth
 
@@ -110,68 +143,69 @@ def main(argv: list[str] | None = None) -> int:
     prepare_synth(base)
     stats.append({"stage": "synthesize", "steps": 0, "wall_s": round(time.perf_counter() - t, 1),
                   "images_per_s": None, "peak_gpu_mb": None, "batch": None})
+    report()
 
     if args.smoke:
-        steps = {"teacher": 6, "clip": 4, "students": 3}
+        steps.update(teacher=6, clip=4, students=3)
     else:
         sec = _probe_teacher(base, work)
         budget = args.budget_s
-        steps = {"teacher": int(SHARE["teacher"] * budget / sec), "clip": int(SHARE["clip"] * budget / (sec * COST["clip"])),
-                 "students": int(SHARE["students"] * budget / (sec * sum(COST[s] for s in STUDENTS)))}
+        steps.update(teacher=int(SHARE["teacher"] * budget / sec),
+                     clip=int(SHARE["clip"] * budget / (sec * COST["clip"])),
+                     students=int(SHARE["students"] * budget / (sec * sum(COST[s] for s in STUDENTS))))
         print(f"gpu_check: teacher {sec * 1000:.0f} ms/step at batch {base.data.batch_size} -> steps {steps}")
 
-    def shrink(name: str, planned_s: float) -> float:
+    def shrink(planned_s: float) -> float:
         """A factor <= 1 for the steps of the next stage when the time left is short."""
         left = args.budget_s * 1.15 - (time.perf_counter() - t_start)
         return 1.0 if args.smoke or planned_s <= 0 else max(0.2, min(1.0, left / planned_s))
 
     tcfg = copy.deepcopy(base)
-    tcfg.train.stage, tcfg.train.out_dir, tcfg.optim.steps = "teacher", str(work / "gain" / "teacher"), steps["teacher"]
-    _stage("teacher", tcfg, stats)
-    teacher = str(work / "gain" / "teacher" / "best.pt")
+    tcfg.train.stage, tcfg.train.out_dir, tcfg.optim.steps = "teacher", str(gain_dir / "teacher"), steps["teacher"]
+    if not _stage("teacher", tcfg, stats, report):
+        return 1
+    teacher = str(gain_dir / "teacher" / "best.pt")
 
     ccfg = copy.deepcopy(base)
-    ccfg.train.stage, ccfg.train.out_dir = "clip", str(work / "gain" / "clip")
-    ccfg.optim.steps = max(2, int(steps["clip"] * (1 if args.smoke else shrink("clip", SHARE["clip"] * args.budget_s))))
+    ccfg.train.stage, ccfg.train.out_dir = "clip", str(gain_dir / "clip")
+    ccfg.optim.steps = max(2, int(steps["clip"] * shrink(SHARE["clip"] * args.budget_s)))
     ccfg.train.val_every = ccfg.train.ckpt_every = max(1, ccfg.optim.steps // 4)
-    _stage("clip", ccfg, stats)
-    clip = str(work / "gain" / "clip" / "last.pt")
+    # without a CLIP stage the two CLIP-OCR students are left out; KD-LTR and the baseline still run
+    students = list(STUDENTS) if _stage("clip", ccfg, stats, report) else ["kdltr", "baseline"]
+    clip = str(gain_dir / "clip" / "last.pt")
 
-    n = max(2, int(steps["students"] * (1 if args.smoke else shrink("students", SHARE["students"] * args.budget_s))))
-    for name in STUDENTS:  # the configs kd_gain builds, so that its evaluation below reuses these runs
+    n = max(2, int(steps["students"] * shrink(SHARE["students"] * args.budget_s)))
+    for name in list(students):  # the configs kd_gain builds, so that its evaluation below reuses these runs
         stage = "baseline" if name == "baseline" else "student"
-        cfg = _contender_config(base, stage, work / "gain" / ("student" if name == "kdltr" else name), n)
+        cfg = _contender_config(base, stage, gain_dir / ("student" if name == "kdltr" else name), n)
         cfg.train.teacher_ckpt = teacher
         if stage == "student":
             cfg.distill.method, cfg.train.clip_ckpt = name, clip
-        _stage(name, cfg, stats)
+        if not _stage(name, cfg, stats, report):
+            if name in ("kdltr", "baseline"):  # the gain table needs both
+                return 1
+            students.remove(name)
 
     t = time.perf_counter()
-    kd = ["--config", str(ROOT / config), "--teacher", teacher, "--clip", clip, "--steps", str(n),
-          "--contenders", ",".join(STUDENTS), "--out", str(work / "gain"), "--real", args.real,
-          "--max-samples", str(args.max_samples)]
+    kd = ["--config", str(ROOT / config), "--teacher", teacher, "--steps", str(n), "--contenders",
+          ",".join(students), "--out", str(gain_dir), "--real", args.real, "--max-samples", str(args.max_samples)]
+    if "clipocr" in students or "kdltr+clipocr" in students:
+        kd += ["--clip", clip]
     for s in sets:
         kd += ["--set", s]
-    code = kd_gain_main(kd)
-    stats.append({"stage": "evaluate", "steps": 0, "wall_s": round(time.perf_counter() - t, 1),
-                  "images_per_s": None, "peak_gpu_mb": _peak_mb(), "batch": None})
-    if code:
-        return code
-    gain = json.loads((work / "gain" / "kd_gain.json").read_text())
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (smoke)"
-    f = lambda v, d=0: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
-    lines = [f"# GPU check on {device} (torch {torch.__version__}, {time.perf_counter() - t_start:.0f} s in all)", "",
-             "| stage | steps | batch | wall s | train images/s | peak GPU MiB |", "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {s['stage']} | {s['steps']} | {s['batch'] or '-'} | {s['wall_s']:.0f} | {f(s['images_per_s'])} | "
-              f"{f(s['peak_gpu_mb'])} |" for s in stats]
-    text = "\n".join(lines) + "\n\n" + (work / "gain" / "kd_gain.md").read_text()
-    out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(text.encode(), out / "gpu_check.md")
-    write_json_atomic({"device": device, "torch": torch.__version__, "stages": stats, "steps": steps,
-                       "gain": {k: gain[k] for k in ("rows", "ahead", "clipocr_ahead", "steps") if k in gain}},
-                      out / "gpu_check.json")
-    print(text)
-    return 0
+    row = {"stage": "evaluate", "steps": 0, "images_per_s": None, "batch": None}
+    try:
+        code = kd_gain_main(kd)
+    except Exception as e:  # noqa: BLE001 - the stages' figures are reported all the same
+        traceback.print_exc()
+        code, row["error"] = 1, f"{type(e).__name__}: {e}"[:300]
+    if code and "error" not in row:
+        row["error"] = f"experiments.kd_gain exited {code} (its error line is above)"
+    row.update(wall_s=round(time.perf_counter() - t, 1), peak_gpu_mb=_peak_mb())
+    stats.append(row)
+    report()
+    print((out / "gpu_check.md").read_text())
+    return code
 
 
 if __name__ == "__main__":
