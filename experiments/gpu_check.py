@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     kd = ["--config", str(ROOT / config), "--teacher", teacher, "--steps", str(n), "--contenders",
           ",".join(students), "--out", str(gain_dir), "--real", args.real, "--max-samples", str(args.max_samples)]
+    if not args.smoke:
+        kd += ["--eval-batch", "512"]
     if "clipocr" in students or "kdltr+clipocr" in students:
         kd += ["--clip", clip]
     for s in sets:

@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real HR crops evaluated under lr16/lr16blur (e.g. ../shared/data/real/svt_test); unset: "
                         "the synthetic test splits only")
     p.add_argument("--max-samples", type=int, default=0, help="per evaluation split; 0 = all")
+    p.add_argument("--eval-batch", type=int, default=64,
+                   help="crops per batch when evaluating the torch models (default 64; larger on a GPU, where "
+                        "PARSeq's step-by-step decoding is launch-bound)")
     p.add_argument("--min-steps", type=int, default=10, help="lower bound on the derived step count")
     p.add_argument("--contenders", default="kdltr,baseline",
                    help="comma list from kdltr, baseline, clipocr, kdltr+clipocr (clipocr needs a PARSeq teacher with "
@@ -300,7 +303,7 @@ def _run(args, out: Path, overrides: list[str], wanted: list[str], teacher: str 
         if not cnn and (val.parent / "test").exists():
             synth_dir = val.parent
     extra = {k: v for k, v in ckpts.items() if k != "student"}
-    kw = dict(max_samples=args.max_samples, extra_students=extra, onnx_teachers=onnx_teachers)
+    kw = dict(max_samples=args.max_samples, batch=args.eval_batch, extra_students=extra, onnx_teachers=onnx_teachers)
     synth = evaluate_models(ckpts.get("student"), [str(synth_dir)] if synth_dir else [], teacher, **kw)
     real = evaluate_models(ckpts.get("student"), [args.real], teacher, lr_from_hr=True, **kw) if args.real else []
     real_name = Path(args.real).name if args.real else "real"
@@ -387,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.minutes is None) == (not args.steps):
         parser.error("give exactly one of --minutes and --steps")
+    if args.eval_batch < 1:
+        parser.error(f"--eval-batch: must be >= 1, got {args.eval_batch}")
     if args.steps < 0 or (args.minutes is not None and args.minutes <= 0):
         parser.error(f"--steps / --minutes: must be > 0, got {args.steps or args.minutes}")
     if args.real and not Path(args.real).exists():

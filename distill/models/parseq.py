@@ -192,13 +192,16 @@ def gen_tgt_perms(max_chars: int, num_perms: int, generator: torch.Generator | N
 
 
 def perm_masks(perm: Tensor) -> tuple[Tensor, Tensor]:
-    """Float attention masks (0 / -inf: ONNX Runtime runs them, bool masks it may not) for one permutation."""
+    """Float attention masks (0 / -inf: ONNX Runtime runs them, bool masks it may not) for one permutation: position
+    ``a`` may not see ``b`` when ``b`` comes later in the permutation. Built in a few whole-tensor ops: a loop over
+    positions cost ~100 kernel launches per permutation, and on a GPU the training step is launch-bound."""
     sz = perm.shape[0]
-    mask = torch.zeros(sz, sz, device=perm.device)
-    for i in range(sz):
-        mask[perm[i], perm[i + 1 :]] = float("-inf")
+    order = torch.empty_like(perm)
+    order[perm] = torch.arange(sz, device=perm.device)
+    later = order.unsqueeze(0) > order.unsqueeze(1)  # [a, b]: b is read after a
+    mask = torch.zeros(sz, sz, device=perm.device).masked_fill(later, float("-inf"))
     content = mask[:-1, :-1].clone()
-    mask[torch.eye(sz, dtype=torch.bool, device=perm.device)] = float("-inf")
+    mask.fill_diagonal_(float("-inf"))
     return content, mask[1:, :-1]
 
 
@@ -307,7 +310,6 @@ class PARSeq(nn.Module):
         if enc_taps:
             memory, taps = self.encoder(x, enc_taps)
             extra["enc"] = dict(zip(enc_taps, taps))
-            extra["dec"] = []
         else:
             memory = self.encode(x)
         if perms is None:
@@ -315,14 +317,22 @@ class PARSeq(nn.Module):
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
         pad = (tgt_in == self.pad_id) | (tgt_in == self.eos_id)
         pad_f = torch.zeros(pad.shape, device=x.device).masked_fill(pad, float("-inf"))
-        logits, feats, targets = [], [], []
-        for i, perm in enumerate(perms):
-            tgt_mask, query_mask = perm_masks(perm)
-            out = self.decode(tgt_in, memory, tgt_mask, pad_f, query_mask=query_mask,
-                              taps=extra["dec"] if (enc_taps and i == 0) else None)
-            feats.append(out)
-            logits.append(self.head(out))
-            targets.append(tgt_out)
-            if i == 1:  # after the canonical order and its mirror, EOS is no longer a target (as in PARSeq)
-                tgt_out = torch.where(tgt_out == self.eos_id, torch.full_like(tgt_out, self.pad_id), tgt_out)
+        # All permutations in one decoder pass, stacked along the batch (sample k * B + b reads batch row b in order
+        # k): a loop over them cost K times the kernel launches, and on a GPU the step is launch-bound.
+        (K, B), heads = (len(perms), tgt_in.shape[0]), self.decoder.layers[0].self_attn.num_heads
+        masks = [perm_masks(perm) for perm in perms]
+
+        def per_sample(m: Tensor) -> Tensor:  # (K, L, L) -> (K * B * heads, L, L), as MultiheadAttention takes it
+            return m[:, None, None].expand(K, B, heads, *m.shape[1:]).reshape(K * B * heads, *m.shape[1:])
+
+        dec_taps = [] if enc_taps else None
+        out = self.decode(tgt_in.repeat(K, 1), memory.repeat(K, 1, 1), per_sample(torch.stack([c for c, _ in masks])),
+                          pad_f.repeat(K, 1), query_mask=per_sample(torch.stack([q for _, q in masks])), taps=dec_taps)
+        if enc_taps:
+            extra["dec"] = [t[:B] for t in dec_taps]  # the canonical order's query stream per layer
+        feats = list(out.split(B))
+        logits = list(self.head(out).split(B))
+        # after the canonical order and its mirror, EOS is no longer a target (as in PARSeq)
+        no_eos = torch.where(tgt_out == self.eos_id, torch.full_like(tgt_out, self.pad_id), tgt_out)
+        targets = [tgt_out if i < 2 else no_eos for i in range(K)]
         return RecOut(logits, feats, memory, None, targets, extra)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from distill.models import MODELS, build_model, gen_tgt_perms, load_official_parseq, make_student, model_spec
+from distill.models.parseq import PARSeq, perm_masks
 
 TINY = {
     "parseq-tiny": dict(depth=2, dim=48, heads=2, dec_heads=2),
@@ -56,6 +57,40 @@ def test_gen_tgt_perms():
     assert p[1].tolist() == [0] + list(range(8, 0, -1))  # reverse, EOS (8) still predicted
     assert all(sorted(r.tolist()) == list(range(9)) for r in p)
     assert gen_tgt_perms(1, 6).tolist() == [[0, 1, 2]]
+
+
+def test_perm_masks_let_each_position_see_what_its_permutation_reads_before_it():
+    g = torch.Generator().manual_seed(1)
+    for perm in gen_tgt_perms(7, 6, g):
+        content, query = perm_masks(perm)
+        order = {int(p): i for i, p in enumerate(perm)}
+        for a in range(8):  # content stream: a sees itself and what comes before it
+            seen = {b for b in range(8) if content[a, b] == 0}
+            assert seen == {b for b in range(8) if order[b] <= order[a]}, (perm.tolist(), a)
+        for q in range(8):  # query of position q + 1: what comes strictly before it, never itself
+            seen = {b for b in range(8) if query[q, b] == 0}
+            assert seen == {b for b in range(8) if order[b] < order[q + 1]}, (perm.tolist(), q)
+        assert torch.isinf(content).sum() + (content == 0).sum() == content.numel()
+
+
+def test_parseq_training_decodes_all_permutations_in_one_pass_as_one_at_a_time():
+    torch.manual_seed(0)
+    m = PARSeq(38, max_len=12, dim=32, depth=1, heads=2, dec_heads=2, dec_depth=2, class_token=True).eval()
+    x, tgt = torch.randn(3, 3, 32, 128), torch.randint(1, 36, (3, 14))  # characters: not EOS, BOS, PAD
+    tgt[:, 0], tgt[:, 6], tgt[:, 7:] = m.bos_id, m.eos_id, m.pad_id
+    perms = gen_tgt_perms(12, 6, torch.Generator().manual_seed(0))
+    out = m.forward_train(x, tgt, perms, enc_taps=(1,))
+    memory = m.encode(x)
+    pad = torch.zeros(tgt[:, :-1].shape).masked_fill((tgt[:, :-1] == m.pad_id) | (tgt[:, :-1] == m.eos_id),
+                                                     float("-inf"))
+    for k, perm in enumerate(perms):
+        content, query = perm_masks(perm)
+        taps = []
+        ref = m.decode(tgt[:, :-1], memory, content, pad, query_mask=query, taps=taps if k == 0 else None)
+        assert torch.allclose(out.logits[k], m.head(ref), atol=1e-5), k
+        if k == 0:
+            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(out.extra["dec"], taps, strict=True))
+    assert (out.targets[0] == m.eos_id).any() and not (out.targets[2] == m.eos_id).any()
 
 
 def test_official_parseq_key_layout_loads_and_mismatch_is_clear(tmp_path):

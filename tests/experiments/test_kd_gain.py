@@ -18,7 +18,7 @@ def test_kd_gain_tiny(synth, tmp_path, shared_real):
     t = tmp_path / "t"
     train(load_config("configs/smoke.yaml", overrides(synth, t, "cnn-ctc")))
     r = subprocess.run([sys.executable, "-m", "experiments.kd_gain", "--steps", "3", "--out", str(tmp_path / "g"),
-                        "--teacher", str(t / "last.pt"), "--max-samples", "12", "--real", str(shared_real / "svt_test"),
+                        "--teacher", str(t / "last.pt"), "--max-samples", "12", "--eval-batch", "5", "--real", str(shared_real / "svt_test"),
                         *sum([["--set", o] for o in overrides(synth, t, "cnn-ctc")[:-1]], [])],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -99,6 +99,9 @@ def test_kd_gain_needs_one_budget(tmp_path):
         r = subprocess.run([sys.executable, "-m", "experiments.kd_gain", "--out", str(tmp_path), *budget],
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and "exactly one of --minutes and --steps" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "experiments.kd_gain", "--out", str(tmp_path), "--steps", "2",
+                        "--eval-batch", "0"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "--eval-batch: must be >= 1" in r.stderr
 
 
 def test_kd_gain_has_clipocr_rows(clip_setup, tmp_path, shared_real):
