@@ -25,7 +25,9 @@ every due track gains urgency while it waits; a new track comes before every oth
 When a read disagrees with the track's fused text and the crop changed since the previous read, the vote's old
 evidence is scaled by ``forget`` before the new reading is added: a sign that turns from OPEN to CLOSED is then
 read as CLOSED after a few reads instead of having to outvote every earlier frame. (The signature alone cannot
-tell a changed text from a box that shifted by a few pixels: both move it by 0.1 to 0.2 on rendered scenes.)
+tell a changed text from a box that shifted by a few pixels: both move it by 0.1 to 0.2 on rendered scenes.) A
+read that is part of the fused text ("seve" for "seven") forgets nothing: it is a box that slid off the word
+between two detections, not a new text, and it only adds its vote.
 """
 from __future__ import annotations
 
@@ -136,9 +138,10 @@ class ReadScheduler:
         reading. Forgets old evidence when the reading disagrees and the crop changed since the last read (the change
         choose() measured on this frame; observe follows choose on the same frame)."""
         st = self._state.setdefault(track.id, _State())
+        best = track.vote.best[0]
         if text and st.read_cut and not st.cut:
             track.vote.forget(0.0)  # the earlier reads saw part of the word
-        elif st.sig is not None and text and text != track.vote.best[0] and st.change > self.cfg.change:
+        elif st.sig is not None and text and text != best and text not in best and st.change > self.cfg.change:
             track.vote.forget(self.cfg.forget)
         st.sig, st.last_read, st.change, st.read_cut = sig, frame, 0.0, st.cut
 

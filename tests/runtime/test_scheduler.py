@@ -79,6 +79,20 @@ def test_a_changed_crop_is_read_and_its_old_vote_forgotten():
     assert tracks[1].vote.totals["OPEN"] == pytest.approx(before["OPEN"] + 0.99)
 
 
+
+def test_a_changed_crop_that_reads_part_of_the_word_forgets_nothing():
+    # a box that slid off the word between detections reads a fragment: the fused text must not flip to it
+    s = ReadScheduler(ScheduleCfg(max_reads=1, max_age=100))
+    tracks, x = _tracks(1), _x(1)
+    _read(s, 0, tracks, x, "seven", conf=0.998)
+    x2 = _x(1, value=0.8, seed=5)
+    assert _read(s, 1, tracks, x2, "seve", conf=0.992) == [0]
+    assert tracks[0].vote.totals["seven"] == pytest.approx(0.998) and tracks[0].vote.best[0] == "seven"
+    x3 = _x(1, value=-0.8, seed=6)  # a reading that is not part of it still forgets
+    _read(s, 2, tracks, x3, "eleven", conf=0.99)
+    assert tracks[0].vote.totals["seven"] == pytest.approx(0.998 * ScheduleCfg.forget)
+
+
 def test_uncertain_tracks_stay_due_most_uncertain_first():
     s = ReadScheduler(ScheduleCfg(max_reads=1, max_age=1000))
     tracks, x = _tracks(3), _x(3)
