@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 [ -x .venv/bin/python ] && PY=.venv/bin/python
-PAYLOAD=.gpu/payload.tar.xz
+PAYLOAD=${GPU_PAYLOAD:-.gpu/payload.tar.xz}  # GPU_PAYLOAD: another file (the tests point it nowhere)
 
 if [ "${1:-}" = "--pack" ]; then
   # lmdb for CPython 3.12 (the device's), 20 fonts (the synthetic words' variety), svt_test compacted (~4 MB)

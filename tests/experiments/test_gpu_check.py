@@ -24,3 +24,11 @@ def test_gpu_check_smoke_runs_every_stage_and_writes_the_tables(tmp_path):
     assert "| stage | steps | batch | wall s | train images/s | peak GPU MiB |" in md and "| contender |" in md
     if SHARED_REAL.is_dir():
         assert "svt_test_lr16blur" in res["gain"]["rows"][0]
+
+
+def test_gpu_check_payload_mode_names_the_missing_file(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), GPU_PAYLOAD=str(tmp_path / "none.tar.xz"))
+    r = subprocess.run(["bash", "scripts/gpu_check.sh", "--payload", "--smoke"], capture_output=True, text=True,
+                       cwd=ROOT, env=env, timeout=60)
+    assert r.returncode == 2 and "none.tar.xz: missing" in r.stderr and "--pack" in r.stderr
+    assert not (tmp_path / "out").exists()
