@@ -5,7 +5,9 @@ the host's cores, train the PARSeq teacher, the CLIP stage, then the KD-LTR stud
 CLIP-OCR and KD-LTR + CLIP-OCR students from it (one step count for all four), each stage for a fixed share of the
 training budget, and evaluate every row with ``experiments.kd_gain`` on the synthetic test splits and on the real
 ``--real`` crops (lr16 / lr16blur). Writes ``DIR/gpu_check.md`` and ``DIR/gpu_check.json``: per stage the steps,
-wall seconds, training images/s and peak GPU memory, then the gain table.
+wall seconds, training images/s and peak GPU memory, then the gain table, and ``DIR/teacher_log.csv``. They are
+rewritten after every stage, and a stage that fails is recorded with its error while the others go on, so a run cut
+short by its slot still returns what it finished.
 
 Step counts come from the teacher's speed measured on the device (a 12-step probe) and each stage's cost relative
 to the teacher (``COST``, measured on the CPU runs of configs/clipocr_cpu.yaml); before each stage the plan is
