@@ -59,6 +59,11 @@ def _images_per_s(run_dir: Path) -> float | None:
     return sum(rows) / len(rows) if rows else None
 
 
+def _failure(e: Exception) -> str:
+    traceback.print_exc()
+    return f"{type(e).__name__}: {e}"[:300]
+
+
 def _stage(name: str, cfg, stats: list[dict], report) -> bool:
     """Train one stage (or reuse its finished run) and log its figures. A failure is recorded, not raised: one broken
     stage on a short GPU slot should still leave the others' figures (and the error) in the report."""
@@ -68,9 +73,8 @@ def _stage(name: str, cfg, stats: list[dict], report) -> bool:
     row = {"stage": name, "steps": cfg.optim.steps, "batch": cfg.data.batch_size}
     try:
         train_or_reuse(cfg, name)
-    except Exception as e:  # noqa: BLE001 - reported with its traceback's end, then the run goes on without it
-        traceback.print_exc()
-        row["error"] = f"{type(e).__name__}: {e}"[:300]
+    except Exception as e:  # noqa: BLE001 - reported with its traceback, then the run goes on without it
+        row["error"] = _failure(e)
     row.update(wall_s=round(time.perf_counter() - t, 1), images_per_s=_images_per_s(Path(cfg.train.out_dir)),
                peak_gpu_mb=_peak_mb())
     stats.append(row)
@@ -207,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = kd_gain_main(kd)
     except Exception as e:  # noqa: BLE001 - the stages' figures are reported all the same
-        traceback.print_exc()
-        code, row["error"] = 1, f"{type(e).__name__}: {e}"[:300]
+        code, row["error"] = 1, _failure(e)
     if code and "error" not in row:
         row["error"] = f"experiments.kd_gain exited {code} (its error line is above)"
     row.update(wall_s=round(time.perf_counter() - t, 1), peak_gpu_mb=_peak_mb())

@@ -135,13 +135,12 @@ class ReadScheduler:
 
     def observe(self, frame: int, track, sig: np.ndarray, text: str) -> None:
         """Track ``track`` was read as ``text`` on ``frame`` with signature ``sig``; call before its vote adds the
-        reading. Forgets old evidence when the reading disagrees and the crop changed since the last read (the change
-        choose() measured on this frame; observe follows choose on the same frame)."""
+        reading. Forgets old evidence when the reading is neither the fused text nor part of it and the crop changed
+        since the last read (the change choose() measured on this frame; observe follows choose on the same frame)."""
         st = self._state.setdefault(track.id, _State())
-        best = track.vote.best[0]
         if text and st.read_cut and not st.cut:
             track.vote.forget(0.0)  # the earlier reads saw part of the word
-        elif st.sig is not None and text and text != best and text not in best and st.change > self.cfg.change:
+        elif st.sig is not None and text and text not in track.vote.best[0] and st.change > self.cfg.change:
             track.vote.forget(self.cfg.forget)
         st.sig, st.last_read, st.change, st.read_cut = sig, frame, 0.0, st.cut
 
