@@ -15,6 +15,10 @@ ruined the PP-OCRv4 student (svt_test lr16 3.7 % under ONNX Runtime, 71.0 % with
 ``qdq_integer_activations`` works on the INT8 (Q/DQ) graph of the ``cpu`` flavour: the activations ONNX Runtime has
 no quantized kernel for (HardSwish, squeeze-excitation gates and means) as patterns it fuses into integer kernels,
 and the affines above folded into them.
+
+``erf_gelu_to_gelu``: exporters write GELU as five nodes (x / sqrt 2, Erf, + 1, * x, * 0.5). ONNX Runtime fuses
+them into one Gelu kernel in a float graph, but not once Q/DQ pairs sit around them: in the INT8 PP-OCRv6 student the
+five float passes took a quarter of the time. The rewrite writes the fused node itself (exact, same function).
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["scalar_affine_to_conv", "conv_to_scalar_affine", "constant_lookup", "qdq_integer_activations"]
+__all__ = ["scalar_affine_to_conv", "conv_to_scalar_affine", "constant_lookup", "qdq_integer_activations",
+           "erf_gelu_to_gelu"]
 
 _SUFFIX = ".affine_conv"  # name suffix of the convolutions scalar_affine_to_conv writes; its inverse finds them
 
@@ -139,6 +144,60 @@ def conv_to_scalar_affine(model) -> int:
             if not any(name in n.input for n in g.node):
                 g.initializer.remove(inits[name])
         count += 1
+    return count
+
+
+def erf_gelu_to_gelu(model) -> int:
+    """Each Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5 chain (the Muls in either order) as one
+    ``com.microsoft.Gelu`` node, for ONNX Runtime. In place; returns the count."""
+    from onnx import helper
+
+    g = model.graph
+    value = constant_lookup(g)
+    prod, readers = _links(g)
+
+    def only_reader(t: str, op: str):
+        r = readers.get(t, [])
+        return r[0] if len(r) == 1 and r[0] is not None and r[0].op_type == op else None
+
+    def scalar_is(name: str, v: float) -> bool:
+        a = value(name)
+        return a is not None and a.size == 1 and abs(float(a.ravel()[0]) - v) < 1e-5 * max(1.0, abs(v))
+
+    count, dropped = 0, set()
+    for erf in [n for n in g.node if n.op_type == "Erf"]:
+        div = prod.get(erf.input[0])
+        if div is None or div.op_type != "Div" or not scalar_is(div.input[1], float(np.sqrt(2.0))):
+            continue
+        x = div.input[0]
+        add = only_reader(erf.output[0], "Add")
+        if only_reader(div.output[0], "Erf") is None or add is None:
+            continue
+        one = next((i for i in add.input if i != erf.output[0]), "")
+        m1 = only_reader(add.output[0], "Mul")
+        if not scalar_is(one, 1.0) or m1 is None:
+            continue
+        other = next((i for i in m1.input if i != add.output[0]), "")
+        if other == x:  # (x * (1 + erf)) * 0.5
+            m2 = only_reader(m1.output[0], "Mul")
+            ok = m2 is not None and scalar_is(next((i for i in m2.input if i != m1.output[0]), ""), 0.5)
+        else:  # (0.5 * x) * (1 + erf)
+            m2, m1 = m1, prod.get(other)
+            ok = (m1 is not None and m1.op_type == "Mul" and x in m1.input and only_reader(m1.output[0], "Mul") is m2
+                  and scalar_is(next((i for i in m1.input if i != x), ""), 0.5))
+        if not ok:
+            continue
+        at = list(g.node).index(m2)
+        g.node.insert(at, helper.make_node("Gelu", [x], [m2.output[0]], name=f"{erf.name}.gelu",
+                                           domain="com.microsoft"))
+        for n in (div, erf, add, m1, m2):
+            g.node.remove(n)
+            dropped.update(i for i in n.input if value(i) is not None)
+        count += 1
+    if count:
+        _drop_unused(g, dropped)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return count
 
 

@@ -143,6 +143,11 @@ class OnnxTeacherCfg:
     # text at the scale of the teacher's weights; a number or [height, width] factors (height alone changes the
     # text's scale, width the frame count)
     student_input_scale: Any = 1.0
+    # A narrower student: the fraction of hidden channels each feed-forward pair (1x1 widen -> activation -> 1x1
+    # narrow) keeps, one number or {widening conv name: fraction, "*": the rest}; the projections are refitted on
+    # prune_calib LR crops of the first training source (distill.models.pruning). 1: the full graph
+    student_ffn_keep: Any = 1.0
+    prune_calib: int = 256
     batch: int = 16  # teacher batch when building the target cache
     workers: int = 2  # teacher batches run in parallel
     threads: int = 0  # ONNX Runtime intra-op threads per session (0: its default)
@@ -280,6 +285,13 @@ class Config:
         except ValueError:
             raise ConfigError("onnx_teacher.student_input_scale: expected a factor >= 1 or [height, width] factors "
                               f">= 1, got {self.onnx_teacher.student_input_scale!r}") from None
+        keep = self.onnx_teacher.student_ffn_keep
+        fractions = list(keep.values()) if isinstance(keep, dict) else [keep]
+        if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions):
+            raise ConfigError("onnx_teacher.student_ffn_keep: expected a fraction in (0, 1] or {conv name: fraction}, "
+                              f"got {keep!r}")
+        if self.onnx_teacher.prune_calib < 1:
+            raise ConfigError(f"onnx_teacher.prune_calib: expected a crop count >= 1, got {self.onnx_teacher.prune_calib}")
         if self.onnx_teacher.stride_init not in ("upsample", "copy"):
             raise ConfigError(f"onnx_teacher.stride_init: expected upsample or copy, got "
                               f"{self.onnx_teacher.stride_init!r}")

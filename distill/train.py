@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from runtime.charset import make_tokenizer, resolve_charset
 from runtime.datasets import LabelPolicy, open_dataset
-from runtime.evaluation import InputSet, evaluate
+from runtime.evaluation import InputSet, evaluate, input_sets
+from runtime.preprocess import LR_SIZE
 
 from .augment import text_augment
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -162,10 +163,19 @@ def build_onnx_student(cfg: Config, master: bool):
     overrides = o.student_overrides
     if not overrides and (cfg.train.teacher_ckpt == "ppocr" or "PP-OCRv4_rec" in Path(path).name):
         overrides = PPOCR_LR_OVERRIDES
+    keep, calib = o.student_ffn_keep, None
+    if keep != 1:  # the pruned projections are refitted on LR crops of the first training source
+        from .datasets import image_to_tensor
+
+        src = cfg.data.train[0].path
+        crops = [im for s in input_sets([src], ("lr16", "lr16blur"), hr=False, max_samples=o.prune_calib // 2 or 1)
+                 for im in s.images]
+        calib = torch.stack([image_to_tensor(im, LR_SIZE) for im in crops])
     try:
         spec, model, composed = make_onnx_student(path, charset, cfg.model.max_len, teacher.classes, overrides,
                                                   flip_input_channels=o.channel_order == "bgr",
-                                                  input_scale=o.student_input_scale, stride_init=o.stride_init)
+                                                  input_scale=o.student_input_scale, stride_init=o.stride_init,
+                                                  ffn_keep=keep, calib=calib)
         with torch.no_grad():
             teacher.frames = model.eval().decode_logits(torch.zeros(1, 3, *model.img_size)).shape[1]
         model.train()
@@ -182,7 +192,9 @@ def build_onnx_student(cfg: Config, master: bool):
     if master:
         sh, sw = model.input_scale
         up = f" (upsampled x{sh:g} in height, x{sw:g} in width inside)" if (sh, sw) != (1, 1) else ""
-        print(f"train: onnx-ctc student from {path}: 16x64 input{up}, {teacher.frames} frames, "
+        pruned = f", feed-forward hidden channels kept {keep} (refitted on {len(calib)} crops of {src})" \
+            if calib is not None else ""
+        print(f"train: onnx-ctc student from {path}: 16x64 input{up}, {teacher.frames} frames{pruned}, "
               f"overrides {overrides or 'none'}{', feature ' + teacher.feature if teacher.feature else ''}"
               + (f", kernels composed with x2 upsampling: {', '.join(composed)}" if composed else ""))
     return spec, model, teacher

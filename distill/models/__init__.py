@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -14,6 +15,7 @@ from .clip import CLIP
 from .cnn import CNNAttn, CNNCTC
 from .lr_surgery import PPOCR_LR_OVERRIDES, upsample_halved_strides
 from .onnx_net import OnnxNet, scale_pair, strip_weights
+from .pruning import ffn_pairs, prune_ffn, prune_ffn_refit, resolve_keep
 from .parseq import PARSeq, RecOut, gen_tgt_perms
 
 __all__ = ["MODELS", "build_model", "model_spec", "resolved_kwargs", "make_student", "make_onnx_student",
@@ -119,13 +121,18 @@ def make_student(teacher_spec: dict, teacher_state: dict | None = None) -> tuple
 
 def make_onnx_student(onnx_path: str, charset: str, max_len: int, teacher_classes: list[str],
                       overrides: dict | None = None, flip_input_channels: bool = True,
-                      input_scale: float | Sequence[float] = 1.0,
-                      stride_init: str = "upsample") -> tuple[dict, nn.Module, list[str]]:
+                      input_scale: float | Sequence[float] = 1.0, stride_init: str = "upsample",
+                      ffn_keep: float | dict | None = None,
+                      calib: torch.Tensor | None = None) -> tuple[dict, nn.Module, list[str]]:
     """The LR student of an ONNX recognizer: its graph with ``overrides`` (stride/pool changes for 16x64 input),
     its classifier cut to ``charset`` (class k+1 <- the teacher class of charset[k], its lower-case twin when only
     that exists) and all its weights. ``teacher_classes``: the teacher's class names, blank first.
     stride_init: "upsample" gives each convolution whose stride the overrides halve the kernel that reads its input
     as the original reads it upsampled x2 (``upsample_halved_strides``); "copy" keeps the kernel as it is.
+    ffn_keep: the fraction of hidden channels each feed-forward pair keeps (``pruning``): one number, or {widening
+    conv name: fraction} with "*" for the rest; None or 1: the full graph. The channels kept are those with the most
+    signal on ``calib`` (LR images, N x 3 x 16 x 64, as the student reads them), the projections refitted to
+    what the full network gave there (``pruning.prune_ffn_refit``); without images, by weight norms, no refit.
     Returns (spec, model, names of the convolutions whose kernels were composed)."""
     cs = resolve_charset(charset)
     index = {c: i for i, c in enumerate(teacher_classes)}
@@ -146,6 +153,23 @@ def make_onnx_student(onnx_path: str, charset: str, max_len: int, teacher_classe
               "flip_input_channels": bool(flip_input_channels), "input_scale": sh if sh == sw else [sh, sw]}
     spec = model_spec("onnx-ctc", cs, max_len, lr=True, **kwargs)
     model = OnnxNet(num_classes(spec), max_len, img_size=LR_SIZE, lr=True, weights=arrays, **kwargs)
+    if ffn_keep is not None and ffn_keep != 1:
+        pairs = ffn_pairs(graph)
+        kept = resolve_keep(pairs, ffn_keep)
+        if calib is not None:
+            def run(g: bytes, w: dict, names: tuple) -> dict:
+                net = OnnxNet(num_classes(spec), max_len, img_size=LR_SIZE, lr=True, weights=w,
+                              **{**kwargs, "graph": g}).eval()
+                with torch.no_grad():
+                    return {k: v.numpy() for k, v in net.run(calib, names).items()}
+
+            kwargs["graph"], arrays = prune_ffn_refit(graph, arrays, pairs, kept, run)
+        else:  # no images: rank by weight norms, no refit
+            importance = {p.expand: np.linalg.norm(arrays[p.expand_weight].reshape(p.hidden, -1), axis=1)
+                          * np.linalg.norm(arrays[p.project_weight].reshape(-1, p.hidden), axis=0) for p in pairs}
+            kwargs["graph"], arrays = prune_ffn(graph, arrays, pairs, kept, importance)
+        spec = model_spec("onnx-ctc", cs, max_len, lr=True, **kwargs)
+        model = OnnxNet(num_classes(spec), max_len, img_size=LR_SIZE, lr=True, weights=arrays, **kwargs)
     return spec, model, composed
 
 

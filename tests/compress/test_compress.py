@@ -420,3 +420,55 @@ def test_scalar_affine_becomes_a_depthwise_conv_with_identical_outputs(tmp_path)
     onnx.checker.check_model(m)
     assert [n.op_type for n in m.graph.node].count("Mul") == 2 and [n.op_type for n in m.graph.node].count("Conv") == 2
     assert np.abs(run(m) - ref).max() < 1e-5
+
+
+def test_erf_gelu_becomes_one_gelu_node_with_identical_outputs(tmp_path):
+    """GELU as exporters write it (x / sqrt 2, Erf, + 1, then * x and * 0.5 in either order) becomes one
+    com.microsoft.Gelu node with the same outputs; a chain that is not GELU (divided by 2) is left alone; the INT8
+    cpu flavour carries the fused node (its Q/DQ pairs stop ONNX Runtime's own fusion), the TensorRT one does not."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.graph_rewrites import erf_gelu_to_gelu
+    from compress.quantize import quantize_int8
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 1, 1)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (4, 8, 1, 1)).astype(np.float32), "w2")]
+    inits += [numpy_helper.from_array(np.array(v, np.float32), k)
+              for k, v in (("sqrt2", np.sqrt(2.0)), ("two", 2.0), ("one", 1.0), ("half", 0.5))]
+    n = helper.make_node
+
+    def gelu(x, p, div="sqrt2", half_first=False):
+        nodes = [n("Div", [x, div], [f"{p}d"], name=f"{p}div"), n("Erf", [f"{p}d"], [f"{p}e"], name=f"{p}erf"),
+                 n("Add", [f"{p}e", "one"], [f"{p}a"], name=f"{p}add")]
+        if half_first:
+            return nodes + [n("Mul", ["half", x], [f"{p}h"], name=f"{p}mh"),
+                            n("Mul", [f"{p}h", f"{p}a"], [f"{p}y"], name=f"{p}mx")]
+        return nodes + [n("Mul", [x, f"{p}a"], [f"{p}m"], name=f"{p}mx"),
+                        n("Mul", [f"{p}m", "half"], [f"{p}y"], name=f"{p}mh")]
+
+    nodes = ([n("Conv", ["x", "w1"], ["c1"], name="conv1")] + gelu("c1", "g1_") + gelu("g1_y", "g2_", half_first=True)
+             + gelu("g2_y", "g3_", div="two") + [n("Conv", ["g3_y", "w2"], ["y"], name="conv2")])
+    g = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 16])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = rng.normal(0, 1.5, (16, 3, 8, 16)).astype(np.float32)
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    ref = run(m)
+    src = tmp_path / "gelu.onnx"
+    onnx.save(m, str(src))
+    assert erf_gelu_to_gelu(m) == 2
+    onnx.checker.check_model(m)
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("Gelu") == 2 and ops.count("Erf") == 1  # the divided-by-2 chain stays
+    assert "sqrt2" not in {t.name for t in m.graph.initializer}
+    assert np.abs(run(m) - ref).max() < 1e-5
+    q = onnx.load(str(quantize_int8(str(src), str(tmp_path / "q.onnx"), x)))
+    assert [n.op_type for n in q.graph.node].count("Gelu") == 2
+    assert {p.key: p.value for p in q.metadata_props}["tinytext.int8_fused_gelu"] == "2"
+    qt = onnx.load(str(quantize_int8(str(src), str(tmp_path / "qt.onnx"), x, target="tensorrt")))
+    assert "Gelu" not in [n.op_type for n in qt.graph.node]

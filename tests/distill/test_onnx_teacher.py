@@ -311,6 +311,12 @@ def test_onnx_teacher_config_errors(tmp_path):
         with pytest.raises(ConfigError, match=r"student_input_scale: expected a factor >= 1 or \[height, width\]"):
             load_config(None, ["train.stage=student", "train.teacher_ckpt=ppocr", "model.name=onnx-ctc",
                                "data.synth.n=10", f"onnx_teacher.student_input_scale={bad}"])
+    for bad in ("0", "1.5", "true", "{Conv.22: 0}", "'x'"):
+        with pytest.raises(ConfigError, match=r"onnx_teacher.student_ffn_keep: expected a fraction in \(0, 1\]"):
+            load_config(None, ["train.stage=student", "train.teacher_ckpt=ppocr", "model.name=onnx-ctc",
+                               "data.synth.n=10", f"onnx_teacher.student_ffn_keep={bad}"])
+    config = load_config("configs/ppocrv6_narrow.yaml", [])
+    assert config.onnx_teacher.student_ffn_keep["Conv.52"] == 0.5
     res = run_module(["distill.train", "--set", "train.stage=student", "--set", "train.teacher_ckpt=ppocr",
                       "--set", "model.name=onnx-ctc", "--set", "onnx_teacher.stride_init=bicubic",
                       "--set", "data.synth.n=10", "--set", f"train.out_dir={tmp_path / 'o'}"])
