@@ -167,6 +167,9 @@ def build_onnx_student(cfg: Config, master: bool):
     if keep != 1:  # the pruned projections are refitted on LR crops of the first training source
         from .datasets import image_to_tensor
 
+        if not cfg.data.train:
+            raise ConfigError("onnx_teacher.student_ffn_keep: the refit reads LR crops of data.train's first source; "
+                              "data.train is empty")
         src = cfg.data.train[0].path
         crops = [im for s in input_sets([src], ("lr16", "lr16blur"), hr=False, max_samples=o.prune_calib // 2 or 1)
                  for im in s.images]

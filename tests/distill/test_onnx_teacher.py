@@ -315,6 +315,10 @@ def test_onnx_teacher_config_errors(tmp_path):
         with pytest.raises(ConfigError, match=r"onnx_teacher.student_ffn_keep: expected a fraction in \(0, 1\]"):
             load_config(None, ["train.stage=student", "train.teacher_ckpt=ppocr", "model.name=onnx-ctc",
                                "data.synth.n=10", f"onnx_teacher.student_ffn_keep={bad}"])
+    res = run_module(["distill.train", "--set", "train.stage=student", "--set", "train.teacher_ckpt=ppocr",
+                      "--set", "model.name=onnx-ctc", "--set", "onnx_teacher.student_ffn_keep=0.5",
+                      "--set", "data.synth.n=10", "--set", f"train.out_dir={tmp_path / 'o'}"])
+    assert res.returncode == 2 and "student_ffn_keep: the refit reads LR crops of data.train's first source" in res.stderr
     config = load_config("configs/ppocrv6_narrow.yaml", [])
     assert config.onnx_teacher.student_ffn_keep["Conv.52"] == 0.5
     res = run_module(["distill.train", "--set", "train.stage=student", "--set", "train.teacher_ckpt=ppocr",
