@@ -160,31 +160,29 @@ def erf_gelu_to_gelu(model) -> int:
         r = readers.get(t, [])
         return r[0] if len(r) == 1 and r[0] is not None and r[0].op_type == op else None
 
-    def scalar_is(name: str, v: float) -> bool:
-        a = value(name)
-        return a is not None and a.size == 1 and abs(float(a.ravel()[0]) - v) < 1e-5 * max(1.0, abs(v))
+    def by(node, v: float) -> str | None:  # the tensor input of ``node`` when its other input is the scalar v
+        t, s = _split(node, value)
+        return t if s is not None and abs(s - v) < 1e-5 * max(1.0, abs(v)) else None
 
     count, dropped = 0, set()
     for erf in [n for n in g.node if n.op_type == "Erf"]:
         div = prod.get(erf.input[0])
-        if div is None or div.op_type != "Div" or not scalar_is(div.input[1], float(np.sqrt(2.0))):
+        if div is None or div.op_type != "Div" or by(div, float(np.sqrt(2.0))) != div.input[0]:  # x / sqrt 2
             continue
         x = div.input[0]
         add = only_reader(erf.output[0], "Add")
-        if only_reader(div.output[0], "Erf") is None or add is None:
+        if only_reader(div.output[0], "Erf") is None or add is None or by(add, 1.0) != erf.output[0]:
             continue
-        one = next((i for i in add.input if i != erf.output[0]), "")
         m1 = only_reader(add.output[0], "Mul")
-        if not scalar_is(one, 1.0) or m1 is None:
+        if m1 is None:
             continue
         other = next((i for i in m1.input if i != add.output[0]), "")
         if other == x:  # (x * (1 + erf)) * 0.5
             m2 = only_reader(m1.output[0], "Mul")
-            ok = m2 is not None and scalar_is(next((i for i in m2.input if i != m1.output[0]), ""), 0.5)
+            ok = m2 is not None and by(m2, 0.5) == m1.output[0]
         else:  # (0.5 * x) * (1 + erf)
             m2, m1 = m1, prod.get(other)
-            ok = (m1 is not None and m1.op_type == "Mul" and x in m1.input and only_reader(m1.output[0], "Mul") is m2
-                  and scalar_is(next((i for i in m1.input if i != x), ""), 0.5))
+            ok = m1 is not None and m1.op_type == "Mul" and by(m1, 0.5) == x and only_reader(m1.output[0], "Mul") is m2
         if not ok:
             continue
         at = list(g.node).index(m2)

@@ -152,7 +152,6 @@ def make_onnx_student(onnx_path: str, charset: str, max_len: int, teacher_classe
     kwargs = {"graph": graph, "overrides": overrides or {}, "keep_classes": keep, "logits": "",
               "flip_input_channels": bool(flip_input_channels), "input_scale": sh if sh == sw else [sh, sw]}
     spec = model_spec("onnx-ctc", cs, max_len, lr=True, **kwargs)
-    model = OnnxNet(num_classes(spec), max_len, img_size=LR_SIZE, lr=True, weights=arrays, **kwargs)
     if ffn_keep is not None and ffn_keep != 1:
         pairs = ffn_pairs(graph)
         kept = resolve_keep(pairs, ffn_keep)
@@ -169,7 +168,7 @@ def make_onnx_student(onnx_path: str, charset: str, max_len: int, teacher_classe
                           * np.linalg.norm(arrays[p.project_weight].reshape(-1, p.hidden), axis=0) for p in pairs}
             kwargs["graph"], arrays = prune_ffn(graph, arrays, pairs, kept, importance)
         spec = model_spec("onnx-ctc", cs, max_len, lr=True, **kwargs)
-        model = OnnxNet(num_classes(spec), max_len, img_size=LR_SIZE, lr=True, weights=arrays, **kwargs)
+    model = OnnxNet(num_classes(spec), max_len, img_size=LR_SIZE, lr=True, weights=arrays, **kwargs)
     return spec, model, composed
 
 

@@ -58,11 +58,8 @@ def ffn_pairs(graph: bytes) -> list[FfnPair]:
 
     m = onnx.load_from_string(bytes(graph))
     dims = {t.name: list(t.dims) for t in m.graph.initializer}
-    consts = set(dims) | {n.output[0] for n in m.graph.node if n.op_type == "Constant"}
-    const_dims = dict(dims)
-    for n in m.graph.node:
-        if n.op_type == "Constant" and n.attribute:
-            const_dims[n.output[0]] = list(n.attribute[0].t.dims)
+    const_dims = {**dims, **{n.output[0]: list(n.attribute[0].t.dims) for n in m.graph.node
+                             if n.op_type == "Constant" and n.attribute}}
     _, cons = _links(m)
     pairs = []
     for a in m.graph.node:
@@ -75,21 +72,19 @@ def ffn_pairs(graph: bytes) -> list[FfnPair]:
         region, inner, ends, todo = {a.output[0]}, [], [], [a.output[0]]
         while todo:
             for c in cons.get(todo.pop(), []):
-                if c.op_type == "Conv":
+                if c.op_type not in _POINTWISE:  # the projection, or something that makes this no pair
                     ends.append(c)
-                elif c.op_type in _POINTWISE and c not in inner:
+                elif c not in inner:
                     inner.append(c)
                     todo += [o for o in c.output if o not in region]
                     region.update(c.output)
-                elif c.op_type not in _POINTWISE:
-                    ends.append(c)
         project = ends[0] if len({id(e) for e in ends}) == 1 else None
         if project is None or not _is_1x1(project, dims) or dims[project.input[1]][1] != hidden:
             continue
         per_channel, ok = [], True
         for c in inner:
             for i in c.input:
-                if i in consts:
+                if i in const_dims:
                     size = int(np.prod(const_dims[i])) if const_dims[i] else 1
                     if size == hidden:
                         per_channel.append(i)
@@ -174,7 +169,8 @@ def prune_ffn_refit(graph: bytes, weights: dict[str, np.ndarray], pairs: list[Ff
         wp = weights[p.project_weight].reshape(-1, p.hidden).astype(np.float64)  # out x hidden
         full = _rows(target[p.activation])
         y = full @ wp.T  # what the projection gave in the full network
-        now = _rows(run(graph, weights, (p.activation,))[p.activation])
+        # the input this pair sees now; before the first cut, the full network's
+        now = _rows((target if p is todo[0] else run(graph, weights, (p.activation,)))[p.activation])
         # a channel's share of the output: its mean |activation| times the norm of the weights that carry it out
         score = np.abs(now).mean(axis=0) * np.linalg.norm(wp, axis=0)
         keep = np.sort(np.argsort(-score, kind="stable")[:k])

@@ -375,10 +375,16 @@ def test_int8_float_convs_keeps_the_first_layers_float(tmp_path):
         quantize_int8(str(src), str(tmp_path / "q2.onnx"), x, float_convs=-1)
 
 
+def _ort_output(model, x: np.ndarray) -> np.ndarray:
+    """The first output of an in-memory ONNX model with input "x", on ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
 def test_scalar_affine_becomes_a_depthwise_conv_with_identical_outputs(tmp_path):
     """PP-LCNetV3's learnable affine (Mul by a scalar, Add a scalar) between convolutions is rewritten as a depthwise
     1x1 Conv: same outputs, no Mul/Add left where the pattern is exact; a Mul read twice is left alone."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from compress.graph_rewrites import scalar_affine_to_conv
@@ -401,10 +407,7 @@ def test_scalar_affine_becomes_a_depthwise_conv_with_identical_outputs(tmp_path)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     x = rng.normal(0, 1.5, (4, 3, 8, 16)).astype(np.float32)
 
-    def run(model):
-        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-    ref = run(m)
+    ref = _ort_output(m, x)
     assert scalar_affine_to_conv(m) == 1
     onnx.checker.check_model(m)
     ops = [(n.op_type, n.name) for n in m.graph.node]
@@ -412,21 +415,20 @@ def test_scalar_affine_becomes_a_depthwise_conv_with_identical_outputs(tmp_path)
     conv = next(n for n in m.graph.node if n.name == "lab1_add.affine_conv")
     assert {a.name: helper.get_attribute_value(a) for a in conv.attribute}["group"] == 8
     assert "s1" not in {t.name for t in m.graph.initializer}  # the scalars it read are gone with it
-    assert np.abs(run(m) - ref).max() < 1e-5
+    assert np.abs(_ort_output(m, x) - ref).max() < 1e-5
     # before INT8 for TensorRT the rewrite is undone: Mul and Add by scalars again, same outputs
     from compress.graph_rewrites import conv_to_scalar_affine
 
     assert conv_to_scalar_affine(m) == 1
     onnx.checker.check_model(m)
     assert [n.op_type for n in m.graph.node].count("Mul") == 2 and [n.op_type for n in m.graph.node].count("Conv") == 2
-    assert np.abs(run(m) - ref).max() < 1e-5
+    assert np.abs(_ort_output(m, x) - ref).max() < 1e-5
 
 
 def test_erf_gelu_becomes_one_gelu_node_with_identical_outputs(tmp_path):
     """GELU as exporters write it (x / sqrt 2, Erf, + 1, then * x and * 0.5 in either order) becomes one
     com.microsoft.Gelu node with the same outputs; a chain that is not GELU (divided by 2) is left alone; the INT8
     cpu flavour carries the fused node (its Q/DQ pairs stop ONNX Runtime's own fusion), the TensorRT one does not."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from compress.graph_rewrites import erf_gelu_to_gelu
@@ -455,10 +457,7 @@ def test_erf_gelu_becomes_one_gelu_node_with_identical_outputs(tmp_path):
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     x = rng.normal(0, 1.5, (16, 3, 8, 16)).astype(np.float32)
 
-    def run(model):
-        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-    ref = run(m)
+    ref = _ort_output(m, x)
     src = tmp_path / "gelu.onnx"
     onnx.save(m, str(src))
     assert erf_gelu_to_gelu(m) == 2
@@ -466,7 +465,7 @@ def test_erf_gelu_becomes_one_gelu_node_with_identical_outputs(tmp_path):
     ops = [n.op_type for n in m.graph.node]
     assert ops.count("Gelu") == 2 and ops.count("Erf") == 1  # the divided-by-2 chain stays
     assert "sqrt2" not in {t.name for t in m.graph.initializer}
-    assert np.abs(run(m) - ref).max() < 1e-5
+    assert np.abs(_ort_output(m, x) - ref).max() < 1e-5
     q = onnx.load(str(quantize_int8(str(src), str(tmp_path / "q.onnx"), x)))
     assert [n.op_type for n in q.graph.node].count("Gelu") == 2
     assert {p.key: p.value for p in q.metadata_props}["tinytext.int8_fused_gelu"] == "2"
