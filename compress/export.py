@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the first N convolutions (and all before the next one) in float: the layers that "
                         "quantize worst and cost least in mobile networks")
     p.add_argument("--int8-float-activations", action="store_true",
-                   help="cpu flavour: leave HardSwish, gates and means between INT8 layers as float islands "
+                   help="cpu flavour: leave HardSwish, GELU, gates and means between INT8 layers as float islands "
                         "(default: off, they run in ONNX Runtime's integer kernels)")
     p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val split)")
     p.add_argument("--gate-n", type=int, default=1000, help="validation samples in the accuracy gate")

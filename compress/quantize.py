@@ -8,8 +8,8 @@ flavours (``INT8_TARGETS``), because the two runtimes want different activations
   *slower* than FP32 at batch 32 on the shipped CTC student: MLAS has no fast s8 x s8 path and re-quantizes).
 - ``cpu``: asymmetric uint8 activations x int8 weights, residual Adds quantized too: the U8S8 kernels of ONNX
   Runtime's CPU provider (VNNI on x86, dot-product on ARM). Measured 0.41x of FP32 at batch 32, same accuracy.
-  HardSwish, squeeze-excitation gates and means then run in integer kernels too
-  (``graph_rewrites.qdq_integer_activations``), and GELU as one fused node (``erf_gelu_to_gelu``). Not
+  GELU becomes one node (``erf_gelu_to_gelu``), and HardSwish, GELU, squeeze-excitation gates and means then run
+  in integer kernels too (``graph_rewrites.qdq_integer_activations``). Not
   TensorRT-buildable (zero points are not 0): ``trt_check`` says so.
 
 Softmax and layer norm stay in float, and so does the output head by default (``keep_head_float``), where
@@ -26,7 +26,7 @@ import numpy as np
 
 from runtime.modelfile import PREFIX, model_info, path_for, read_metadata
 
-from .graph_rewrites import conv_to_scalar_affine, erf_gelu_to_gelu, qdq_integer_activations
+from .graph_rewrites import conv_to_scalar_affine, erf_gelu_to_gelu, gelu_inputs, qdq_integer_activations
 
 __all__ = ["quantize_int8", "quantize_from_data", "convert_fp16", "head_nodes", "float_prefix", "int8_path",
            "CALIBRATORS", "INT8_TARGETS"]
@@ -110,12 +110,33 @@ class _Reader:
         self.i = 0
 
 
+GELU_FIT_IMAGES = 128  # calibration images whose uint8 GELU inputs fit the integer gates (graph_rewrites)
+
+
+def _code_histograms(model, names: list[str], x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """name -> counts of each of the 256 codes the uint8 tensor ``name`` takes when ``model`` reads ``x``."""
+    import onnx
+    import onnxruntime as ort
+
+    if not names:
+        return {}
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UINT8, None) for n in names)
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    hist = {n: np.zeros(256, np.int64) for n in names}
+    for i in range(0, len(x), batch):
+        for n, codes in zip(names, s.run(names, {m.graph.input[0].name: x[i:i + batch]})):
+            hist[n] += np.bincount(codes.ravel(), minlength=256)
+    return hist
+
+
 def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str = "minmax",
                   keep_head_float: bool = True, batch: int = 16, target: str = "cpu",
                   integer_activations: bool = True, float_convs: int = 0,
                   calib_conditions: Sequence[str] = ()) -> Path:
-    """``integer_activations`` (cpu target): HardSwish, squeeze-excitation gates and means between INT8 layers run
-    in ONNX Runtime's integer kernels instead of float islands (``graph_rewrites.qdq_integer_activations``).
+    """``integer_activations`` (cpu target): HardSwish, GELU, squeeze-excitation gates and means between INT8 layers
+    run in ONNX Runtime's integer kernels instead of float islands (``graph_rewrites.qdq_integer_activations``).
     ``float_convs``: the first that many convolutions and everything before the next one stay float
     (``float_prefix``). ``calib_conditions``: how the LR calibration images were made, recorded in the metadata."""
     import onnx
@@ -158,8 +179,9 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
                         extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True, "QuantizeBias": False,
                                        "CalibMovingAverage": method == "minmax"})
     q = onnx.load(str(tmp))
-    n_int = qdq_integer_activations(q) if integer_activations and not trt else {}
     n_gelu = 0 if trt else erf_gelu_to_gelu(q)  # TensorRT builds standard ops only and fuses GELU itself
+    n_int = qdq_integer_activations(q, _code_histograms(q, gelu_inputs(q), calib[:GELU_FIT_IMAGES], batch)) \
+        if integer_activations and not trt else {}
     meta = read_metadata(fp32_path)  # the float model's keys (runtime.modelfile), any other ONNX's as they are
     meta[PREFIX + "precision"] = "int8"
     meta[PREFIX + "int8_calibrator"] = method

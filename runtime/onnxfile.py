@@ -1,5 +1,6 @@
 """Opening ONNX files, with one clear error naming the file when it is missing, truncated, random bytes or a graph
-ONNX Runtime refuses (instead of protobuf's DecodeError, which names nothing)."""
+ONNX Runtime refuses (instead of protobuf's DecodeError, which names nothing); the producer/reader links of a loaded
+graph, which the graph rewrites of ``compress`` and the pruning of ``distill`` both walk."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ from typing import Sequence
 
 from .cli import InputError
 
-__all__ = ["ort_session", "load_proto", "read_metadata"]
+__all__ = ["ort_session", "load_proto", "read_metadata", "graph_links"]
 
 
 def _first_line(e: BaseException) -> str:
@@ -54,3 +55,16 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     except ImportError:
         return dict(ort_session(path).get_modelmeta().custom_metadata_map)
     return {p.key: p.value for p in load_proto(path, load_external_data=False).metadata_props}
+
+
+def graph_links(graph) -> tuple[dict, dict[str, list]]:
+    """An ``onnx.GraphProto``'s links: tensor -> the node that makes it; tensor -> the nodes that read it, with None
+    for a graph output (a tensor the graph returns is read from outside)."""
+    prod = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    for o in graph.output:
+        readers.setdefault(o.name, []).append(None)
+    return prod, readers

@@ -16,6 +16,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from runtime.onnxfile import graph_links
+
 __all__ = ["FfnPair", "ffn_pairs", "prune_ffn", "prune_ffn_refit", "resolve_keep"]
 
 # Ops that act on each channel on its own (a constant operand is a scalar or one value per channel).
@@ -32,15 +34,6 @@ class FfnPair:
     project_weight: str
     per_channel: list[str]  # constants between the two with one value per hidden channel (biases, scales)
     activation: str  # the tensor the projection reads: its per-channel magnitude ranks the channels
-
-
-def _links(model):
-    prod = {o: n for n in model.graph.node for o in n.output}
-    cons: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            cons.setdefault(i, []).append(n)
-    return prod, cons
 
 
 def _is_1x1(node, dims: dict[str, list[int]]) -> bool:
@@ -60,7 +53,7 @@ def ffn_pairs(graph: bytes) -> list[FfnPair]:
     dims = {t.name: list(t.dims) for t in m.graph.initializer}
     const_dims = {**dims, **{n.output[0]: list(n.attribute[0].t.dims) for n in m.graph.node
                              if n.op_type == "Constant" and n.attribute}}
-    _, cons = _links(m)
+    _, cons = graph_links(m.graph)
     pairs = []
     for a in m.graph.node:
         if not _is_1x1(a, dims):
@@ -72,7 +65,7 @@ def ffn_pairs(graph: bytes) -> list[FfnPair]:
         region, inner, ends, todo = {a.output[0]}, [], [], [a.output[0]]
         while todo:
             for c in cons.get(todo.pop(), []):
-                if c.op_type not in _POINTWISE:  # the projection, or something that makes this no pair
+                if c is None or c.op_type not in _POINTWISE:  # the projection, or what makes this no pair
                     ends.append(c)
                 elif c not in inner:
                     inner.append(c)

@@ -375,6 +375,24 @@ def test_int8_float_convs_keeps_the_first_layers_float(tmp_path):
         quantize_int8(str(src), str(tmp_path / "q2.onnx"), x, float_convs=-1)
 
 
+def test_fitted_gelu_gate_gives_the_exact_codes_better_than_the_textbook_sigmoid():
+    """On a fine output grid with mostly negative inputs (GELU's usual INT8 case), the gate fitted to the input
+    histogram misses exact GELU's output codes less than x * sigmoid(1.702 x), found by the same simulation; its
+    zero-point shift keeps the zero point a uint8."""
+    from math import erf
+
+    from compress.graph_rewrites import fit_gelu_gate
+
+    s_x, z_x, s_y, z_y = 0.02, 160, 0.005, 40
+    x = (np.arange(256) - z_x) * s_x
+    hist = np.exp(-0.5 * ((x + 0.8) / 0.7) ** 2)  # mostly negative inputs
+    exact = np.clip(np.rint(0.5 * x * (1 + np.vectorize(erf)(x / np.sqrt(2))) / s_y) + z_y, 0, 255)
+    textbook = np.clip(np.rint(x * np.rint(255 / (1 + np.exp(-1.702 * x))) / 255 / s_y) + z_y, 0, 255)
+    mse_textbook = float((hist / hist.sum() * (textbook - exact) ** 2).sum())
+    a, k, mse = fit_gelu_gate(s_x, z_x, s_y, z_y, hist)
+    assert mse < 0.85 * mse_textbook and 0 <= z_x - k <= 255 and 1.4 <= a <= 2.2, (a, k, mse, mse_textbook)
+
+
 def _ort_output(model, x: np.ndarray) -> np.ndarray:
     """The first output of an in-memory ONNX model with input "x", on ONNX Runtime's CPU provider."""
     import onnxruntime as ort
@@ -425,10 +443,13 @@ def test_scalar_affine_becomes_a_depthwise_conv_with_identical_outputs(tmp_path)
     assert np.abs(_ort_output(m, x) - ref).max() < 1e-5
 
 
-def test_erf_gelu_becomes_one_gelu_node_with_identical_outputs(tmp_path):
+def test_erf_gelu_becomes_one_gelu_node_then_an_integer_sigmoid_gate(tmp_path):
     """GELU as exporters write it (x / sqrt 2, Erf, + 1, then * x and * 0.5 in either order) becomes one
-    com.microsoft.Gelu node with the same outputs; a chain that is not GELU (divided by 2) is left alone; the INT8
-    cpu flavour carries the fused node (its Q/DQ pairs stop ONNX Runtime's own fusion), the TensorRT one does not."""
+    com.microsoft.Gelu node with the same outputs; a chain that is not GELU (divided by 2) is left alone. The INT8
+    cpu flavour without integer activations carries the fused node (its Q/DQ pairs stop ONNX Runtime's own fusion);
+    with them (the default) each GELU between DQ and Q runs as ONNX Runtime's QLinearSigmoid and QLinearMul, as
+    close to FP32 as the float Gelu island. The TensorRT flavour keeps the standard ops."""
+    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from compress.graph_rewrites import erf_gelu_to_gelu
@@ -437,6 +458,7 @@ def test_erf_gelu_becomes_one_gelu_node_with_identical_outputs(tmp_path):
     rng = np.random.default_rng(3)
     inits = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 1, 1)).astype(np.float32), "w1"),
              numpy_helper.from_array(rng.normal(0, 0.5, (4, 8, 1, 1)).astype(np.float32), "w2")]
+    inits += [numpy_helper.from_array(rng.normal(0, 0.4, (8, 8, 1, 1)).astype(np.float32), k) for k in ("wa", "wb")]
     inits += [numpy_helper.from_array(np.array(v, np.float32), k)
               for k, v in (("sqrt2", np.sqrt(2.0)), ("two", 2.0), ("one", 1.0), ("half", 0.5))]
     n = helper.make_node
@@ -450,8 +472,10 @@ def test_erf_gelu_becomes_one_gelu_node_with_identical_outputs(tmp_path):
         return nodes + [n("Mul", [x, f"{p}a"], [f"{p}m"], name=f"{p}mx"),
                         n("Mul", [f"{p}m", "half"], [f"{p}y"], name=f"{p}mh")]
 
-    nodes = ([n("Conv", ["x", "w1"], ["c1"], name="conv1")] + gelu("c1", "g1_") + gelu("g1_y", "g2_", half_first=True)
-             + gelu("g2_y", "g3_", div="two") + [n("Conv", ["g3_y", "w2"], ["y"], name="conv2")])
+    nodes = ([n("Conv", ["x", "w1"], ["c1"], name="conv1")] + gelu("c1", "g1_")
+             + [n("Conv", ["g1_y", "wa"], ["ca"], name="conva")] + gelu("ca", "g2_", half_first=True)
+             + [n("Conv", ["g2_y", "wb"], ["cb"], name="convb")] + gelu("cb", "g3_", div="two")
+             + [n("Conv", ["g3_y", "w2"], ["y"], name="conv2")])
     g = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 16])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 16])], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -466,8 +490,25 @@ def test_erf_gelu_becomes_one_gelu_node_with_identical_outputs(tmp_path):
     assert ops.count("Gelu") == 2 and ops.count("Erf") == 1  # the divided-by-2 chain stays
     assert "sqrt2" not in {t.name for t in m.graph.initializer}
     assert np.abs(_ort_output(m, x) - ref).max() < 1e-5
-    q = onnx.load(str(quantize_int8(str(src), str(tmp_path / "q.onnx"), x)))
+    q = onnx.load(str(quantize_int8(str(src), str(tmp_path / "q.onnx"), x, integer_activations=False)))
     assert [n.op_type for n in q.graph.node].count("Gelu") == 2
     assert {p.key: p.value for p in q.metadata_props}["tinytext.int8_fused_gelu"] == "2"
+
+    out, ops = {}, {}
+    for integer, path in ((False, tmp_path / "q.onnx"), (True, quantize_int8(str(src), str(tmp_path / "qi.onnx"), x))):
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / f"opt{integer}.onnx")
+        out[integer] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        ops[integer] = [n.op_type for n in onnx.load(str(tmp_path / f"opt{integer}.onnx")).graph.node]
+    assert ops[False].count("Gelu") == 2 and "QLinearSigmoid" not in ops[False]
+    assert ops[True].count("QLinearSigmoid") == 2 and not {"Gelu", "Sigmoid"} & set(ops[True])
+    assert ops[True].count("Mul") == ops[False].count("Mul") == 2  # the divided-by-2 chain's, float in both
+    qi = onnx.load(str(tmp_path / "qi.onnx"))
+    assert "gelu 2" in {p.key: p.value for p in qi.metadata_props}["tinytext.int8_integer_activations"]
+    err = {k: np.abs(v - ref).mean() for k, v in out.items()}
+    assert err[True] < 1.25 * err[False], err
+    from compress.graph_rewrites import qdq_integer_activations
+
+    assert qdq_integer_activations(q)["gelu"] == 0  # without calibration histograms a GELU stays float
     qt = onnx.load(str(quantize_int8(str(src), str(tmp_path / "qt.onnx"), x, target="tensorrt")))
     assert "Gelu" not in [n.op_type for n in qt.graph.node]

@@ -66,6 +66,9 @@ def test_ffn_pairs_finds_the_widening_pair_not_the_bottleneck():
         resolve_keep(pairs, {"stem": 0.5})
     with pytest.raises(ValueError, match="kept fraction must be in"):
         resolve_keep(pairs, 1.5)
+    m = onnx.load_from_string(_ffn_net(False))  # a hidden tensor the graph also returns: cutting it changes an output
+    m.graph.output.append(helper.make_tensor_value_info("eb", TensorProto.FLOAT, None))
+    assert ffn_pairs(m.SerializeToString()) == []
 
 
 def test_refit_keeps_the_output_when_the_cut_channels_repeat_kept_ones():
