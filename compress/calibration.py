@@ -109,9 +109,14 @@ def add_conditions_arg(p) -> None:
                         "in turn")
 
 
+def add_calib_n_arg(p) -> None:
+    """--calib-n, for every command that calibrates (export, build_engine, ship)."""
+    p.add_argument("--calib-n", type=int, default=512, help="calibration images")
+
+
 def add_calibration_args(p, calib_help: str) -> None:
     """The calibration options ``compress.export`` and ``compress.build_engine`` share."""
     p.add_argument("--calib", default=None, help=calib_help)
-    p.add_argument("--calib-n", type=int, default=512, help="calibration images")
+    add_calib_n_arg(p)
     add_conditions_arg(p)
     p.add_argument("--calibrator", default="minmax", choices=["minmax", "entropy", "percentile"], help="INT8 calibrator")

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from distill.checkpoint import strip_checkpoint
+from runtime.cli import positive
 
-from .calibration import add_conditions_arg, resolve_calib_path
+from .calibration import add_calib_n_arg, add_conditions_arg, resolve_calib_path
 from .export import export_onnx
 from .gate import evaluate_onnx, gate_table
 from .quantize import CALIBRATORS, int8_path, quantize_from_data
@@ -31,20 +32,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib", required=True, help="INT8 calibration data (synthetic root or lmdb)")
     p.add_argument("--calibrator", default="minmax", choices=CALIBRATORS, help="INT8 calibration method")
     add_conditions_arg(p)
+    add_calib_n_arg(p)
     p.add_argument("--int8-float-convs", type=int, default=0, metavar="N",
                    help="INT8: keep the first N convolutions in float (compress.export's option)")
     p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val)")
     args = p.parse_args(argv)
+    positive("--calib-n", args.calib_n)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t = strip_checkpoint(args.teacher, out / f"{args.name}-teacher-hr.pt") if args.teacher else None
     s = strip_checkpoint(args.student, out / f"{args.name}-student-lr.pt")
     onnx_path = export_onnx(str(s), str(out), parity_data=str(resolve_calib_path(args.calib)))
     # Both INT8 flavours: uint8 activations for ONNX Runtime on CPUs, symmetric int8 for TensorRT (Jetson).
-    q, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "cpu")), args.calib, method=args.calibrator,
+    q, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "cpu")), args.calib, args.calib_n,
+                              method=args.calibrator,
                               cache_dir=out / ".calib-cache", target="cpu", float_convs=args.int8_float_convs,
                               conditions=args.calib_conditions)
-    qt, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "tensorrt")), args.calib,
+    qt, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "tensorrt")), args.calib, args.calib_n,
                                method=args.calibrator, cache_dir=out / ".calib-cache", target="tensorrt",
                                float_convs=args.int8_float_convs, conditions=args.calib_conditions)
     shutil.rmtree(out / ".calib-cache", ignore_errors=True)  # a cache, not an artifact to commit

@@ -393,6 +393,25 @@ def test_fitted_gelu_gate_gives_the_exact_codes_better_than_the_textbook_sigmoid
     assert mse < 0.85 * mse_textbook and 0 <= z_x - k <= 255 and 1.4 <= a <= 2.2, (a, k, mse, mse_textbook)
 
 
+def test_too_many_calibration_images_for_memory_is_one_error_naming_calib_n(tmp_path, monkeypatch):
+    """ONNX Runtime's calibrators keep every image's activations: more than memory holds is a CalibrationError
+    naming --calib-n and the count that fits, before calibrating, and no output file is written."""
+    import compress.quantize as qz
+    from compress.calibration import CalibrationError
+
+    src = _activation_net(tmp_path / "act.onnx")
+    per = qz._activation_bytes(onnx.load(str(src)))
+    assert per >= 4 * 8 * 16 * 8  # at least conv1's output (8 channels x 8 x 16 floats)
+    monkeypatch.setattr(qz, "_available_bytes", lambda: 10 * per / qz._CALIB_MEMORY_SHARE)
+    x = np.random.default_rng(0).normal(0, 1, (64, 3, 8, 16)).astype(np.float32)
+    with pytest.raises(CalibrationError, match=r"^--calib-n 64: .* use --calib-n (\d+) or fewer$") as e:
+        qz.quantize_int8(str(src), str(tmp_path / "q.onnx"), x)
+    assert not (tmp_path / "q.onnx").exists()
+    fits = int(str(e.value).split("use --calib-n ")[1].split()[0])
+    assert 5 <= fits < 64  # about 10 images' worth (the check counts the pre-processed graph's tensors)
+    assert qz.quantize_int8(str(src), str(tmp_path / "q.onnx"), x[:fits]).exists()  # the count it names runs
+
+
 def _ort_output(model, x: np.ndarray) -> np.ndarray:
     """The first output of an in-memory ONNX model with input "x", on ONNX Runtime's CPU provider."""
     import onnxruntime as ort
