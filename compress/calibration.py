@@ -22,7 +22,7 @@ from runtime.preprocess import MEAN, STD, prepare
 from runtime.cli import InputError
 
 __all__ = ["CalibrationError", "calibration_tensors", "resolve_calib_path", "add_calibration_args",
-           "add_conditions_arg", "conditions_arg", "lr_conditions", "CALIB_CONDITIONS"]
+           "add_conditions_arg", "add_finetune_args", "finetune_options", "conditions_arg", "lr_conditions", "CALIB_CONDITIONS"]
 
 PREPROC_VERSION = 2  # 2: runtime.preprocess.prepare (fastpath resampler) instead of PIL
 # LR made from HR crops alternates between plain and blurred-and-compressed 16x64: the INT8 ranges then cover both
@@ -112,6 +112,24 @@ def add_conditions_arg(p) -> None:
 def add_calib_n_arg(p) -> None:
     """--calib-n, for every command that calibrates (export, build_engine, ship)."""
     p.add_argument("--calib-n", type=int, default=512, help="calibration images")
+
+
+def add_finetune_args(p) -> None:
+    """--int8-finetune-steps / --int8-finetune-n, for every command that writes INT8 files (export, ship)."""
+    p.add_argument("--int8-finetune-steps", type=int, default=0, metavar="N",
+                   help="INT8: fine-tune the weights N steps through the file's own quantization points, distilled "
+                        "from the FP32 model (compress.qdq_finetune; about 2.3 s a step on 2 cores; 0: off)")
+    p.add_argument("--int8-finetune-n", type=int, default=2048, metavar="N",
+                   help="INT8 fine-tuning: LR inputs made from the first N crops of --calib (no labels used)")
+
+
+def finetune_options(args) -> dict:
+    """The parsed fine-tuning options, checked, as ``quantize_from_data`` keywords."""
+    from runtime.cli import non_negative, positive
+
+    non_negative("--int8-finetune-steps", args.int8_finetune_steps)
+    positive("--int8-finetune-n", args.int8_finetune_n)
+    return {"finetune_steps": args.int8_finetune_steps, "finetune_n": args.int8_finetune_n}
 
 
 def add_calibration_args(p, calib_help: str) -> None:

@@ -24,7 +24,7 @@ from runtime.cli import InputError, positive
 from runtime.modelfile import PREFIX, ModelInfo, path_for
 from runtime.preprocess import MEAN, STD
 
-from .calibration import add_calibration_args, resolve_calib_path
+from .calibration import add_calibration_args, add_finetune_args, finetune_options, resolve_calib_path
 from .fusion import fuse_for_inference
 from .graph_rewrites import scalar_affine_to_conv
 from .parity import ParityError, parity_check, parity_images
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-float-activations", action="store_true",
                    help="cpu flavour: leave HardSwish, GELU, gates and means between INT8 layers as float islands "
                         "(default: off, they run in ONNX Runtime's integer kernels)")
+    add_finetune_args(p)
     p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val split)")
     p.add_argument("--gate-n", type=int, default=1000, help="validation samples in the accuracy gate")
     p.add_argument("--budget", type=float, default=1.0, help="max accuracy points INT8/FP16 may lose vs FP32")
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.int8 and not args.calib:
         raise InputError("--int8 needs --calib DATA (TextZoom/STR lmdb, folder or synthetic root)")
     positive("--calib-n", args.calib_n)
+    finetune = finetune_options(args)
     if args.int8:  # the calibration data is checked (and cached) before anything is written
         from runtime.preprocess import HR_SIZE, LR_SIZE
 
@@ -181,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         q, n = quantize_from_data(str(path), str(int8_path(path, args.int8_target)), args.calib, args.calib_n,
                                   args.calibrator, not args.quantize_head, target=args.int8_target,
                                   integer_activations=not args.int8_float_activations,
-                                  float_convs=args.int8_float_convs, conditions=args.calib_conditions)
+                                  float_convs=args.int8_float_convs, conditions=args.calib_conditions,
+                                  **finetune)
         made.append(q)
         print(f"export: wrote {q} ({q.stat().st_size / 1e6:.2f} MB, {args.int8_target} flavour, {args.calibrator}, "
               f"{n} calibration images)")

@@ -30,7 +30,7 @@ import numpy as np
 from runtime.onnxfile import graph_links
 
 __all__ = ["scalar_affine_to_conv", "conv_to_scalar_affine", "constant_lookup", "qdq_integer_activations",
-           "erf_gelu_to_gelu", "gelu_inputs", "fit_gelu_gate"]
+           "erf_gelu_to_gelu", "gelu_inputs", "fit_gelu_gate", "fitted_gelu_gates"]
 
 _SUFFIX = ".affine_conv"  # name suffix of the convolutions scalar_affine_to_conv writes; its inverse finds them
 
@@ -217,6 +217,29 @@ def gelu_inputs(model) -> list[str]:
         if n.op_type == "Gelu" and d is not None and d.op_type == "DequantizeLinear" and len(r) == 1 \
                 and r[0] is not None and r[0].op_type == "QuantizeLinear":
             out.append(d.input[0])
+    return out
+
+
+def fitted_gelu_gates(model, gelu_hist: dict[str, np.ndarray]) -> dict[str, tuple[str, float, int]]:
+    """The gates ``qdq_integer_activations`` would write for ``model``'s GELUs between DQ and Q, by float tensor
+    names: Gelu output -> (its float input, a, k); the GELUs it would leave float are left out. For fine-tuning
+    through the integer graph (``compress.qdq_finetune``) before the rewrite."""
+    prod, readers = graph_links(model.graph)
+    value = constant_lookup(model.graph)
+    out = {}
+    for n in model.graph.node:
+        d = prod.get(n.input[0]) if n.op_type == "Gelu" else None
+        q_x = prod.get(d.input[0]) if d is not None and d.op_type == "DequantizeLinear" else None
+        r = readers.get(n.output[0], [])
+        if q_x is None or q_x.op_type != "QuantizeLinear" or len(r) != 1 or r[0] is None \
+                or r[0].op_type != "QuantizeLinear" or d.input[0] not in gelu_hist:
+            continue
+        sx, zx, sy, zy = (value(i) for i in (d.input[1], d.input[2], r[0].input[1], r[0].input[2]))
+        if any(v is None or v.size != 1 for v in (sx, zx, sy, zy)):
+            continue
+        a, k, mse = fit_gelu_gate(float(sx), int(zx), float(sy), int(zy), gelu_hist[d.input[0]])
+        if mse <= _GELU_MAX_MSE:
+            out[n.output[0]] = (q_x.input[0], a, k)
     return out
 
 

@@ -27,7 +27,8 @@ import numpy as np
 from runtime.modelfile import PREFIX, model_info, path_for, read_metadata
 
 from .calibration import CalibrationError
-from .graph_rewrites import conv_to_scalar_affine, erf_gelu_to_gelu, gelu_inputs, qdq_integer_activations
+from .graph_rewrites import (conv_to_scalar_affine, erf_gelu_to_gelu, fitted_gelu_gates, gelu_inputs,
+                             qdq_integer_activations)
 
 __all__ = ["quantize_int8", "quantize_from_data", "convert_fp16", "head_nodes", "float_prefix", "int8_path",
            "CALIBRATORS", "INT8_TARGETS"]
@@ -184,11 +185,14 @@ def check_calibration_memory(model, n: int) -> None:
 def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str = "minmax",
                   keep_head_float: bool = True, batch: int = 16, target: str = "cpu",
                   integer_activations: bool = True, float_convs: int = 0,
-                  calib_conditions: Sequence[str] = ()) -> Path:
+                  calib_conditions: Sequence[str] = (), finetune_steps: int = 0,
+                  finetune_x: np.ndarray | None = None) -> Path:
     """``integer_activations`` (cpu target): HardSwish, GELU, squeeze-excitation gates and means between INT8 layers
     run in ONNX Runtime's integer kernels instead of float islands (``graph_rewrites.qdq_integer_activations``).
     ``float_convs``: the first that many convolutions and everything before the next one stay float
-    (``float_prefix``). ``calib_conditions``: how the LR calibration images were made, recorded in the metadata."""
+    (``float_prefix``). ``calib_conditions``: how the LR calibration images were made, recorded in the metadata.
+    ``finetune_steps``: then fine-tune the weights through the file's own quantization points on ``finetune_x``
+    (default ``calib``), distilled from the float model (``qdq_finetune``); 0: off."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -229,10 +233,19 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
                         # QuantizeBias off: int32 bias Q/DQ is not something TensorRT builds; biases stay float.
                         extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True, "QuantizeBias": False,
                                        "CalibMovingAverage": method == "minmax"})
-    q = onnx.load(str(tmp))
-    n_gelu = 0 if trt else erf_gelu_to_gelu(q)  # TensorRT builds standard ops only and fuses GELU itself
-    n_int = qdq_integer_activations(q, _code_histograms(q, gelu_inputs(q), calib[:GELU_FIT_IMAGES], batch)) \
-        if integer_activations and not trt else {}
+        q = onnx.load(str(tmp))
+        n_gelu = 0 if trt else erf_gelu_to_gelu(q)  # TensorRT builds standard ops only and fuses GELU itself
+        integer = integer_activations and not trt
+        hist = _code_histograms(q, gelu_inputs(q), calib[:GELU_FIT_IMAGES], batch) if integer else {}
+        finetuned = None
+        if finetune_steps:  # on the graph quantize_static read (pre.onnx: the same tensor names), before it goes
+            from .qdq_finetune import finetune_qdq
+
+            finetuned = finetune_qdq(m, q, calib if finetune_x is None else finetune_x, finetune_steps,
+                                     gates=fitted_gelu_gates(q, hist))
+            if integer:  # the weights moved: the gates are fitted to the codes the fine-tuned file gives
+                hist = _code_histograms(q, list(hist), calib[:GELU_FIT_IMAGES], batch)
+    n_int = qdq_integer_activations(q, hist) if integer else {}
     meta = read_metadata(fp32_path)  # the float model's keys (runtime.modelfile), any other ONNX's as they are
     meta[PREFIX + "precision"] = "int8"
     meta[PREFIX + "int8_calibrator"] = method
@@ -242,6 +255,9 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     meta[PREFIX + "int8_head_float"] = str(keep_head_float).lower()
     if float_convs:
         meta[PREFIX + "int8_float_convs"] = str(float_convs)
+    if finetuned:
+        meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps on {len(calib if finetune_x is None else finetune_x)}"
+                                          f" inputs, simulated frame KL to FP32 {finetuned[0]:.4f} -> {finetuned[1]:.4f}")
     if n_gelu:
         meta[PREFIX + "int8_fused_gelu"] = str(n_gelu)
     if any(n_int.values()):
@@ -258,19 +274,24 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
 def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, method: str = "minmax",
                        keep_head_float: bool = True, cache_dir: str | os.PathLike | None = None,
                        target: str = "cpu", integer_activations: bool = True,
-                       float_convs: int = 0, conditions: Sequence[str] | None = None) -> tuple[Path, int]:
+                       float_convs: int = 0, conditions: Sequence[str] | None = None, finetune_steps: int = 0,
+                       finetune_n: int = 2048) -> tuple[Path, int]:
     """Calibrate on ``calib`` with the model's own input size (from its metadata), then quantize.
     ``conditions``: the LR conditions HR crops go through (default ``calibration.CALIB_CONDITIONS``).
+    ``finetune_steps``: fine-tune through the quantization points on the first ``finetune_n`` inputs of ``calib``.
     Returns (Q/DQ path, number of calibration images)."""
     from .calibration import CALIB_CONDITIONS, calibration_tensors
 
     info = model_info(fp32_path)
     conds = tuple(conditions or CALIB_CONDITIONS)
-    x = calibration_tensors(calib, (info.height, info.width), info.lr, n, 16,
-                            cache_dir if cache_dir is not None else Path(fp32_path).parent, conds)
+    cache = cache_dir if cache_dir is not None else Path(fp32_path).parent
+    x = calibration_tensors(calib, (info.height, info.width), info.lr, n, 16, cache, conds)
+    ft = calibration_tensors(calib, (info.height, info.width), info.lr, finetune_n, 16, cache, conds) \
+        if finetune_steps else None
     return quantize_int8(fp32_path, out_path, x, method, keep_head_float, target=target,
                          integer_activations=integer_activations, float_convs=float_convs,
-                         calib_conditions=conds if info.lr else ()), len(x)
+                         calib_conditions=conds if info.lr else (), finetune_steps=finetune_steps,
+                         finetune_x=ft), len(x)
 
 
 def convert_fp16(fp32_path: str, out_path: str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 from distill.checkpoint import strip_checkpoint
 from runtime.cli import positive
 
-from .calibration import add_calib_n_arg, add_conditions_arg, resolve_calib_path
+from .calibration import add_calib_n_arg, add_conditions_arg, add_finetune_args, finetune_options, resolve_calib_path
 from .export import export_onnx
 from .gate import evaluate_onnx, gate_table
 from .quantize import CALIBRATORS, int8_path, quantize_from_data
@@ -35,9 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     add_calib_n_arg(p)
     p.add_argument("--int8-float-convs", type=int, default=0, metavar="N",
                    help="INT8: keep the first N convolutions in float (compress.export's option)")
+    add_finetune_args(p)
     p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val)")
     args = p.parse_args(argv)
     positive("--calib-n", args.calib_n)
+    finetune = finetune_options(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t = strip_checkpoint(args.teacher, out / f"{args.name}-teacher-hr.pt") if args.teacher else None
@@ -47,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     q, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "cpu")), args.calib, args.calib_n,
                               method=args.calibrator,
                               cache_dir=out / ".calib-cache", target="cpu", float_convs=args.int8_float_convs,
-                              conditions=args.calib_conditions)
+                              conditions=args.calib_conditions, **finetune)
     qt, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "tensorrt")), args.calib, args.calib_n,
                                method=args.calibrator, cache_dir=out / ".calib-cache", target="tensorrt",
-                               float_convs=args.int8_float_convs, conditions=args.calib_conditions)
+                               float_convs=args.int8_float_convs, conditions=args.calib_conditions, **finetune)
     shutil.rmtree(out / ".calib-cache", ignore_errors=True)  # a cache, not an artifact to commit
     print(check_trt_buildable(str(qt), require_qdq=True))
     rows = [evaluate_onnx(str(m), args.gate_data or args.calib) for m in (onnx_path, q, qt)]

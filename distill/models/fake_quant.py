@@ -13,17 +13,20 @@ rounding of the zero point). So the weights a fine-tuning adapts here see the gr
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["FakeQuant", "fake_quant_weight"]
+__all__ = ["FakeQuant", "QdqPoints", "fake_quant_weight"]
 
 
-def fake_quant_weight(w: Tensor) -> Tensor:
-    """Per-output-channel symmetric int8 rounding of a convolution weight, straight-through gradient."""
-    scale = w.detach().abs().amax(dim=tuple(range(1, w.dim()))).clamp_min(1e-8) / 127.0
+def fake_quant_weight(w: Tensor, axis: int = 0) -> Tensor:
+    """Per-channel (along ``axis``) symmetric int8 rounding of a weight, scale max|w| / 127 as ONNX Runtime's
+    quantizer sets it, straight-through gradient."""
+    axis %= w.dim()
+    scale = w.detach().abs().amax(dim=tuple(d for d in range(w.dim()) if d != axis)).clamp_min(1e-8) / 127.0
     zero = torch.zeros_like(scale, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(w, scale.float(), zero, 0, -127, 127)
+    return torch.fake_quantize_per_channel_affine(w, scale.float(), zero, axis, -127, 127)
 
 
 class FakeQuant:
@@ -75,3 +78,88 @@ class FakeQuant:
 
     def weight(self, w: Tensor) -> Tensor:
         return w if self.observing else fake_quant_weight(w)
+
+    def inputs(self, op: str, names: list[str], args: list, training: bool) -> list:
+        """A node's operands as the export quantizes them: a convolution's input and weight."""
+        if op == "Conv":
+            args[0] = self.activation(names[0], args[0], training)
+            args[1] = self.weight(args[1])
+        return args
+
+
+class QdqPoints:
+    """The quantization of an ONNX Q/DQ model, simulated on its float twin (``compress.qdq_finetune``).
+
+    Every tensor the Q/DQ model quantizes, at its own fixed scale and zero point (``activations``: name -> (scale,
+    zero point, qmin, qmax)), and every weight it stores as int8 (``weights``: name -> channel axis), by the float
+    model's tensor names: the simulation rounds exactly where ONNX Runtime's integer kernels will, including the
+    layer norms, attention and GELU inputs that ``FakeQuant``'s convolution-only points leave out."""
+
+    def __init__(self, activations: dict[str, tuple[float, int, int, int]], weights: dict[str, int],
+                 gates: dict[str, tuple[str, float, int]] | None = None) -> None:
+        self.activations, self.weights = dict(activations), dict(weights)
+        self.points = set(self.activations)
+        # GELU output -> (its input, a, k): the integer gate x * sigmoid(a (x + k s_x)) that replaces exact GELU in
+        # the cpu flavour (compress.graph_rewrites.fitted_gelu_gates), simulated in place of the float chain
+        self.gates = dict(gates or {})
+        missing = sorted({n for y, (x, _, _) in self.gates.items() for n in (y, x)} - self.points)
+        if missing:
+            raise ValueError(f"QdqPoints: GELU gates on tensors that are not quantized: {missing[:5]}")
+        self._gate_inputs = {x for x, _, _ in self.gates.values()}
+        self._seen: dict[str, Tensor] = {}
+        self.graph_inputs: set[str] = set()  # quantized tensors no node computes (from_models fills it)
+
+    @classmethod
+    def from_models(cls, qdq, float_model, gates: dict[str, tuple[str, float, int]] | None = None) -> "QdqPoints":
+        """Read the points off ``qdq`` (an ``onnx.ModelProto`` from ``onnxruntime.quantization.quantize_static``)
+        for ``float_model``, the graph it was quantized from (same node and tensor names); ``gates`` as above."""
+        from onnx import numpy_helper
+
+        init = {t.name: t for t in qdq.graph.initializer}
+        producer = {o: n for n in qdq.graph.node for o in n.output}
+        computed = {o for n in float_model.graph.node for o in n.output} | {i.name for i in float_model.graph.input}
+        acts: dict[str, tuple[float, int, int, int]] = {}
+        for n in qdq.graph.node:
+            if n.op_type != "QuantizeLinear" or n.input[0] in init:
+                continue
+            if n.input[0] not in computed:
+                raise ValueError(f"QdqPoints: the Q/DQ model quantizes {n.input[0]!r}, which the float model lacks")
+            zp = numpy_helper.to_array(init[n.input[2]])
+            lo, hi = (0, 255) if zp.dtype == np.uint8 else (-128, 127)
+            acts[n.input[0]] = (float(numpy_helper.to_array(init[n.input[1]])), int(zp), lo, hi)
+        floats = {n.name: n for n in float_model.graph.node if n.name}
+        weights: dict[str, int] = {}
+        for n in qdq.graph.node:
+            twin = floats.get(n.name)
+            for k, x in enumerate(n.input):
+                dq = producer.get(x)
+                if (twin is None or dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in init
+                        or init[dq.input[0]].data_type != 3):  # 3: int8, the quantizer's weights
+                    continue
+                weights[twin.input[k]] = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        points = cls(acts, weights, gates)
+        points.graph_inputs = {i.name for i in float_model.graph.input} & set(acts)
+        return points
+
+    def activation(self, name: str, x: Tensor, training: bool) -> Tensor:
+        p = self.activations.get(name)
+        if p is None:
+            return x
+        gate = self.gates.get(name)
+        if gate is not None:  # the float GELU's value is replaced by what the integer gate gives from the same input
+            src, a, k = gate
+            xq = self._seen.pop(src)
+            g = torch.sigmoid(a * (xq + k * self.activations[src][0]))
+            x = xq * torch.fake_quantize_per_tensor_affine(g, 1 / 255, 0, 0, 255)  # QLinearSigmoid's uint8 output
+        y = torch.fake_quantize_per_tensor_affine(x.float(), p[0], p[1], p[2], p[3]).to(x.dtype)
+        if name in self._gate_inputs:
+            self._seen[name] = y
+        return y
+
+    def inputs(self, op: str, names: list[str], args: list, training: bool) -> list:
+        for k, name in enumerate(names):
+            if name in self.weights and args[k] is not None:
+                args[k] = fake_quant_weight(args[k], self.weights[name])
+            elif name in self.graph_inputs:  # no node's output: rounded where it is read
+                args[k] = self.activation(name, args[k], training)
+        return args

@@ -51,7 +51,10 @@ def _array(t) -> np.ndarray:
 
 
 def safe_name(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_]", "_", name)
+    """A tensor name as a module attribute key; names that are nn.Module attributes ('half', 'train', ...) get a
+    trailing underscore (registering them would fail)."""
+    k = re.sub(r"[^0-9A-Za-z_]", "_", name)
+    return k + "_" if hasattr(nn.Module, k) or hasattr(nn.ParameterDict, k) else k
 
 
 def strip_weights(model_bytes: bytes, keep_small: int = 16) -> tuple[bytes, dict[str, np.ndarray]]:
@@ -97,7 +100,7 @@ SUPPORTED_OPS = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Relu", "Sigmoid", "Tanh", "Erf", "HardSigmoid", "HardSwish", "Clip",
     "Conv", "BatchNormalization", "GlobalAveragePool", "AveragePool", "MaxPool", "MatMul", "Gemm", "Softmax",
     "ReduceMean", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Concat", "Shape", "Cast",
-    "Constant", "Identity", "LayerNormalization",
+    "Constant", "Identity", "LayerNormalization", "Pad", "Resize",
 })
 
 
@@ -208,7 +211,9 @@ class OnnxNet(nn.Module):
                 fixed.register_buffer(k, t, persistent=False)
                 self.tensor_keys[name] = ("c", k)
         self.stats, self.consts = bufs, fixed
-        self.fake_quant = None  # a FakeQuant while fine-tuning under simulated INT8 (enable_fake_quant)
+        # a FakeQuant while fine-tuning under simulated INT8 (enable_fake_quant), or the fixed QdqPoints of a Q/DQ
+        # model (compress.qdq_finetune)
+        self.fake_quant = None
         # Fine-tuning keeps the graph's BatchNorm statistics: re-estimated on a few thousand degraded LR crops they
         # pulled the PP-OCRv4 student from 80 to 51 % on svt_test lr16 in 100 steps at lr 1e-5 (the weights had
         # hardly moved); the affine weights still train. Off: batch statistics and running averages, as usual.
@@ -281,9 +286,8 @@ class OnnxNet(nn.Module):
         fq = self.fake_quant
         for op, ins, outs, a, name in self.nodes:
             args = [self._value(env, i) for i in ins]
-            if fq is not None and op == "Conv":
-                args[0] = fq.activation(ins[0], args[0], self.training)
-                args[1] = fq.weight(args[1])
+            if fq is not None:
+                args = fq.inputs(op, ins, args, self.training)
             y = OPS[op](self, args, a, x.device)
             if fq is not None and outs[0] in fq.points:
                 y = fq.activation(outs[0], y, self.training)

@@ -167,6 +167,39 @@ def _cast(self, args, a, dev):
     return args[0].to(_DTYPES[a["to"]])
 
 
+def _pad(self, args, a, dev):
+    """Constant padding (opset 11+: pads as an input, begins then ends; older: the ``pads`` attribute)."""
+    mode = a.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        raise ValueError(f"OnnxNet: Pad mode {mode!r} is not supported")
+    x = args[0]
+    pads = [int(v) for v in (args[1].tolist() if len(args) > 1 and args[1] is not None else a["pads"])]
+    nd = len(pads) // 2
+    tp: list[int] = []
+    for b, e in zip(reversed(pads[:nd]), reversed(pads[nd:])):
+        tp += [b, e]
+    value = float(args[2]) if len(args) > 2 and args[2] is not None else float(a.get("value", 0.0))
+    return F.pad(x, tp, value=value)
+
+
+def _resize(self, args, a, dev):
+    """Upsampling by ``scales`` (linear with half-pixel centres, or nearest): what an exported input scale writes."""
+    def text(k, default):
+        v = a.get(k, default)
+        return v.decode() if isinstance(v, bytes) else v
+    x, scales = args[0], args[2] if len(args) > 2 else None
+    if scales is None or scales.numel() == 0 or (len(args) > 3 and args[3] is not None and args[3].numel()):
+        raise ValueError("OnnxNet: Resize by output size is not supported, only by scales")
+    mode, coords = text("mode", "nearest"), text("coordinate_transformation_mode", "half_pixel")
+    factor = tuple(float(v) for v in scales.tolist()[2:])
+    if mode == "linear" and coords in ("half_pixel", "pytorch_half_pixel"):
+        return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+    if mode == "nearest" and coords == "asymmetric" and text("nearest_mode", "round_prefer_floor") == "floor":
+        return F.interpolate(x, scale_factor=factor, mode="nearest")
+    raise ValueError(f"OnnxNet: Resize mode {mode!r} with {coords!r} coordinates is not supported")
+
+
 def _flatten(self, args, a, dev):
     ax = a.get("axis", 1)
     return args[0].flatten(1) if ax == 1 else args[0].reshape(int(np.prod(args[0].shape[:ax])) if ax else 1, -1)
@@ -206,4 +239,6 @@ OPS = {
     "Cast": _cast,
     "Identity": lambda s, x, a, d: x[0],
     "LayerNormalization": _layer_norm,
+    "Pad": _pad,
+    "Resize": _resize,
 }

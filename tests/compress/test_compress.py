@@ -531,3 +531,128 @@ def test_erf_gelu_becomes_one_gelu_node_then_an_integer_sigmoid_gate(tmp_path):
     assert qdq_integer_activations(q)["gelu"] == 0  # without calibration histograms a GELU stays float
     qt = onnx.load(str(quantize_int8(str(src), str(tmp_path / "qt.onnx"), x, target="tensorrt")))
     assert "Gelu" not in [n.op_type for n in qt.graph.node]
+
+
+def _deep_ctc_onnx(path, gelu: bool = False):
+    """Three convolutions with ReLU (or GELU as exporters write it, erf and four nodes), a mean over the height, a
+    MatMul classifier and Softmax: a CTC recognizer small enough to fine-tune in seconds, deep enough for INT8
+    rounding noise to add up, with peaked frames. (A constant named "half", an nn.Module method, is read too.)"""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    shapes = (("w1", (16, 3, 3, 3)), ("b1", (16,)), ("w2", (16, 16, 3, 3)), ("b2", (16,)), ("w3", (16, 16, 3, 3)),
+              ("b3", (16,)), ("fc", (16, 7)), ("fb", (7,)))
+    inits = [numpy_helper.from_array((rng.normal(0, 1, s) / np.sqrt(np.prod(s[1:]) if len(s) > 1 else 10)
+                                      * (10 if n == "fc" else 1)).astype(np.float32), n) for n, s in shapes]
+    inits.append(numpy_helper.from_array(np.array([2], np.int64), "axes"))
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1], strides=[2, 2]),
+             n("Relu", ["c1"], ["r1"], name="relu1"),
+             n("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             n("Relu", ["c2"], ["r2"], name="relu2"),
+             n("Conv", ["r2", "w3", "b3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+             n("ReduceMean", ["c3"], ["m"], name="pool", axes=[2], keepdims=1),
+             n("Squeeze", ["m", "axes"], ["s"], name="sq"),
+             n("Transpose", ["s"], ["t"], perm=[0, 2, 1], name="tr"),
+             n("MatMul", ["t", "fc"], ["mm"], name="fc"),
+             n("Add", ["mm", "fb"], ["logits"], name="bias"),
+             n("Softmax", ["logits"], ["probs"], axis=2, name="sm")]
+    if gelu:
+        inits += [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in (("sqrt2", np.sqrt(2)), ("one", 1.0),
+                                                                                  ("half", 0.5))]
+        for i, (x, y) in ((3, ("c2", "r2")), (1, ("c1", "r1"))):  # the later node first: indices stay
+            nodes[i:i + 1] = [n("Div", [x, "sqrt2"], [y + "d"], name=y + "div"),
+                              n("Erf", [y + "d"], [y + "e"], name=y + "erf"),
+                              n("Add", [y + "e", "one"], [y + "a"], name=y + "add"),
+                              n("Mul", [x, y + "a"], [y + "m"], name=y + "mul"),
+                              n("Mul", [y + "m", "half"], [y], name=y + "half")]
+    g = helper.make_graph(nodes, "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 64])],
+                          [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 32, 7])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def test_int8_finetune_through_the_files_own_points_reads_closer_to_fp32(tmp_path):
+    """Fine-tuning a Q/DQ file through its own quantization points (same tensors, same activation scales, weights
+    re-rounded per channel) brings its INT8 outputs closer to FP32 on inputs it never saw, keeps the file's structure
+    and activation scales, and records itself in the metadata. The simulation is the file: it reads like ONNX
+    Runtime's reference Q/DQ kernels (and like its integer kernels where those are exact)."""
+    import onnxruntime as ort
+
+    from compress.qdq_finetune import finetune_qdq, frame_kl
+    from compress.quantize import quantize_int8
+    from conftest import _int8_kernels_exact
+    from distill.models.fake_quant import QdqPoints
+
+    def logp(model, x, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL):  # reference kernels: DQ, float op, Q
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return np.log(np.clip(s.run(None, {"x": x})[0], 1e-9, 1))
+
+    src = _deep_ctc_onnx(tmp_path / "deep.onnx")
+    fp = onnx.load(str(src))
+    rng = np.random.default_rng(2)
+    x, held = (rng.normal(0, 1, (n, 3, 16, 64)).astype(np.float32) for n in (256, 128))
+    base = quantize_int8(str(src), str(tmp_path / "base.onnx"), x[:64])
+    q0, q1 = onnx.load(str(base)), onnx.load(str(base))
+    consts = {t.name for t in q0.graph.initializer}
+    n_act = sum(1 for n in q0.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in consts)
+    points = QdqPoints.from_models(q0, fp)
+    assert len(points.points) == n_act > 0 and set(points.weights) == {"w1", "w2", "w3"}  # the head stays float
+
+    before, after = finetune_qdq(fp, q1, x, steps=60, lr=3e-4, progress=False)
+    ref = logp(fp, x[:256])
+    kl_file = frame_kl(ref, logp(q0, x[:256]))
+    assert abs(before - kl_file) < 0.2 * kl_file, (before, kl_file)  # simulated = the file's reference kernels
+    assert after < 0.7 * before, (before, after)
+    ref_held = logp(fp, held)
+    kl0, kl1 = frame_kl(ref_held, logp(q0, held)), frame_kl(ref_held, logp(q1, held))
+    assert kl1 < 0.7 * kl0, (kl0, kl1)  # and on inputs the fine-tuning never saw
+    if _int8_kernels_exact():  # ONNX Runtime's fused integer kernels agree
+        fused = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        assert frame_kl(ref_held, logp(q1, held, fused)) < 0.7 * frame_kl(ref_held, logp(q0, held, fused))
+    assert [n.op_type for n in q1.graph.node] == [n.op_type for n in q0.graph.node]
+    i0 = {t.name: onnx.numpy_helper.to_array(t) for t in q0.graph.initializer}
+    i1 = {t.name: onnx.numpy_helper.to_array(t) for t in q1.graph.initializer}
+    scales = {n.input[1] for n in q0.graph.node if n.op_type == "QuantizeLinear"}
+    assert all(np.array_equal(i0[k], i1[k]) for k in scales)  # the calibrated activation scales stay
+    assert i1["w2_quantized"].dtype == np.int8 and not np.array_equal(i0["w2_quantized"], i1["w2_quantized"])
+
+    q = quantize_int8(str(src), str(tmp_path / "ft.onnx"), x[:64], finetune_steps=5, finetune_x=x)
+    meta = {p.key: p.value for p in onnx.load(str(q)).metadata_props}
+    assert meta["tinytext.int8_finetune"].startswith("5 steps on 256 inputs, simulated frame KL to FP32 ")
+
+
+def test_qdq_points_simulate_the_fitted_integer_gelu_gates(tmp_path):
+    """With the gates ``fitted_gelu_gates`` reads off the file before the rewrite, the simulation of a GELU network
+    gives what the rewritten cpu-flavour file gives in ONNX Runtime's reference Q/DQ kernels, closer than exact GELU
+    between the same points does; a gate on a tensor the file does not quantize is refused by name."""
+    import onnxruntime as ort
+    import torch
+
+    from compress.graph_rewrites import fitted_gelu_gates, gelu_inputs
+    from compress.quantize import _code_histograms, quantize_int8
+    from distill.models.fake_quant import QdqPoints
+    from distill.models.onnx_net import OnnxNet
+
+    src = _deep_ctc_onnx(tmp_path / "gelu.onnx", gelu=True)
+    fp = onnx.load(str(src))
+    x = np.random.default_rng(6).normal(0, 1, (64, 3, 16, 64)).astype(np.float32)
+    island = onnx.load(str(quantize_int8(str(src), str(tmp_path / "island.onnx"), x, integer_activations=False)))
+    gated = onnx.load(str(quantize_int8(str(src), str(tmp_path / "gated.onnx"), x)))
+    assert [n.op_type for n in gated.graph.node].count("Sigmoid") == 2
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    want = ort.InferenceSession(gated.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    gates = fitted_gelu_gates(island, _code_histograms(island, gelu_inputs(island), x, 16))
+    assert set(gates) == {"r1", "r2"} and gates["r1"][0] == "c1"
+    err = {}
+    for name, g in (("gates", gates), ("exact", None)):
+        net = OnnxNet(7, img_size=(16, 64), graph=fp.SerializeToString()).eval()
+        net.fake_quant = QdqPoints.from_models(island, fp, g)
+        with torch.no_grad():
+            err[name] = np.abs(net(torch.from_numpy(x)).numpy() - want).mean()
+    assert err["gates"] < 1e-4 and err["gates"] < 0.1 * err["exact"], err
+    with pytest.raises(ValueError, match=r"not quantized: \['nope'\]"):
+        QdqPoints.from_models(island, fp, {"r1": ("nope", 1.7, 0)})

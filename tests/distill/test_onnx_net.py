@@ -36,6 +36,20 @@ def test_onnx_net_matches_onnxruntime_on_a_small_graph(tmp_path):
     assert names == {"params.w", "params.fc", "params.b"}
 
 
+def test_onnx_net_runs_constant_pad_as_onnxruntime_does(tmp_path):
+    """Pad with its pads as an input (opset 11+), uneven and with a fill value: PP-OCRv6's stem writes one."""
+    m = onnx.load(str(tiny_ctc_onnx(tmp_path / "tiny.onnx")))
+    m.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 0, 1], np.int64), "pads"),
+                                onnx.numpy_helper.from_array(np.array(0.5, np.float32), "fill")])
+    m.graph.node.insert(0, helper.make_node("Pad", ["x", "pads", "fill"], ["xp"], name="pad", mode="constant"))
+    m.graph.node[1].input[0] = "xp"
+    x = np.random.default_rng(4).uniform(-1, 1, (2, 3, 16, 64)).astype(np.float32)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = OnnxNet(7, graph=m.SerializeToString()).eval()(torch.from_numpy(x)).numpy()
+    assert got.shape == ref.shape == (2, 34, 7) and np.abs(got - ref).max() < 1e-5
+
+
 def test_onnx_net_errors_name_the_problem(tmp_path):
     p = tiny_ctc_onnx(tmp_path / "tiny.onnx", op="Selu")
     with pytest.raises(ValueError, match=r"not supported here: \['Selu'\]"):
@@ -115,6 +129,9 @@ def test_input_scale_upsamples_before_the_graph_and_exports(tmp_path, scale, siz
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for n in (1, 3):
         assert np.abs(sess.run(None, {"images": x[:n]})[0] - got[:n]).max() < 1e-5
+    back = OnnxNet(7, 25, img_size=(16, 64), graph=path.read_bytes()).eval()  # its Resize read back
+    with torch.no_grad():
+        assert np.abs(back(torch.from_numpy(x)).numpy() - got).max() < 1e-5
     for bad, shown in ((0.5, "0.5"), ([2, 0.5], r"\[2, 0.5\]"), ([2], r"\[2\]")):
         with pytest.raises(ValueError, match=r"input_scale must be a factor >= 1 or \[height, width\] factors >= 1, "
                                              rf"got {shown}"):

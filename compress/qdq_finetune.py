@@ -1,0 +1,113 @@
+"""Fine-tuning an INT8 Q/DQ model through its own quantization points, distilled from the float model it came from.
+
+ONNX Runtime's static quantization fixes the scale of every tensor it quantizes; what it leaves is the rounding noise
+of those tensors, spread over the whole graph (on the PP-OCRv6 student no group of layers holds more than a sixth of
+it). ``finetune_qdq`` runs the float graph as a PyTorch module (``distill.models.OnnxNet``) that rounds at exactly the
+Q/DQ model's points with exactly its scales (``distill.models.fake_quant.QdqPoints``: activations per tensor, weights
+per channel), trains the weights so that its frame distributions match the float model's on unlabeled LR inputs
+(KL divergence, straight-through rounding), and writes them back: float tensors by name, int8 weights re-rounded
+with their per-channel scales recomputed as the quantizer computes them. The activation scales stay the calibrated
+ones, so the file keeps the structure ONNX Runtime fuses into integer kernels."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["finetune_qdq", "frame_kl"]
+
+
+def frame_kl(ref_logp: np.ndarray, logp: np.ndarray) -> float:
+    """Mean over frames of KL(ref || other), both (N, T, C) log-probabilities."""
+    return float((np.exp(ref_logp) * (ref_logp - logp)).sum(-1).mean())
+
+
+def _log_probs(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    p = np.concatenate([s.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+    return np.log(np.clip(p, 1e-9, 1.0)).astype(np.float32)  # our exports end in Softmax: probabilities
+
+
+def _write_back(net, points, float_model, qdq) -> int:
+    """The trained float tensors into ``qdq`` (edited in place); returns how many int8 weights were re-rounded."""
+    from onnx import numpy_helper
+
+    init = {t.name: t for t in qdq.graph.initializer}
+    producer = {o: n for n in qdq.graph.node for o in n.output}
+    # float weight name -> the DequantizeLinear that feeds its int8 copy (same node, same operand, in the Q/DQ model)
+    floats = {n.name: n for n in float_model.graph.node if n.name}
+    dq_of: dict[str, object] = {}
+    for n in qdq.graph.node:
+        twin = floats.get(n.name)
+        for k, x in enumerate(n.input):
+            if twin is not None and k < len(twin.input) and twin.input[k] in points.weights:
+                dq_of[twin.input[k]] = producer[x]
+    n_int8 = 0
+    for name, (kind, key) in net.tensor_keys.items():
+        if kind != "p":
+            continue
+        w = net.params[key].detach().cpu().numpy().astype(np.float32)
+        if name in dq_of:
+            dq = dq_of[name]
+            axis = points.weights[name] % w.ndim
+            scale = np.maximum(np.abs(w).max(axis=tuple(d for d in range(w.ndim) if d != axis)), 1e-8) / 127.0
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+            init[dq.input[0]].CopyFrom(numpy_helper.from_array(q, dq.input[0]))
+            init[dq.input[1]].CopyFrom(numpy_helper.from_array(scale.astype(np.float32), dq.input[1]))
+            n_int8 += 1
+        elif name in init and tuple(init[name].dims) == w.shape:
+            init[name].CopyFrom(numpy_helper.from_array(w, name))
+    return n_int8
+
+
+def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, batch: int = 32, seed: int = 0,
+                 progress: bool = True, gates: dict[str, tuple[str, float, int]] | None = None) -> tuple[float, float]:
+    """Fine-tune ``qdq`` (an ``onnx.ModelProto``, edited in place) on the LR inputs ``x`` (N, 3, H, W) to read like
+    ``float_model`` (the graph it was quantized from, same names). ``gates``: the integer GELU gates the file will
+    get (``graph_rewrites.fitted_gelu_gates``), simulated instead of exact GELU. Returns the simulated frame KL to
+    the float model on the first 256 inputs before and after."""
+    import torch
+    from tqdm import tqdm
+
+    from distill.models.fake_quant import QdqPoints
+    from distill.models.onnx_net import OnnxNet
+
+    if steps < 1:
+        raise ValueError(f"--int8-finetune-steps: expected a count >= 1, got {steps}")
+    target = torch.from_numpy(_log_probs(float_model, x))
+    net = OnnxNet(target.shape[-1], img_size=tuple(x.shape[2:]), graph=float_model.SerializeToString())
+    points = QdqPoints.from_models(qdq, float_model, gates)
+    net.fake_quant = points
+    xs = torch.from_numpy(np.ascontiguousarray(x))
+    probe = slice(0, min(256, len(x)))
+
+    def simulated_kl() -> float:
+        net.eval()
+        with torch.no_grad():
+            lq = torch.cat([net.decode_logits(xs[i:i + 64]).log_softmax(-1) for i in range(0, probe.stop, 64)])
+        return frame_kl(target[probe].numpy(), lq.numpy())
+
+    before = simulated_kl()
+    net.train()
+    opt = torch.optim.AdamW(list(net.params.values()), lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    for step in tqdm(range(steps), desc="int8 fine-tune", disable=not progress):
+        idx = torch.randint(0, len(xs), (batch,), generator=gen)
+        lq = net.decode_logits(xs[idx]).log_softmax(-1)
+        lt = target[idx]
+        loss = (lt.exp() * (lt - lq)).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        for g in opt.param_groups:  # cosine to zero: the last steps settle on the rounding grid
+            g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * (step + 1) / steps))
+    after = simulated_kl()
+    _write_back(net, points, float_model, qdq)
+    return before, after
