@@ -33,34 +33,25 @@ def _log_probs(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.log(np.clip(p, 1e-9, 1.0)).astype(np.float32)  # our exports end in Softmax: probabilities
 
 
-def _write_back(net, points, float_model, qdq) -> int:
+def _write_back(net, points, qdq) -> int:
     """The trained float tensors into ``qdq`` (edited in place); returns how many int8 weights were re-rounded."""
     from onnx import numpy_helper
 
     init = {t.name: t for t in qdq.graph.initializer}
-    producer = {o: n for n in qdq.graph.node for o in n.output}
-    # float weight name -> the DequantizeLinear that feeds its int8 copy (same node, same operand, in the Q/DQ model)
-    floats = {n.name: n for n in float_model.graph.node if n.name}
-    dq_of: dict[str, object] = {}
-    for n in qdq.graph.node:
-        twin = floats.get(n.name)
-        for k, x in enumerate(n.input):
-            if twin is not None and k < len(twin.input) and twin.input[k] in points.weights:
-                dq_of[twin.input[k]] = producer[x]
     n_int8 = 0
     for name, (kind, key) in net.tensor_keys.items():
         if kind != "p":
             continue
         w = net.params[key].detach().cpu().numpy().astype(np.float32)
-        if name in dq_of:
-            dq = dq_of[name]
+        if name in points.stored:
+            q_name, s_name = points.stored[name]
             axis = points.weights[name] % w.ndim
             scale = np.maximum(np.abs(w).max(axis=tuple(d for d in range(w.ndim) if d != axis)), 1e-8) / 127.0
             shape = [1] * w.ndim
             shape[axis] = -1
             q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-            init[dq.input[0]].CopyFrom(numpy_helper.from_array(q, dq.input[0]))
-            init[dq.input[1]].CopyFrom(numpy_helper.from_array(scale.astype(np.float32), dq.input[1]))
+            init[q_name].CopyFrom(numpy_helper.from_array(q, q_name))
+            init[s_name].CopyFrom(numpy_helper.from_array(scale.astype(np.float32), s_name))
             n_int8 += 1
         elif name in init and tuple(init[name].dims) == w.shape:
             init[name].CopyFrom(numpy_helper.from_array(w, name))
@@ -109,5 +100,5 @@ def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, 
         for g in opt.param_groups:  # cosine to zero: the last steps settle on the rounding grid
             g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * (step + 1) / steps))
     after = simulated_kl()
-    _write_back(net, points, float_model, qdq)
+    _write_back(net, points, qdq)
     return before, after

@@ -107,7 +107,9 @@ class QdqPoints:
             raise ValueError(f"QdqPoints: GELU gates on tensors that are not quantized: {missing[:5]}")
         self._gate_inputs = {x for x, _, _ in self.gates.values()}
         self._seen: dict[str, Tensor] = {}
-        self.graph_inputs: set[str] = set()  # quantized tensors no node computes (from_models fills it)
+        # from_models fills these: quantized tensors no node computes; weight -> its (int8, scale) initializers
+        self.graph_inputs: set[str] = set()
+        self.stored: dict[str, tuple[str, str]] = {}
 
     @classmethod
     def from_models(cls, qdq, float_model, gates: dict[str, tuple[str, float, int]] | None = None) -> "QdqPoints":
@@ -129,6 +131,7 @@ class QdqPoints:
             acts[n.input[0]] = (float(numpy_helper.to_array(init[n.input[1]])), int(zp), lo, hi)
         floats = {n.name: n for n in float_model.graph.node if n.name}
         weights: dict[str, int] = {}
+        stored: dict[str, tuple[str, str]] = {}
         for n in qdq.graph.node:
             twin = floats.get(n.name)
             for k, x in enumerate(n.input):
@@ -137,8 +140,10 @@ class QdqPoints:
                         or init[dq.input[0]].data_type != 3):  # 3: int8, the quantizer's weights
                     continue
                 weights[twin.input[k]] = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+                stored[twin.input[k]] = (dq.input[0], dq.input[1])
         points = cls(acts, weights, gates)
         points.graph_inputs = {i.name for i in float_model.graph.input} & set(acts)
+        points.stored = stored
         return points
 
     def activation(self, name: str, x: Tensor, training: bool) -> Tensor:
