@@ -237,12 +237,11 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
         n_gelu = 0 if trt else erf_gelu_to_gelu(q)  # TensorRT builds standard ops only and fuses GELU itself
         integer = integer_activations and not trt
         hist = _code_histograms(q, gelu_inputs(q), calib[:GELU_FIT_IMAGES], batch) if integer else {}
-        finetuned = None
+        finetuned, ft_x = None, calib if finetune_x is None else finetune_x
         if finetune_steps:  # on the graph quantize_static read (pre.onnx: the same tensor names), before it goes
             from .qdq_finetune import finetune_qdq
 
-            finetuned = finetune_qdq(m, q, calib if finetune_x is None else finetune_x, finetune_steps,
-                                     gates=fitted_gelu_gates(q, hist))
+            finetuned = finetune_qdq(m, q, ft_x, finetune_steps, gates=fitted_gelu_gates(q, hist))
             if integer:  # the weights moved: the gates are fitted to the codes the fine-tuned file gives
                 hist = _code_histograms(q, list(hist), calib[:GELU_FIT_IMAGES], batch)
     n_int = qdq_integer_activations(q, hist) if integer else {}
@@ -256,8 +255,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     if float_convs:
         meta[PREFIX + "int8_float_convs"] = str(float_convs)
     if finetuned:
-        meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps on {len(calib if finetune_x is None else finetune_x)}"
-                                          f" inputs, simulated frame KL to FP32 {finetuned[0]:.4f} -> {finetuned[1]:.4f}")
+        meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps on {len(ft_x)} inputs, simulated frame KL to FP32 "
+                                          f"{finetuned[0]:.4f} -> {finetuned[1]:.4f}")
     if n_gelu:
         meta[PREFIX + "int8_fused_gelu"] = str(n_gelu)
     if any(n_int.values()):

@@ -96,7 +96,8 @@ class QdqPoints:
     layer norms, attention and GELU inputs that ``FakeQuant``'s convolution-only points leave out."""
 
     def __init__(self, activations: dict[str, tuple[float, int, int, int]], weights: dict[str, int],
-                 gates: dict[str, tuple[str, float, int]] | None = None) -> None:
+                 gates: dict[str, tuple[str, float, int]] | None = None, graph_inputs: set[str] = frozenset(),
+                 stored: dict[str, tuple[str, str]] | None = None) -> None:
         self.activations, self.weights = dict(activations), dict(weights)
         self.points = set(self.activations)
         # GELU output -> (its input, a, k): the integer gate x * sigmoid(a (x + k s_x)) that replaces exact GELU in
@@ -107,9 +108,8 @@ class QdqPoints:
             raise ValueError(f"QdqPoints: GELU gates on tensors that are not quantized: {missing[:5]}")
         self._gate_inputs = {x for x, _, _ in self.gates.values()}
         self._seen: dict[str, Tensor] = {}
-        # from_models fills these: quantized tensors no node computes; weight -> its (int8, scale) initializers
-        self.graph_inputs: set[str] = set()
-        self.stored: dict[str, tuple[str, str]] = {}
+        # quantized tensors no node computes; weight -> its (int8, scale) initializers in the Q/DQ model
+        self.graph_inputs, self.stored = set(graph_inputs), dict(stored or {})
 
     @classmethod
     def from_models(cls, qdq, float_model, gates: dict[str, tuple[str, float, int]] | None = None) -> "QdqPoints":
@@ -117,8 +117,10 @@ class QdqPoints:
         for ``float_model``, the graph it was quantized from (same node and tensor names); ``gates`` as above."""
         from onnx import numpy_helper
 
+        from runtime.onnxfile import graph_links
+
         init = {t.name: t for t in qdq.graph.initializer}
-        producer = {o: n for n in qdq.graph.node for o in n.output}
+        producer, _ = graph_links(qdq.graph)
         computed = {o for n in float_model.graph.node for o in n.output} | {i.name for i in float_model.graph.input}
         acts: dict[str, tuple[float, int, int, int]] = {}
         for n in qdq.graph.node:
@@ -141,10 +143,7 @@ class QdqPoints:
                     continue
                 weights[twin.input[k]] = next((a.i for a in dq.attribute if a.name == "axis"), 1)
                 stored[twin.input[k]] = (dq.input[0], dq.input[1])
-        points = cls(acts, weights, gates)
-        points.graph_inputs = {i.name for i in float_model.graph.input} & set(acts)
-        points.stored = stored
-        return points
+        return cls(acts, weights, gates, {i.name for i in float_model.graph.input} & set(acts), stored)
 
     def activation(self, name: str, x: Tensor, training: bool) -> Tensor:
         p = self.activations.get(name)

@@ -16,23 +16,34 @@ _DTYPES = {1: torch.float32, 6: torch.int32, 7: torch.int64, 9: torch.bool, 10: 
 
 
 # -- operators ---------------------------------------------------------------------------------------------------
+def _text(a: dict, key: str, default: str) -> str:
+    """A string attribute (ONNX stores them as bytes)."""
+    v = a.get(key, default)
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _torch_pad(pads: Sequence[int]) -> list[int]:
+    """ONNX pads (begins of every axis, then ends) as ``F.pad``'s list (last axis first, begin then end)."""
+    nd = len(pads) // 2
+    out: list[int] = []
+    for b, e in zip(reversed(pads[:nd]), reversed(pads[nd:])):
+        out += [b, e]
+    return out
+
+
 def _pads(p, nd: int = 2):
     if not p:
         return [0] * nd, None
     begin, end = p[:nd], p[nd:]
     if begin == end:
         return list(begin), None
-    pad = []
-    for b, e in zip(reversed(begin), reversed(end)):
-        pad += [b, e]
-    return [0] * nd, pad
+    return [0] * nd, _torch_pad(p)
 
 
 def _auto_pads(a: dict, x: Tensor, kernel: Sequence[int]) -> list[int]:
     """Explicit ONNX ``pads`` (begins, then ends) for ``auto_pad`` SAME_UPPER / SAME_LOWER (the output keeps
     ceil(input / stride); an odd total goes to the end for UPPER, the beginning for LOWER), else ``pads``."""
-    mode = a.get("auto_pad", "NOTSET")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = _text(a, "auto_pad", "NOTSET")
     if mode in ("NOTSET", "VALID"):
         return list(a.get("pads", []))
     if mode not in ("SAME_UPPER", "SAME_LOWER"):
@@ -169,33 +180,24 @@ def _cast(self, args, a, dev):
 
 def _pad(self, args, a, dev):
     """Constant padding (opset 11+: pads as an input, begins then ends; older: the ``pads`` attribute)."""
-    mode = a.get("mode", "constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = _text(a, "mode", "constant")
     if mode != "constant":
         raise ValueError(f"OnnxNet: Pad mode {mode!r} is not supported")
-    x = args[0]
     pads = [int(v) for v in (args[1].tolist() if len(args) > 1 and args[1] is not None else a["pads"])]
-    nd = len(pads) // 2
-    tp: list[int] = []
-    for b, e in zip(reversed(pads[:nd]), reversed(pads[nd:])):
-        tp += [b, e]
     value = float(args[2]) if len(args) > 2 and args[2] is not None else float(a.get("value", 0.0))
-    return F.pad(x, tp, value=value)
+    return F.pad(args[0], _torch_pad(pads), value=value)
 
 
 def _resize(self, args, a, dev):
     """Upsampling by ``scales`` (linear with half-pixel centres, or nearest): what an exported input scale writes."""
-    def text(k, default):
-        v = a.get(k, default)
-        return v.decode() if isinstance(v, bytes) else v
     x, scales = args[0], args[2] if len(args) > 2 else None
     if scales is None or scales.numel() == 0 or (len(args) > 3 and args[3] is not None and args[3].numel()):
         raise ValueError("OnnxNet: Resize by output size is not supported, only by scales")
-    mode, coords = text("mode", "nearest"), text("coordinate_transformation_mode", "half_pixel")
+    mode, coords = _text(a, "mode", "nearest"), _text(a, "coordinate_transformation_mode", "half_pixel")
     factor = tuple(float(v) for v in scales.tolist()[2:])
     if mode == "linear" and coords in ("half_pixel", "pytorch_half_pixel"):
         return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
-    if mode == "nearest" and coords == "asymmetric" and text("nearest_mode", "round_prefer_floor") == "floor":
+    if mode == "nearest" and coords == "asymmetric" and _text(a, "nearest_mode", "round_prefer_floor") == "floor":
         return F.interpolate(x, scale_factor=factor, mode="nearest")
     raise ValueError(f"OnnxNet: Resize mode {mode!r} with {coords!r} coordinates is not supported")
 

@@ -412,11 +412,17 @@ def test_too_many_calibration_images_for_memory_is_one_error_naming_calib_n(tmp_
     assert qz.quantize_int8(str(src), str(tmp_path / "q.onnx"), x[:fits]).exists()  # the count it names runs
 
 
-def _ort_output(model, x: np.ndarray) -> np.ndarray:
-    """The first output of an in-memory ONNX model with input "x", on ONNX Runtime's CPU provider."""
+def _ort_output(model, x: np.ndarray, reference: bool = False) -> np.ndarray:
+    """The first output of an in-memory ONNX model with input "x", on ONNX Runtime's CPU provider; ``reference``:
+    without graph optimisation, so Q/DQ pairs run as DequantizeLinear, the float op, QuantizeLinear (exact rounding,
+    no fused integer kernels)."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    so = ort.SessionOptions()
+    if reference:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": x})[0]
 
 
 def test_scalar_affine_becomes_a_depthwise_conv_with_identical_outputs(tmp_path):
@@ -577,18 +583,13 @@ def test_int8_finetune_through_the_files_own_points_reads_closer_to_fp32(tmp_pat
     re-rounded per channel) brings its INT8 outputs closer to FP32 on inputs it never saw, keeps the file's structure
     and activation scales, and records itself in the metadata. The simulation is the file: it reads like ONNX
     Runtime's reference Q/DQ kernels (and like its integer kernels where those are exact)."""
-    import onnxruntime as ort
-
     from compress.qdq_finetune import finetune_qdq, frame_kl
     from compress.quantize import quantize_int8
     from conftest import _int8_kernels_exact
     from distill.models.fake_quant import QdqPoints
 
-    def logp(model, x, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL):  # reference kernels: DQ, float op, Q
-        so = ort.SessionOptions()
-        so.graph_optimization_level = level
-        s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return np.log(np.clip(s.run(None, {"x": x})[0], 1e-9, 1))
+    def logp(model, x, reference=True):
+        return np.log(np.clip(_ort_output(model, x, reference), 1e-9, 1))
 
     src = _deep_ctc_onnx(tmp_path / "deep.onnx")
     fp = onnx.load(str(src))
@@ -610,8 +611,7 @@ def test_int8_finetune_through_the_files_own_points_reads_closer_to_fp32(tmp_pat
     kl0, kl1 = frame_kl(ref_held, logp(q0, held)), frame_kl(ref_held, logp(q1, held))
     assert kl1 < 0.7 * kl0, (kl0, kl1)  # and on inputs the fine-tuning never saw
     if _int8_kernels_exact():  # ONNX Runtime's fused integer kernels agree
-        fused = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        assert frame_kl(ref_held, logp(q1, held, fused)) < 0.7 * frame_kl(ref_held, logp(q0, held, fused))
+        assert frame_kl(ref_held, logp(q1, held, False)) < 0.7 * frame_kl(ref_held, logp(q0, held, False))
     assert [n.op_type for n in q1.graph.node] == [n.op_type for n in q0.graph.node]
     i0 = {t.name: onnx.numpy_helper.to_array(t) for t in q0.graph.initializer}
     i1 = {t.name: onnx.numpy_helper.to_array(t) for t in q1.graph.initializer}
@@ -628,7 +628,6 @@ def test_qdq_points_simulate_the_fitted_integer_gelu_gates(tmp_path):
     """With the gates ``fitted_gelu_gates`` reads off the file before the rewrite, the simulation of a GELU network
     gives what the rewritten cpu-flavour file gives in ONNX Runtime's reference Q/DQ kernels, closer than exact GELU
     between the same points does; a gate on a tensor the file does not quantize is refused by name."""
-    import onnxruntime as ort
     import torch
 
     from compress.graph_rewrites import fitted_gelu_gates, gelu_inputs
@@ -642,9 +641,7 @@ def test_qdq_points_simulate_the_fitted_integer_gelu_gates(tmp_path):
     island = onnx.load(str(quantize_int8(str(src), str(tmp_path / "island.onnx"), x, integer_activations=False)))
     gated = onnx.load(str(quantize_int8(str(src), str(tmp_path / "gated.onnx"), x)))
     assert [n.op_type for n in gated.graph.node].count("Sigmoid") == 2
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    want = ort.InferenceSession(gated.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = _ort_output(gated, x, reference=True)
     gates = fitted_gelu_gates(island, _code_histograms(island, gelu_inputs(island), x, 16))
     assert set(gates) == {"r1", "r2"} and gates["r1"][0] == "c1"
     err = {}
