@@ -38,6 +38,10 @@ class SourceCfg:
     # when lr_mode is degrade: the sharp small crop, which a student fine-tuned on the camera chain alone trades
     # away for robustness (PP-OCRv4 student: svt_test lr16 80.1 -> 77.7 while lr16blur rose 55.0 -> 59.4)
     clean: float = 0.0
+    # share of the camera chain's draws that land the word at the student's input height (x0.8-1.25) before blur,
+    # noise and JPEG act, as on a word that small in a camera's frame, instead of 2-4x below the crop's own size
+    # (a 100-px crop then meets the codec at 25-50 px, and its 8x8 blocks shrink to 3-5 px at the input's 16)
+    at_lr_height: float = 0.0
     unlabeled: bool = False  # images only (folder, or an lmdb whose labels are ignored): needs an ONNX teacher
     limit: int = 0  # use the first N samples of this source only (0: all)
 
@@ -273,8 +277,9 @@ class Config:
                                   "(train.stage student with train.teacher_ckpt X.onnx or a model name such as ppocrv6)")
             if s.limit < 0:
                 raise ConfigError(f"data.train[{i}].limit: must be >= 0, got {s.limit}")
-            if not 0.0 <= s.clean <= 1.0:
-                raise ConfigError(f"data.train[{i}].clean: expected a share in [0, 1], got {s.clean}")
+            for key in ("clean", "at_lr_height"):
+                if not 0.0 <= getattr(s, key) <= 1.0:
+                    raise ConfigError(f"data.train[{i}].{key}: expected a share in [0, 1], got {getattr(s, key)}")
         if onnx and self.model.name != "onnx-ctc":
             raise ConfigError(f"model.name: an ONNX teacher ({t.teacher_ckpt}) makes an onnx-ctc student, "
                               f"got {self.model.name!r}")

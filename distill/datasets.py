@@ -51,9 +51,11 @@ class PairDataset(Dataset):
         augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
         limit: int = 0,
         clean: float = 0.0,
+        at_lr_height: float = 0.0,
     ) -> None:
-        if not 0.0 <= clean <= 1.0:
-            raise ValueError(f"clean: expected a share in [0, 1], got {clean}")
+        for name, share in (("clean", clean), ("at_lr_height", at_lr_height)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name}: expected a share in [0, 1], got {share}")
         self.reader = source if isinstance(source, Reader) else open_dataset(source, policy)
         self.limit = int(limit)
         if lr_mode == "auto":
@@ -62,11 +64,12 @@ class PairDataset(Dataset):
             raise ValueError(f"lr_mode: expected auto, stored or degrade, got {lr_mode!r}")
         if lr_mode == "stored" and self.reader.layout != "textzoom":
             raise ValueError(f"{self.reader.path}: lr_mode 'stored' needs a TextZoom-layout lmdb, got {self.reader.layout}")
-        if clean and lr_mode != "degrade":
-            raise ValueError(f"{self.reader.path}: clean LR is drawn instead of the camera chain, so it needs lr_mode "
-                             f"degrade (this source's LR is {lr_mode})")
+        if (clean or at_lr_height) and lr_mode != "degrade":
+            raise ValueError(f"{self.reader.path}: clean and at_lr_height shape the camera chain's LR, so they need "
+                             f"lr_mode degrade (this source's LR is {lr_mode})")
         self.hr_size, self.lr_size = hr_size, lr_size
         self.lr_mode, self.level, self.seed, self.clean = lr_mode, level, seed, float(clean)
+        self.at_lr_height = float(at_lr_height)
         self.augment = augment
         self.epoch = 0
         self.skipped: list[str] = []  # keys met that could not be decoded (per process)
@@ -92,7 +95,8 @@ class PairDataset(Dataset):
         elif self.clean and rng.random() < self.clean:  # (no draw when clean is 0: older seeds keep their samples)
             lr = area_resize(hr, self.lr_size)
         else:
-            lr, _, _ = degrade(hr, rng, strength_for(self.level, rng))
+            native = self.at_lr_height and rng.random() < self.at_lr_height  # (no draw when 0: seeds keep samples)
+            lr, _, _ = degrade(hr, rng, strength_for(self.level, rng), self.lr_size[0] if native else 0)
         return {"hr": image_to_tensor(hr, self.hr_size), "lr": image_to_tensor(lr, self.lr_size), "label": s.label,
                 "key": s.key}
 

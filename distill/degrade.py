@@ -83,13 +83,29 @@ def _blur(img: np.ndarray, rng: np.random.Generator, s: float) -> tuple[np.ndarr
 _DOWN = [cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_NEAREST]
 
 
-def degrade(hr: np.ndarray, rng: np.random.Generator, strength: float) -> tuple[np.ndarray, bytes, DegradeInfo]:
-    """HR RGB uint8 -> (LR RGB uint8, its JPEG bytes, what was done). Deterministic for the generator state."""
+def _to_height(hr: np.ndarray, height: float) -> np.ndarray:
+    h, w = hr.shape[:2]
+    f = height / h
+    size = (max(1, int(round(w * f))), max(1, int(round(height))))
+    return cv2.resize(hr, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
+
+
+def degrade(hr: np.ndarray, rng: np.random.Generator, strength: float,
+            lr_height: int = 0) -> tuple[np.ndarray, bytes, DegradeInfo]:
+    """HR RGB uint8 -> (LR RGB uint8, its JPEG bytes, what was done). Deterministic for the generator state.
+
+    lr_height: 0 samples the crop 2-4x below its own size. A height lands the word at that height x0.8-1.25
+    (aspect kept): the crop is first brought to that height times the chain's scale, so blur, noise and the codec
+    act at the scale of the pixels the network reads, as a camera's do on a word that small in its frame."""
     s = float(np.clip(strength, 0.0, 1.0))
+    if lr_height:  # (draws only in this mode: the default chain keeps its samples for a seed)
+        scale = rng.uniform(2.0 + 0.8 * s, 2.4 + 1.6 * s)
+        hr = _to_height(hr, lr_height * rng.uniform(0.8, 1.25) * scale)
     img, blur = _blur(hr, rng, s)
 
     # Sampling: scale 2..4, larger for stronger; a random sub-pixel phase so LR grids do not all align.
-    scale = rng.uniform(2.0 + 0.8 * s, 2.4 + 1.6 * s)
+    if not lr_height:
+        scale = rng.uniform(2.0 + 0.8 * s, 2.4 + 1.6 * s)
     h, w = hr.shape[:2]
     lh, lw = max(6, int(round(h / scale))), max(12, int(round(w / scale)))
     dx, dy = rng.uniform(-0.5, 0.5, size=2)

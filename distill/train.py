@@ -100,10 +100,11 @@ def build_datasets(cfg: Config, synth_dir: Path | None, policy: LabelPolicy, tea
 
             src = open_unlabeled(s.path)
             ds = PairDataset(src, lr_mode="degrade", level=s.level, seed=cfg.train.seed + 1 + i, augment=aug,
-                             limit=s.limit, clean=s.clean)
+                             limit=s.limit, clean=s.clean, at_lr_height=s.at_lr_height)
         else:
             ds = PairDataset(s.path, lr_mode=s.lr_mode, level=s.level, seed=cfg.train.seed + 1 + i, policy=policy,
-                             augment=aug if s.lr_mode != "stored" else None, limit=s.limit, clean=s.clean)
+                             augment=aug if s.lr_mode != "stored" else None, limit=s.limit, clean=s.clean,
+                             at_lr_height=s.at_lr_height)
         st = ds.reader.stats
         if len(ds) == 0 and s.weight > 0:
             raise ConfigError(f"data.train[{i}].path {s.path}: no usable samples ({st.summary()})")

@@ -6,6 +6,8 @@ inputs from HR crops with these, so figures from different commands are comparab
 * ``lr16``: area resize of the original crop to 64x16 (W x H).
 * ``lr16blur``: Gaussian blur with sigma 1 on the original crop (7x7 kernel, reflect-101 border), area resize to
   64x16, then a JPEG round trip at quality 50 (OpenCV's encoder, 4:2:0).
+* ``lr16jpeg``: ``lr16`` then the same JPEG round trip, no blur: tells the codec's share of ``lr16blur``'s loss
+  from the optics'.
 * ``hr``: the original crop, unchanged.
 """
 from __future__ import annotations
@@ -42,10 +44,15 @@ def _lr16blur(img: np.ndarray) -> np.ndarray:
     return jpeg_roundtrip(_lr16(blurred), 50)
 
 
+def _lr16jpeg(img: np.ndarray) -> np.ndarray:
+    return jpeg_roundtrip(_lr16(img), 50)
+
+
 CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "hr": lambda img: img,
     "lr16": _lr16,
     "lr16blur": _lr16blur,
+    "lr16jpeg": _lr16jpeg,
 }
 
 

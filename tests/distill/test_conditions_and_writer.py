@@ -19,6 +19,9 @@ def test_named_conditions_are_deterministic_and_sized():
     plain = apply_condition("lr16", img)
     assert plain.shape == (16, 64, 3) and not np.array_equal(plain, a)
     assert apply_condition("hr", img) is img
+    jpeg = apply_condition("lr16jpeg", img)  # the codec without the optics: lr16blur less its blur
+    assert jpeg.shape == (16, 64, 3) and not np.array_equal(jpeg, plain) and not np.array_equal(jpeg, a)
+    assert np.abs(jpeg.astype(int) - plain).mean() < np.abs(a.astype(int) - plain).mean()
     with pytest.raises(ValueError, match="unknown LR condition"):
         apply_condition("lr8", img)
     with pytest.raises(ValueError, match="RGB uint8"):
@@ -38,6 +41,21 @@ def test_degradation_gets_stronger_with_level():
             vals.append(info.scale)
         return np.mean(vals)
     assert detail("easy") < detail("medium") < detail("hard")
+
+
+def test_the_chain_can_land_the_word_at_the_networks_height():
+    import cv2
+
+    for h, w in ((20, 70), (50, 160), (200, 600)):
+        img = _img(h, w)
+        for k in range(10):
+            lr, jpeg, info = degrade(img, np.random.default_rng(k), 0.5, lr_height=16)
+            assert 12 <= lr.shape[0] <= 20 and abs(lr.shape[1] / lr.shape[0] - w / h) < 0.35  # aspect kept
+            assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == lr.shape  # codec at LR
+        sampled = degrade(img, np.random.default_rng(0), 0.5)[0]  # by default: 2-4x below the crop's own size
+        assert h / 4.2 <= sampled.shape[0] <= h / 1.9
+    a = degrade(_img(), np.random.default_rng(3), 0.5)[0]
+    assert np.array_equal(a, degrade(_img(), np.random.default_rng(3), 0.5, lr_height=0)[0])
 
 
 def test_writer_is_atomic(tmp_path):

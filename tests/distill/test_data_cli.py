@@ -115,6 +115,30 @@ def test_clean_share_gives_the_plain_area_resized_crop(tmp_path):
         PairDataset(str(p), clean=1.5)
 
 
+def test_at_lr_height_share_draws_the_chain_at_the_inputs_height(tmp_path):
+    from distill.datasets import image_to_tensor
+    from distill.degrade import degrade, strength_for
+    from runtime.preprocess import LR_SIZE
+
+    p = write_lmdb(tmp_path / "s", str_items([f"w{i}" for i in range(40)]))
+    before, native, half = (PairDataset(str(p), seed=3, at_lr_height=a) for a in (0.0, 1.0, 0.5))
+    assert all(torch.equal(before[i]["lr"], PairDataset(str(p), seed=3)[i]["lr"]) for i in range(5))
+
+    def chain(i, lr_height):  # _load's draws for item i: strength first when at_lr_height is 0, else a coin first
+        rng = np.random.default_rng([3, 0, i])
+        if lr_height:
+            rng.random()
+        lr, _, _ = degrade(before.reader[i].image, rng, strength_for("mixed", rng), lr_height)
+        return image_to_tensor(lr, LR_SIZE)
+
+    assert all(torch.equal(native[i]["lr"], chain(i, LR_SIZE[0])) for i in range(5))
+    assert not torch.equal(native[0]["lr"], before[0]["lr"])
+    n_native = sum(torch.equal(half[i]["lr"], chain(i, LR_SIZE[0])) for i in range(40))
+    assert 8 <= n_native <= 32
+    with pytest.raises(ValueError, match=r"at_lr_height: expected a share in \[0, 1\]"):
+        PairDataset(str(p), at_lr_height=-0.1)
+
+
 def test_weighted_concat(tmp_path):
     a = PairDataset(str(write_lmdb(tmp_path / "a", str_items(["a"] * 5))))
     b = PairDataset(str(write_lmdb(tmp_path / "b", str_items(["b"] * 50))))

@@ -55,6 +55,8 @@ def test_set_indexes_lists_and_checks_the_clean_share():
     assert [s.clean for s in cfg.data.train] == recipe[:1] + [0.25] + recipe[2:] and recipe[1] != 0.25
     with pytest.raises(ConfigError, match=r"data.train\[0\].clean: expected a share in \[0, 1\], got 2"):
         load_config("configs/ppocr_student.yaml", ["data.train.0.clean=2"])
+    with pytest.raises(ConfigError, match=r"data.train\[1\].at_lr_height: expected a share in \[0, 1\], got 2"):
+        load_config("configs/ppocr_student.yaml", ["data.train.1.at_lr_height=2"])
     with pytest.raises(ConfigError, match="data.train is a list of 3; expected an index 0..2, got '3'"):
         load_config("configs/ppocr_student.yaml", ["data.train.3.clean=0.5"])
 
