@@ -34,7 +34,7 @@ from runtime.files import write_bytes_atomic, write_json_atomic
 from runtime.metrics import EvalReport
 
 from distill.checkpoint import CheckpointError, load_checkpoint
-from distill.config import Config, ConfigError, load_config
+from distill.config import Config, ConfigError, config_from_dict, load_config
 from distill.evaluate import evaluate_models
 from distill.models import build_model, make_student
 from distill.system import TrainingSystem
@@ -193,6 +193,16 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, obje
     return diff
 
 
+def stored_config(ck: dict) -> dict:
+    """A checkpoint's config with today's defaults for the keys added since it was written (a key that did not
+    exist then had no other value), as written when one it holds is no longer known."""
+    old = ck.get("config") or {}
+    try:
+        return config_from_dict(old).to_dict()
+    except ConfigError:
+        return old
+
+
 def train_or_reuse(cfg: Config, who: str) -> None:
     """Train ``cfg`` unless ``train.out_dir`` already holds a run of the same config: a finished one is kept, an
     interrupted one resumes from its last.pt. A run of another config there is a ConfigError naming the key."""
@@ -203,7 +213,7 @@ def train_or_reuse(cfg: Config, who: str) -> None:
         print(f"kd_gain: {who} trained in {time.perf_counter() - t0:.0f}s")
         return
     ck = load_checkpoint(last)
-    diff = _config_diff(ck.get("config") or {}, cfg.to_dict())
+    diff = _config_diff(stored_config(ck), cfg.to_dict())
     if diff:
         key, old, new = diff[0]
         more = f" ({len(diff) - 1} more keys differ)" if len(diff) > 1 else ""

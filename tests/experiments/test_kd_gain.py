@@ -86,6 +86,20 @@ def test_kd_gain_seeds_are_aggregated_and_finished_runs_kept(synth, tmp_path, sh
     assert (g / "seed-1" / "baseline" / "last.pt").stat().st_mtime_ns == stamp
 
 
+def test_a_run_written_before_a_config_key_existed_is_the_same_config():
+    from experiments.kd_gain import _config_diff, stored_config
+
+    cfg = load_config(str(ROOT / "configs" / "ppocrv6_student.yaml"))
+    old = cfg.to_dict()
+    for src in old["data"]["train"]:
+        del src["at_lr_height"]  # written before the key existed: it had the default's effect
+    assert _config_diff(old, cfg.to_dict())  # compared as written, the list of sources differs
+    assert _config_diff(stored_config({"config": old}), cfg.to_dict()) == []
+    old["data"]["train"][0]["clean"] = 0.9
+    assert [d[0] for d in _config_diff(stored_config({"config": old}), cfg.to_dict())] == ["data.train"]
+    assert stored_config({"config": {"nonsense": 1}}) == {"nonsense": 1}  # unknown keys: compared as written
+
+
 def test_kd_gain_refuses_bad_seeds(tmp_path, capsys):
     from experiments.kd_gain import main as kd_gain
 
