@@ -83,6 +83,10 @@ def _blur(img: np.ndarray, rng: np.random.Generator, s: float) -> tuple[np.ndarr
 _DOWN = [cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_NEAREST]
 
 
+def _scale(rng: np.random.Generator, s: float) -> float:
+    return rng.uniform(2.0 + 0.8 * s, 2.4 + 1.6 * s)  # 2..4, larger for stronger
+
+
 def _to_height(hr: np.ndarray, height: float) -> np.ndarray:
     h, w = hr.shape[:2]
     f = height / h
@@ -99,13 +103,13 @@ def degrade(hr: np.ndarray, rng: np.random.Generator, strength: float,
     act at the scale of the pixels the network reads, as a camera's do on a word that small in its frame."""
     s = float(np.clip(strength, 0.0, 1.0))
     if lr_height:  # (draws only in this mode: the default chain keeps its samples for a seed)
-        scale = rng.uniform(2.0 + 0.8 * s, 2.4 + 1.6 * s)
+        scale = _scale(rng, s)
         hr = _to_height(hr, lr_height * rng.uniform(0.8, 1.25) * scale)
     img, blur = _blur(hr, rng, s)
 
     # Sampling: scale 2..4, larger for stronger; a random sub-pixel phase so LR grids do not all align.
     if not lr_height:
-        scale = rng.uniform(2.0 + 0.8 * s, 2.4 + 1.6 * s)
+        scale = _scale(rng, s)
     h, w = hr.shape[:2]
     lh, lw = max(6, int(round(h / scale))), max(12, int(round(w / scale)))
     dx, dy = rng.uniform(-0.5, 0.5, size=2)
