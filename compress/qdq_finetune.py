@@ -25,37 +25,39 @@ def frame_kl(ref_logp: np.ndarray, logp: np.ndarray) -> float:
 def _log_probs(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
     import onnxruntime as ort
 
+    from runtime.onnxfile import ort_session
+
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    s = ort_session(model.SerializeToString(), options=so)
     name = s.get_inputs()[0].name
     p = np.concatenate([s.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
     return np.log(np.clip(p, 1e-9, 1.0)).astype(np.float32)  # our exports end in Softmax: probabilities
 
 
-def _write_back(net, points, qdq) -> int:
-    """The trained float tensors into ``qdq`` (edited in place); returns how many int8 weights were re-rounded."""
+def _write_back(net, points, qdq) -> None:
+    """The trained float tensors into ``qdq`` (edited in place); int8 weights re-rounded at their new scales."""
+    import torch
     from onnx import numpy_helper
 
+    from distill.models.fake_quant import weight_scale
+
     init = {t.name: t for t in qdq.graph.initializer}
-    n_int8 = 0
     for name, (kind, key) in net.tensor_keys.items():
         if kind != "p":
             continue
-        w = net.params[key].detach().cpu().numpy().astype(np.float32)
+        w = net.params[key].detach().cpu().float()
         if name in points.stored:
             q_name, s_name = points.stored[name]
-            axis = points.weights[name] % w.ndim
-            scale = np.maximum(np.abs(w).max(axis=tuple(d for d in range(w.ndim) if d != axis)), 1e-8) / 127.0
-            shape = [1] * w.ndim
+            axis = points.weights[name] % w.dim()
+            scale = weight_scale(w, axis)
+            shape = [1] * w.dim()
             shape[axis] = -1
-            q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-            init[q_name].CopyFrom(numpy_helper.from_array(q, q_name))
-            init[s_name].CopyFrom(numpy_helper.from_array(scale.astype(np.float32), s_name))
-            n_int8 += 1
-        elif name in init and tuple(init[name].dims) == w.shape:
-            init[name].CopyFrom(numpy_helper.from_array(w, name))
-    return n_int8
+            q = torch.clamp(torch.round(w / scale.reshape(shape)), -127, 127).to(torch.int8)
+            init[q_name].CopyFrom(numpy_helper.from_array(q.numpy(), q_name))
+            init[s_name].CopyFrom(numpy_helper.from_array(scale.numpy(), s_name))
+        elif name in init and tuple(init[name].dims) == tuple(w.shape):
+            init[name].CopyFrom(numpy_helper.from_array(w.numpy(), name))
 
 
 def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, batch: int = 32, seed: int = 0,

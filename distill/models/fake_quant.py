@@ -17,16 +17,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["FakeQuant", "QdqPoints", "fake_quant_weight"]
+__all__ = ["FakeQuant", "QdqPoints", "fake_quant_weight", "weight_scale"]
+
+
+def weight_scale(w: Tensor, axis: int = 0) -> Tensor:
+    """Per-channel (along ``axis``) symmetric int8 scale of a weight, max|w| / 127, as ONNX Runtime's quantizer
+    sets it."""
+    axis %= w.dim()
+    return (w.detach().abs().amax(dim=tuple(d for d in range(w.dim()) if d != axis)).clamp_min(1e-8) / 127.0).float()
 
 
 def fake_quant_weight(w: Tensor, axis: int = 0) -> Tensor:
-    """Per-channel (along ``axis``) symmetric int8 rounding of a weight, scale max|w| / 127 as ONNX Runtime's
-    quantizer sets it, straight-through gradient."""
-    axis %= w.dim()
-    scale = w.detach().abs().amax(dim=tuple(d for d in range(w.dim()) if d != axis)).clamp_min(1e-8) / 127.0
+    """Per-channel (along ``axis``) symmetric int8 rounding of a weight at ``weight_scale``, straight-through
+    gradient."""
+    scale = weight_scale(w, axis)
     zero = torch.zeros_like(scale, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(w, scale.float(), zero, axis, -127, 127)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, axis % w.dim(), -127, 127)
 
 
 class FakeQuant:
