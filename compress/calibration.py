@@ -111,7 +111,8 @@ def add_conditions_arg(p) -> None:
 
 def add_calib_n_arg(p) -> None:
     """--calib-n, for every command that calibrates (export, build_engine, ship)."""
-    p.add_argument("--calib-n", type=int, default=512, help="calibration images")
+    p.add_argument("--calib-n", type=int, default=512,
+                   help="calibration images (minmax holds them all in memory; percentile and entropy go in passes)")
 
 
 def add_finetune_args(p) -> None:

@@ -98,18 +98,27 @@ def float_prefix(model, convs: int) -> list[str]:
 
 
 class _Reader:
+    """Batches of ``x`` for ONNX Runtime's calibrators; ``set_range`` (in batches) serves its strided collection."""
+
     def __init__(self, name: str, x: np.ndarray, batch: int) -> None:
-        self.name, self.x, self.batch, self.i = name, x, batch, 0
+        self.name, self.x, self.batch = name, x, batch
+        self.set_range(0, len(self))
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.i, self.end = start_index, end_index
 
     def get_next(self):
-        if self.i >= len(self.x):
+        if self.i >= self.end:
             return None
-        b = self.x[self.i : self.i + self.batch]
-        self.i += self.batch
+        b = self.x[self.i * self.batch : (self.i + 1) * self.batch]
+        self.i += 1
         return {self.name: b}
 
     def rewind(self) -> None:
-        self.i = 0
+        self.set_range(0, len(self))
 
 
 GELU_FIT_IMAGES = 128  # calibration images whose uint8 GELU inputs fit the integer gates (graph_rewrites)
@@ -168,9 +177,10 @@ _CALIB_MEMORY_SHARE = 0.7  # of the available memory for the kept activations; t
 
 
 def check_calibration_memory(model, n: int) -> None:
-    """ONNX Runtime's calibrators keep every activation of every calibration image until the end: too many images
+    """ONNX Runtime's calibrators keep every activation of every calibration image they are given at once: too many
     are an out-of-memory kill with no message (the PP-OCRv6 student: 31 MB an image, 1,536 images on 24 GiB).
-    One line naming ``--calib-n`` instead, with the count that fits."""
+    One line naming ``--calib-n`` instead, with the count that fits (minmax, whose moving average a split would
+    change; the histogram calibrators go in passes, ``calibration_stride``)."""
     avail, per = _available_bytes(), _activation_bytes(model)
     if avail is None or per == 0:
         return
@@ -180,6 +190,23 @@ def check_calibration_memory(model, n: int) -> None:
     raise CalibrationError(f"--calib-n {n}: ONNX Runtime's calibrator keeps every activation of every calibration "
                            f"image, {per * n / 1e6:,.0f} MB for this model against {avail / 1e6:,.0f} MB it may use: "
                            f"use --calib-n {max(1, avail // per)} or fewer")
+
+
+def calibration_stride(model, n_batches: int, batch: int) -> int | None:
+    """Batches per pass for the histogram calibrators (entropy, percentile) when all ``n_batches`` would not fit in
+    memory at once: their histograms add up pass by pass (ONNX Runtime's strided collection), so ``--calib-n`` is
+    not bounded by memory. The largest divisor of ``n_batches`` that fits (ONNX Runtime wants equal passes);
+    None: one pass."""
+    avail, per = _available_bytes(), _activation_bytes(model)
+    if avail is None or per == 0:
+        return None
+    fit = int(avail * _CALIB_MEMORY_SHARE) // (per * batch)
+    if fit >= n_batches:
+        return None
+    if fit < 1:
+        raise CalibrationError(f"calibration: one batch of {batch} images keeps {per * batch / 1e6:,.0f} MB of "
+                               f"activations, more than the {avail * _CALIB_MEMORY_SHARE / 1e6:,.0f} MB it may use")
+    return max(d for d in range(1, fit + 1) if n_batches % d == 0)
 
 
 def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str = "minmax",
@@ -217,22 +244,27 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
                 onnx.save(src, src_path)
         quant_pre_process(src_path, pre, skip_symbolic_shape=True)
         m = onnx.load(pre)
-        check_calibration_memory(m, len(calib))
+        reader = _Reader(m.graph.input[0].name, calib, batch)
+        stride = None
+        if method == "minmax":
+            check_calibration_memory(m, len(calib))
+        else:
+            stride = calibration_stride(m, len(reader), batch)
         exclude = (head_nodes(m) if keep_head_float else []) + float_kept_nodes(m)
         if float_convs:
             exclude += float_prefix(m, float_convs)
             onnx.save(m, pre)  # float_prefix names unnamed nodes: exclusion goes by name
         ops = ["Conv", "MatMul", "Gemm"] if trt else ["Conv", "MatMul", "Gemm", "Add"]
-        name = m.graph.input[0].name
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        quantize_static(pre, str(tmp), _Reader(name, calib, batch), quant_format=QuantFormat.QDQ,
+        quantize_static(pre, str(tmp), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                         per_channel=True, calibrate_method=cm,
                         op_types_to_quantize=ops,
                         nodes_to_exclude=exclude,
                         # QuantizeBias off: int32 bias Q/DQ is not something TensorRT builds; biases stay float.
                         extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True, "QuantizeBias": False,
-                                       "CalibMovingAverage": method == "minmax"})
+                                       "CalibMovingAverage": method == "minmax",
+                                       **({"CalibStridedMinMax": stride} if stride else {})})
         q = onnx.load(str(tmp))
         n_gelu = 0 if trt else erf_gelu_to_gelu(q)  # TensorRT builds standard ops only and fuses GELU itself
         integer = integer_activations and not trt

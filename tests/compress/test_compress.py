@@ -394,8 +394,9 @@ def test_fitted_gelu_gate_gives_the_exact_codes_better_than_the_textbook_sigmoid
 
 
 def test_too_many_calibration_images_for_memory_is_one_error_naming_calib_n(tmp_path, monkeypatch):
-    """ONNX Runtime's calibrators keep every image's activations: more than memory holds is a CalibrationError
-    naming --calib-n and the count that fits, before calibrating, and no output file is written."""
+    """ONNX Runtime's minmax calibrator (a moving average over batches, so one pass) keeps every image's
+    activations: more than memory holds is a CalibrationError naming --calib-n and the count that fits, before
+    calibrating, and no output file is written."""
     import compress.quantize as qz
     from compress.calibration import CalibrationError
 
@@ -410,6 +411,41 @@ def test_too_many_calibration_images_for_memory_is_one_error_naming_calib_n(tmp_
     fits = int(str(e.value).split("use --calib-n ")[1].split()[0])
     assert 5 <= fits < 64  # about 10 images' worth (the check counts the pre-processed graph's tensors)
     assert qz.quantize_int8(str(src), str(tmp_path / "q.onnx"), x[:fits]).exists()  # the count it names runs
+
+
+def test_histogram_calibrators_go_in_passes_when_memory_is_short(tmp_path, monkeypatch):
+    """Percentile and entropy calibration keep a histogram per tensor: with memory for a few batches they collect
+    in equal passes (ONNX Runtime's strided collection) instead of refusing --calib-n, and the ranges they find are
+    those of one pass; with memory for less than one batch, one error naming the batch."""
+    import onnxruntime.quantization as oq
+    from onnx import numpy_helper
+
+    import compress.quantize as qz
+    from compress.calibration import CalibrationError
+
+    src = _activation_net(tmp_path / "act.onnx")
+    x = np.random.default_rng(0).normal(0, 1, (64, 3, 8, 16)).astype(np.float32)  # 4 batches of 16
+    options = []
+    real = oq.quantize_static
+    monkeypatch.setattr(oq, "quantize_static", lambda *a, **k: (options.append(k["extra_options"]), real(*a, **k))[1])
+    one = qz.quantize_int8(str(src), str(tmp_path / "one.onnx"), x, method="percentile")
+    assert "CalibStridedMinMax" not in options[-1]
+    per = qz._activation_bytes(onnx.load(str(src)))
+    monkeypatch.setattr(qz, "_available_bytes", lambda: 40 * per / qz._CALIB_MEMORY_SHARE)  # ~2 batches' worth
+    passes = qz.quantize_int8(str(src), str(tmp_path / "passes.onnx"), x, method="percentile")
+    assert options[-1]["CalibStridedMinMax"] in (1, 2)
+
+    def act_scales(path):
+        return {t.name: float(numpy_helper.to_array(t)) for t in onnx.load(str(path)).graph.initializer
+                if t.name.endswith("_scale") and numpy_helper.to_array(t).size == 1}
+
+    a, b = act_scales(one), act_scales(passes)
+    assert a.keys() == b.keys() and len(a) >= 4
+    assert max(abs(b[k] / a[k] - 1) for k in a) < 0.1, (a, b)
+    monkeypatch.setattr(qz, "_available_bytes", lambda: 4 * per / qz._CALIB_MEMORY_SHARE)
+    with pytest.raises(CalibrationError, match=r"^calibration: one batch of 16 images keeps"):
+        qz.quantize_int8(str(src), str(tmp_path / "q.onnx"), x, method="entropy")
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def _ort_output(model, x: np.ndarray, reference: bool = False) -> np.ndarray:
