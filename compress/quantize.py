@@ -176,15 +176,23 @@ def _available_bytes() -> int | None:
 _CALIB_MEMORY_SHARE = 0.7  # of the available memory for the kept activations; the rest for ONNX Runtime itself
 
 
+def _calibration_budget(model) -> tuple[int, int] | None:
+    """(bytes the calibrator's kept activations may take, bytes of activations per image); None where unknown."""
+    avail, per = _available_bytes(), _activation_bytes(model)
+    if avail is None or per == 0:
+        return None
+    return int(avail * _CALIB_MEMORY_SHARE), per
+
+
 def check_calibration_memory(model, n: int) -> None:
     """ONNX Runtime's calibrators keep every activation of every calibration image they are given at once: too many
     are an out-of-memory kill with no message (the PP-OCRv6 student: 31 MB an image, 1,536 images on 24 GiB).
     One line naming ``--calib-n`` instead, with the count that fits (minmax, whose moving average a split would
     change; the histogram calibrators go in passes, ``calibration_stride``)."""
-    avail, per = _available_bytes(), _activation_bytes(model)
-    if avail is None or per == 0:
+    budget = _calibration_budget(model)
+    if budget is None:
         return
-    avail = int(avail * _CALIB_MEMORY_SHARE)
+    avail, per = budget
     if per * n <= avail:
         return
     raise CalibrationError(f"--calib-n {n}: ONNX Runtime's calibrator keeps every activation of every calibration "
@@ -197,15 +205,16 @@ def calibration_stride(model, n_batches: int, batch: int) -> int | None:
     memory at once: their histograms add up pass by pass (ONNX Runtime's strided collection), so ``--calib-n`` is
     not bounded by memory. The largest divisor of ``n_batches`` that fits (ONNX Runtime wants equal passes);
     None: one pass."""
-    avail, per = _available_bytes(), _activation_bytes(model)
-    if avail is None or per == 0:
+    budget = _calibration_budget(model)
+    if budget is None:
         return None
-    fit = int(avail * _CALIB_MEMORY_SHARE) // (per * batch)
+    avail, per = budget
+    fit = avail // (per * batch)
     if fit >= n_batches:
         return None
     if fit < 1:
         raise CalibrationError(f"calibration: one batch of {batch} images keeps {per * batch / 1e6:,.0f} MB of "
-                               f"activations, more than the {avail * _CALIB_MEMORY_SHARE / 1e6:,.0f} MB it may use")
+                               f"activations, more than the {avail / 1e6:,.0f} MB it may use")
     return max(d for d in range(1, fit + 1) if n_batches % d == 0)
 
 
