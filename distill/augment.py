@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["text_augment"]
+__all__ = ["text_augment", "text_view"]
 
 
 def text_augment(img: np.ndarray, rng: np.random.Generator, p: float = 0.5, geometric: bool = True) -> np.ndarray:
@@ -30,3 +30,30 @@ def text_augment(img: np.ndarray, rng: np.random.Generator, p: float = 0.5, geom
     if rng.random() < 0.1:  # polarity: light-on-dark and dark-on-light text are both common
         img = 255 - img
     return np.ascontiguousarray(img)
+
+
+def text_view(img: np.ndarray, rng: np.random.Generator, margin: float = 0.3, corner: float = 0.08,
+              rotate: float = 4.0, aspect: tuple[float, float] = (0.8, 1.25)) -> np.ndarray:
+    """Another look at the same word, as a detector and a camera would give it: the box loosened by up to
+    ``margin`` x the crop's height on each side (tightened by at most 3 % of the height), its corners moved by up to
+    ``corner`` x the height (perspective; mostly outwards), turned by up to ``rotate`` degrees with the box grown to
+    keep the turned word inside, and the width scaled by a factor in ``aspect``. Pixels outside the crop repeat its
+    border. No character is cut, so the label stays right and a view can be written once with its teacher targets
+    cached like any crop's (``python -m distill.data views``)."""
+    h, w = img.shape[:2]
+    a = np.deg2rad(rng.uniform(-rotate, rotate))
+    turn = 0.5 * w * abs(np.sin(a))  # the turned word's ends rise and fall by this much
+    left, right = rng.uniform(-0.03, margin, 2) * h
+    top, bottom = rng.uniform(-0.03, margin / 2, 2) * h + turn
+    quad = np.array([[-left, -top], [w + right, -top], [w + right, h + bottom], [-left, h + bottom]], np.float64)
+    outwards = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
+    quad += outwards * rng.uniform(-0.25 * corner, corner, (4, 2)) * h
+    centre = quad.mean(0)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    quad = (quad - centre) @ rot.T + centre
+    out_h = max(4, int(round(h + top + bottom)))
+    out_w = max(4, int(round((w + left + right) * rng.uniform(*aspect))))
+    dst = np.array([[0, 0], [out_w, 0], [out_w, out_h], [0, out_h]], np.float32)
+    m = cv2.getPerspectiveTransform(quad.astype(np.float32), dst)
+    interp = cv2.INTER_CUBIC if rng.random() < 0.5 else cv2.INTER_LINEAR
+    return cv2.warpPerspective(img, m, (out_w, out_h), flags=interp, borderMode=cv2.BORDER_REPLICATE)

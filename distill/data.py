@@ -3,6 +3,7 @@
     info PATH [--json]          layout, counts, label-length and image-size statistics, skipped samples
     pack SRC OUT                image folder with labels.tsv -> STR lmdb
     degrade SRC OUT --seed S    STR lmdb (or image folder) of HR crops -> TextZoom-layout pair lmdb
+    views SRC... OUT --copies K STR lmdbs (or image folders) of labelled crops -> K new views of each, labels kept
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ from runtime.datasets import (
     open_dataset,
 )
 
+from .augment import text_view
 from .degrade import LEVELS, degrade, strength_for
 from .lmdb_writer import LmdbWriter
 
-__all__ = ["DatasetInfo", "dataset_info", "pack_folder", "degrade_lmdb", "main"]
+__all__ = ["DatasetInfo", "dataset_info", "pack_folder", "degrade_lmdb", "views_lmdb", "main"]
 
 
 def _stats(values: list[float]) -> dict:
@@ -164,6 +166,44 @@ def degrade_lmdb(src: str | Path, out: str | Path, seed: int, level: str = "mixe
     return n, skipped
 
 
+def views_lmdb(srcs: list[str | Path], out: str | Path, copies: int, seed: int, overwrite: bool = False,
+               progress: bool = True) -> tuple[int, list[str]]:
+    """Labelled HR crops -> an STR lmdb of ``copies`` views of each (``augment.text_view``: looser boxes,
+    perspective, a turn, another aspect), written losslessly (PNG) with the crop's label. A view is a crop like any
+    other for training: an ONNX teacher reads it once and caches its targets, which a geometric augmentation on the
+    fly would move from under the characters. Returns (written, skipped keys)."""
+    if copies < 1:
+        raise ValueError(f"--copies: must be >= 1, got {copies}")
+    skipped: list[str] = []
+    n = 0
+    with LmdbWriter(out, overwrite=overwrite) as w:
+        for si, src in enumerate(srcs):
+            reader = open_dataset(src, LabelPolicy(normalize="none", max_len=0))
+            if reader.layout == "textzoom":
+                raise DataError(f"{src}: a TextZoom-layout pair lmdb; views take HR crops (STR lmdb or image folder)")
+            skipped += [f"{src}: {k}" for k in reader.stats.bad_labels]
+            for i in tqdm(range(len(reader)), desc=f"views {Path(src).name}", unit="img", disable=not progress,
+                          leave=False):
+                try:
+                    s = reader[i]
+                except CorruptSample as e:
+                    skipped.append(f"{src}: {e}")
+                    continue
+                for k in range(copies):
+                    rng = np.random.default_rng([seed, si, i, k])  # per view: the same output whatever the order
+                    view = text_view(s.image, rng)
+                    ok, png = cv2.imencode(".png", cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
+                    if not ok:
+                        skipped.append(f"{src}: {s.key}: PNG encoding failed")
+                        break
+                    n += 1
+                    w.put(b"image-%09d" % n, png.tobytes())
+                    w.put(b"label-%09d" % n, reader.raw_labels[i])
+            reader.close()
+        w.finish(n)
+    return n, skipped
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="python -m distill.data", description="Look at datasets and convert layouts.",
@@ -186,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="random seed of the degradation")
     d.add_argument("--level", choices=sorted(LEVELS), default="mixed", help="degradation strength range")
     d.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    v = sub.add_parser("views", help="write new views of labelled crops (looser boxes, perspective, a turn, "
+                       "another aspect) into an STR lmdb, labels kept", formatter_class=fmt)
+    v.add_argument("srcs", nargs="+", metavar="SRC", help="STR lmdbs or image folders of labelled HR crops")
+    v.add_argument("out", help="output lmdb directory")
+    v.add_argument("--copies", type=int, default=2, help="views written per crop")
+    v.add_argument("--seed", type=int, default=0, help="random seed of the views")
+    v.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     u = sub.add_parser("unlabeled", help="crop the regions of video frames into an unlabeled STR lmdb "
                        "(training data for an ONNX teacher's student)", formatter_class=fmt)
     u.add_argument("--video", required=True, help="video file OpenCV can read")
@@ -196,9 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--every", type=int, default=1, help="take every N-th frame")
     u.add_argument("--min-size", type=int, default=6, help="skip regions smaller than this many pixels")
     u.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    for sp in (i, k, d):
+    for sp in (i, k, d, v):
         sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
+
+
+def _report(done: str, skipped: list[str]) -> None:
+    print(f"{done}; skipped {len(skipped)}")
+    for s in skipped[:20]:
+        print(f"  skipped {s}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,15 +263,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(asdict(info), indent=2) if args.json else info.to_text())
         elif args.cmd == "pack":
             n, skipped = pack_folder(args.src, args.out, args.overwrite, not args.no_progress)
-            print(f"pack: wrote {n} samples to {args.out}; skipped {len(skipped)}")
-            for s in skipped[:20]:
-                print(f"  skipped {s}")
+            _report(f"pack: wrote {n} samples to {args.out}", skipped)
         elif args.cmd == "degrade":
             n, skipped = degrade_lmdb(args.src, args.out, args.seed, args.level, args.overwrite, not args.no_progress)
-            print(f"degrade: wrote {n} HR/LR pairs to {args.out} (level {args.level}, seed {args.seed}); "
-                  f"skipped {len(skipped)}")
-            for s in skipped[:20]:
-                print(f"  skipped {s}")
+            _report(f"degrade: wrote {n} HR/LR pairs to {args.out} (level {args.level}, seed {args.seed})", skipped)
+        elif args.cmd == "views":
+            n, skipped = views_lmdb(args.srcs, args.out, args.copies, args.seed, args.overwrite, not args.no_progress)
+            _report(f"views: wrote {n} crops ({args.copies} per crop, seed {args.seed}) to {args.out}", skipped)
         elif args.cmd == "unlabeled":
             from .unlabeled import video_regions_to_lmdb
 

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import jpeg_bytes, png_bytes, run_module, str_items, write_lmdb
-from distill.data import dataset_info, degrade_lmdb, main as data_main, pack_folder
+from distill.data import dataset_info, degrade_lmdb, main as data_main, pack_folder, views_lmdb
 from distill.datasets import PairDataset, WeightedConcat, collate
 from runtime.datasets import open_dataset
 
@@ -69,6 +69,51 @@ def test_degrade_cli_refuses_pairs(tmp_path):
     r = run_module(["distill.data", "degrade", str(p), str(tmp_path / "out")])
     assert r.returncode == 2 and "already a TextZoom-layout" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_view_never_cuts_the_word():
+    """Ink 8 px from a wide crop's top and bottom and 10 from its ends: loosened, tightened, tilted or turned,
+    the view keeps all of it inside (a dark pixel on the view's edge would be a cut character: the replicated
+    border drags it out to the edge)."""
+    from distill.augment import text_view
+
+    img = np.full((40, 400, 3), 230, np.uint8)
+    for x in range(10, 390, 24):  # "characters": dark bars with gaps
+        img[8:32, x : x + 14] = 20
+    heights, widths = [], []
+    for seed in range(200):
+        v = text_view(img, np.random.default_rng(seed))
+        dark = v.min(axis=2) < 128
+        edges = np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]])
+        assert not edges.any(), f"seed {seed}: the view cuts the word"
+        heights.append(v.shape[0])
+        widths.append(v.shape[1])
+    assert min(heights) < 44 < max(heights) and min(widths) < 400 < max(widths)  # the views do vary
+
+
+def test_views_cli_writes_copies_with_their_labels(tmp_path):
+    a = write_lmdb(tmp_path / "a", str_items(["one", "Two"]))
+    b = write_lmdb(tmp_path / "b", str_items(["three"]))
+    assert data_main(["views", str(a), str(b), str(tmp_path / "v"), "--copies", "3", "--no-progress"]) == 0
+    v = open_dataset(tmp_path / "v")
+    assert v.layout == "str" and v.labels == ["one"] * 3 + ["Two"] * 3 + ["three"] * 3
+    assert not np.array_equal(v[0].image, v[1].image)  # three different views of one crop
+    n, _ = views_lmdb([a, b], tmp_path / "v2", copies=3, seed=0, progress=False)  # the same for a seed
+    assert n == 9 and all(np.array_equal(v[i].image, open_dataset(tmp_path / "v2")[i].image) for i in range(9))
+    views_lmdb([a, b], tmp_path / "v3", copies=3, seed=1, progress=False)
+    assert not np.array_equal(v[0].image, open_dataset(tmp_path / "v3")[0].image)
+
+
+def test_views_cli_refuses_pairs_and_a_bad_count(tmp_path):
+    from conftest import textzoom_items
+
+    tz = write_lmdb(tmp_path / "tz", textzoom_items(["a"]))
+    r = run_module(["distill.data", "views", str(tz), str(tmp_path / "out")])
+    assert r.returncode == 2 and "TextZoom-layout" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    a = write_lmdb(tmp_path / "a", str_items(["one"]))
+    r = run_module(["distill.data", "views", str(a), str(tmp_path / "out"), "--copies", "0"])
+    assert r.returncode == 2 and "--copies" in r.stderr and not (tmp_path / "out").exists()
 
 
 def test_pair_dataset_skips_corrupt_images_in_worker_processes(tmp_path):
