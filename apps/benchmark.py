@@ -1,4 +1,4 @@
-"""``python -m apps.benchmark {run,preprocess,pipeline,detect,soak}``: accuracy/latency of models and peers in one table, and
+"""``python -m apps.benchmark {run,preprocess,pipeline,detect,profile,soak}``: accuracy/latency of models and peers in one table, and
 the sub-benchmarks of the runtime. Every figure is measured in the run that prints it; ratios compare rows of
 the same run on the same machine.
 
@@ -9,6 +9,7 @@ the same run on the same machine.
 - ``pipeline``: the camera pipeline on a rendered 1280x720 video with 16 moving words: FPS, per-stage ms,
   end-to-end latency p50/p95, and accuracy of single frames vs fused tracks.
 - ``detect``: text detectors' word recall and time per frame on rendered scenes of small words.
+- ``profile MODEL``: where one ONNX model's CPU time goes, by operator, with its multiply-adds (``apps.profiling``).
 - ``soak``: the camera pipeline for N minutes on a looping video fed like a 30 FPS camera: resident memory over
   time and frames dropped.
 """
@@ -487,6 +488,30 @@ def cmd_soak(args) -> int:
 
 # -- CLI ---------------------------------------------------------------------------------------------------------
 
+def cmd_profile(args) -> int:
+    from runtime import zoo
+
+    from .profiling import profile_model
+
+    for opt in ("batch", "threads", "runs", "top"):
+        positive(f"--{opt}", getattr(args, opt))
+    check_writable(args.json, "--json", (".json",))
+    size = None
+    if args.size:
+        try:
+            size = tuple(int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            size = ()
+        if len(size) != 2 or min(size) < 1:
+            raise InputError(f"--size {args.size}: expected HxW, e.g. 48x320")
+    path = zoo.resolve(args.model) if zoo.is_zoo_name(args.model) else Path(args.model)
+    prof = profile_model(path, args.batch, args.threads, args.runs, size)
+    print(prof.to_markdown(args.top))
+    if args.json:
+        write_json_atomic(asdict(prof), args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .camera import add_schedule_args
 
@@ -557,6 +582,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=1, help="detector ONNX Runtime threads")
     r.add_argument("--json", default=None, help="write figures as JSON here; unset: not written")
 
+    r = sub.add_parser("profile", help="one ONNX model's CPU time by operator, with its multiply-adds",
+                       formatter_class=F)
+    r.add_argument("model", help="ONNX file or model name (ppocrv6, ppocrv6-tiny, ppocrv4)")
+    r.add_argument("--batch", type=int, default=32, help="crops per batch")
+    r.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    r.add_argument("--runs", type=int, default=10, help="profiled runs after two warm-ups")
+    r.add_argument("--size", default=None, help="input HxW for a model with dynamic height or width (PP-OCR: "
+                                                "48x320); unset: the model's own")
+    r.add_argument("--top", type=int, default=12, help="operators listed before the rest is summed")
+    r.add_argument("--json", default=None, help="write the profile as JSON here; unset: not written")
+
     r = sub.add_parser("soak", help="the camera pipeline for N minutes: memory over time, frames dropped",
                        formatter_class=F)
     r.add_argument("--minutes", type=float, default=10.0, help="duration")
@@ -580,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_pipeline(args)
     if args.cmd == "soak":
         return cmd_soak(args)
+    if args.cmd == "profile":
+        return cmd_profile(args)
     if args.cmd == "detect":
         return cmd_detect(args)
     return 2

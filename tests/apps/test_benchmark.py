@@ -133,3 +133,34 @@ def test_detect_benchmark_measures_recall(tmp_path):
     assert r.returncode == 0, r.stderr
     row = json.loads((tmp_path / "d.json").read_text())["rows"][0]
     assert row["recall_all"] > 50 and row["ms_p50"] > 0
+
+
+def test_profile_sums_kernel_time_by_operator_and_counts_multiply_adds(tmp_path):
+    """A conv (3 -> 8 channels, 3x3, stride 2) and a MatMul (8 -> 7 classes) at 16x64: 8*8*32 outputs x 27 plus
+    32 frames x 7 x 8, counted on the graph ONNX Runtime runs; the shares add up to the whole."""
+    from conftest import run_module, tiny_ctc_onnx
+
+    from apps.profiling import profile_model
+
+    model = tiny_ctc_onnx(tmp_path / "tiny.onnx")
+    prof = profile_model(model, batch=4, threads=1, runs=3, size=(16, 64))
+    assert prof.input_shape == [4, 3, 16, 64]
+    assert prof.mmacs_per_crop * 1e6 == pytest.approx(8 * 8 * 32 * 27 + 32 * 7 * 8)
+    assert sum(o.share for o in prof.ops) == pytest.approx(100.0)
+    assert prof.ms_per_batch == pytest.approx(sum(o.ms for o in prof.ops))
+    conv = [o for o in prof.ops if o.gmacs * 1e9 == pytest.approx(4 * 8 * 8 * 32 * 27)]
+    assert len(conv) == 1 and conv[0].gmac_per_s > 0
+
+    out = tmp_path / "p.json"
+    r = run_module(["apps.benchmark", "profile", str(model), "--size", "16x64", "--batch", "2", "--runs", "2",
+                    "--json", str(out)])
+    assert r.returncode == 0, r.stderr
+    assert "| operator |" in r.stdout and json.loads(out.read_text())["input_shape"] == [2, 3, 16, 64]
+    # the graph's height and width are dynamic: the size must be given, and be a size
+    for extra, named in (([], "--size"), (["--size", "16by64"], "--size 16by64"), (["--size", "16x64", "--runs", "0"],
+                                                                                    "--runs")):
+        r = run_module(["apps.benchmark", "profile", str(model), *extra])
+        assert r.returncode == 2 and named in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    r = run_module(["apps.benchmark", "profile", str(tmp_path / "bad.onnx"), "--size", "16x64"])
+    assert r.returncode == 2 and "bad.onnx" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
