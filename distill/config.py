@@ -136,6 +136,9 @@ class OnnxTeacherCfg:
     # matching tensor learns them under distill.visual (z-scored cosine); "": no feature-level loss
     feature: str = ""
     conf_threshold: float = 0.7  # unlabeled crops: the teacher's string is a CTC target from this confidence
+    # The student's graph: "" (the teacher's own, KD-LTR's "same network") or another recognizer ONNX file or zoo
+    # name (ppocrv6-tiny: a smaller network learning from the larger teacher); its own dictionary cuts its classifier
+    student_graph: str = ""
     student_overrides: dict = field(default_factory=dict)  # node attribute overrides; ppocr: a built-in preset
     # Kernels of convolutions whose stride the overrides take from 2 to 1: "upsample" composes them with 2x
     # bilinear upsampling (the student reads 16x64 as the teacher reads it upsampled x2); "copy" keeps them as they are

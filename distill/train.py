@@ -161,8 +161,18 @@ def build_onnx_student(cfg: Config, master: bool):
     # One session: its class names shape the student, whose frame count it then needs for its targets.
     teacher = OnnxTeacher(path, charset, 1, pre, default_dictionary(cfg.train.teacher_ckpt, o.dictionary),
                           o.space_char, o.unmapped, o.threads, o.resample, o.feature)
+    graph, classes = path, teacher.classes
+    if o.student_graph:  # another network than the teacher's: its classifier is cut by its own dictionary
+        from runtime.ppocr import LetterboxRecognizer
+
+        try:
+            graph = resolve_recognizer(o.student_graph)
+            classes = LetterboxRecognizer(graph, pre, default_dictionary(o.student_graph), o.space_char, 1).classes
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            raise ConfigError(f"onnx_teacher.student_graph {o.student_graph!r}: {str(e).strip(chr(39))}") from None
     overrides = o.student_overrides
-    if not overrides and (cfg.train.teacher_ckpt == "ppocr" or "PP-OCRv4_rec" in Path(path).name):
+    if not overrides and ((cfg.train.teacher_ckpt == "ppocr" and not o.student_graph)
+                          or "PP-OCRv4_rec" in Path(graph).name):
         overrides = PPOCR_LR_OVERRIDES
     keep, calib = o.student_ffn_keep, None
     if keep != 1:  # the pruned projections are refitted on LR crops of the first training source
@@ -176,7 +186,7 @@ def build_onnx_student(cfg: Config, master: bool):
                  for im in s.images]
         calib = torch.stack([image_to_tensor(im, LR_SIZE) for im in crops])
     try:
-        spec, model, composed = make_onnx_student(path, charset, cfg.model.max_len, teacher.classes, overrides,
+        spec, model, composed = make_onnx_student(graph, charset, cfg.model.max_len, classes, overrides,
                                                   flip_input_channels=o.channel_order == "bgr",
                                                   input_scale=o.student_input_scale, stride_init=o.stride_init,
                                                   ffn_keep=keep, calib=calib)
@@ -185,7 +195,8 @@ def build_onnx_student(cfg: Config, master: bool):
         model.train()
         model.freeze_bn_stats = o.freeze_bn
     except (ValueError, RuntimeError, KeyError) as e:
-        raise ConfigError(f"train.teacher_ckpt {path}: cannot make a 16x64 student of it ({e}); set "
+        what = "onnx_teacher.student_graph" if o.student_graph else "train.teacher_ckpt"
+        raise ConfigError(f"{what} {graph}: cannot make a 16x64 student of it ({e}); set "
                           "onnx_teacher.student_overrides (node name -> attributes, e.g. strides) so the graph "
                           "accepts 16x64 input") from None
     if teacher.feature:  # the student's own tensor of that name learns the teacher's
@@ -198,7 +209,7 @@ def build_onnx_student(cfg: Config, master: bool):
         up = f" (upsampled x{sh:g} in height, x{sw:g} in width inside)" if (sh, sw) != (1, 1) else ""
         pruned = f", feed-forward hidden channels kept {keep} (refitted on {len(calib)} crops of {src})" \
             if calib is not None else ""
-        print(f"train: onnx-ctc student from {path}: 16x64 input{up}, {teacher.frames} frames{pruned}, "
+        print(f"train: onnx-ctc student from {graph}: 16x64 input{up}, {teacher.frames} frames{pruned}, "
               f"overrides {overrides or 'none'}{', feature ' + teacher.feature if teacher.feature else ''}"
               + (f", kernels composed with x2 upsampling: {', '.join(composed)}" if composed else ""))
     return spec, model, teacher

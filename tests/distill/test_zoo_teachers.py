@@ -61,3 +61,30 @@ def test_ppocrv6_student_trains_from_its_teacher(tmp_path, shared_real):
     assert ck["model_spec"]["kwargs"]["overrides"] == {"Conv.0": {"strides": [1, 1]}}
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 16, 64)).shape == (2, 16, 95)
+
+
+@needs_wheel("ppocrv6")
+@needs_wheel("ppocrv6-tiny")
+def test_a_smaller_graph_learns_from_ppocrv6_small(tmp_path, shared_real):
+    """onnx_teacher.student_graph: PP-OCRv6 tiny's graph, its classifier cut by its own dictionary, learns from
+    PP-OCRv6 small's targets; a name that is no recognizer is one line naming the key."""
+    words = real_lmdb(shared_real / "svt_train", tmp_path / "words", 16)
+    args = ["distill.train", "--config", "configs/ppocrv6_student.yaml",
+            "--set", f"data.train=[{{path: {words}}}]", "--set", f"data.val={words}",
+            "--set", "data.batch_size=4", "--set", "data.epoch_size=8", "--set", "optim.steps=2",
+            "--set", "train.val_every=2", "--set", "train.ckpt_every=2", "--set", "data.max_val_samples=8",
+            "--set", f"train.out_dir={tmp_path / 's'}", "--set", f"onnx_teacher.cache_dir={tmp_path / 'cache'}"]
+    res = run_module(args + ["--set", "onnx_teacher.student_graph=ppocrv6-tiny"], timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "onnx-ctc student from" in res.stdout and "ppocrv6/tiny/rec/rec.onnx" in res.stdout
+    assert "16 frames" in res.stdout and "94 exact" in res.stdout and "18615 dropped" in res.stdout  # small's classes
+    from distill.checkpoint import load_model
+
+    model, tok, ck = load_model(tmp_path / "s" / "wise.pt")
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000  # tiny's 0.55M, not small's 3.0M
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 16, 64)).shape == (2, 16, 95)
+    res = run_module(args + ["--set", "onnx_teacher.student_graph=ppocrv9", "--set",
+                             f"train.out_dir={tmp_path / 'bad'}"], timeout=600)
+    assert res.returncode == 2 and "onnx_teacher.student_graph" in res.stderr, res.stderr[-2000:]
+    assert len(res.stderr.strip().splitlines()) == 1
