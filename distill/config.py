@@ -283,6 +283,10 @@ class Config:
             for key in ("clean", "at_lr_height"):
                 if not 0.0 <= getattr(s, key) <= 1.0:
                     raise ConfigError(f"data.train[{i}].{key}: expected a share in [0, 1], got {getattr(s, key)}")
+        if self.onnx_teacher.student_graph and not onnx:
+            raise ConfigError(f"onnx_teacher.student_graph: another graph as the student needs an ONNX teacher "
+                              f"(train.teacher_ckpt X.onnx or a model name such as ppocrv6), got "
+                              f"{t.teacher_ckpt or 'none'!r}")
         if onnx and self.model.name != "onnx-ctc":
             raise ConfigError(f"model.name: an ONNX teacher ({t.teacher_ckpt}) makes an onnx-ctc student, "
                               f"got {self.model.name!r}")

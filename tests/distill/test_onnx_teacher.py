@@ -311,6 +311,10 @@ def test_onnx_teacher_config_errors(tmp_path):
         with pytest.raises(ConfigError, match=r"student_input_scale: expected a factor >= 1 or \[height, width\]"):
             load_config(None, ["train.stage=student", "train.teacher_ckpt=ppocr", "model.name=onnx-ctc",
                                "data.synth.n=10", f"onnx_teacher.student_input_scale={bad}"])
+    with pytest.raises(ConfigError, match="onnx_teacher.student_graph: another graph as the student needs an ONNX "
+                                          "teacher"):  # a torch teacher would ignore it silently
+        load_config(None, ["train.stage=student", f"train.teacher_ckpt={tmp_path}/t.pt", "data.synth.n=10",
+                           "onnx_teacher.student_graph=ppocrv6-tiny"])
     for bad in ("0", "1.5", "true", "{Conv.22: 0}", "'x'"):
         with pytest.raises(ConfigError, match=r"onnx_teacher.student_ffn_keep: expected a fraction in \(0, 1\]"):
             load_config(None, ["train.stage=student", "train.teacher_ckpt=ppocr", "model.name=onnx-ctc",
