@@ -492,18 +492,14 @@ def cmd_profile(args) -> int:
     from runtime import zoo
 
     from .profiling import profile_model
+    from .readers import parse_hw
 
     for opt in ("batch", "threads", "runs", "top"):
         positive(f"--{opt}", getattr(args, opt))
     check_writable(args.json, "--json", (".json",))
-    size = None
-    if args.size:
-        try:
-            size = tuple(int(v) for v in args.size.lower().split("x"))
-        except ValueError:
-            size = ()
-        if len(size) != 2 or min(size) < 1:
-            raise InputError(f"--size {args.size}: expected HxW, e.g. 48x320")
+    size = parse_hw(args.size.lower()) if args.size else None
+    if args.size and size is None:
+        raise InputError(f"--size {args.size}: expected HxW, e.g. 48x320")
     path = zoo.resolve(args.model) if zoo.is_zoo_name(args.model) else Path(args.model)
     prof = profile_model(path, args.batch, args.threads, args.runs, size)
     print(prof.to_markdown(args.top))

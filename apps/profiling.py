@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from runtime.cli import InputError
+from runtime.onnxfile import load_proto, ort_session
 
 __all__ = ["OpTime", "Profile", "profile_model"]
 
 _CONVS = {"Conv": 1, "QLinearConv": 3, "FusedConv": 1, "ConvInteger": 1}  # op -> index of its weight input
 _MATMULS = {"MatMul", "FusedMatMul", "QLinearMatMul", "MatMulInteger", "Gemm"}
+_KERNEL = "_kernel_time"  # the suffix of a node's kernel event in ONNX Runtime's profile
 
 
 @dataclass
@@ -76,16 +78,13 @@ def _input_shape(sess, batch: int, size: tuple[int, int] | None) -> list[int]:
     return shape
 
 
-def _macs(optimized: Path, events: list[dict]) -> dict[str, float]:
+def _macs(optimized: Path, events: list[tuple[str, dict]]) -> dict[str, float]:
     """Multiply-adds per node name of the optimised graph, from its weights and the profile's tensor shapes."""
-    import onnx
-
-    m = onnx.load(str(optimized), load_external_data=False)
+    m = load_proto(optimized, load_external_data=False)
     weights = {t.name: list(t.dims) for t in m.graph.initializer}
     nodes = {n.name: n for n in m.graph.node}
     out: dict[str, float] = {}
-    for e in events:
-        name = e["name"][: -len("_kernel_time")]
+    for name, e in events:
         node, args = nodes.get(name), e["args"]
         if node is None or not args.get("output_type_shape"):
             continue
@@ -108,33 +107,27 @@ def profile_model(path: str | Path, batch: int = 32, threads: int = 1, runs: int
     kernel times by operator (``share`` over all kernels; GMAC/s for convolutions and matrix products)."""
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such ONNX file")
     with tempfile.TemporaryDirectory(prefix="tinytext-profile-") as tmp:
         so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
         so.log_severity_level = 4  # its warning (the optimised copy has hardware-specific layouts: the point) and its
         # error logs (a file it cannot load) would add lines to the one that names the problem
         so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "profile")
-        try:
-            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ONNX Runtime's own errors: a file it cannot load is bad input, named
-            raise InputError(f"{path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from e
+        sess = ort_session(path, threads, ["CPUExecutionProvider"], "ONNX", so)
         shape = _input_shape(sess, batch, size)
         x = {sess.get_inputs()[0].name: np.random.default_rng(seed).random(shape, dtype=np.float32)}
         for _ in range(2 + runs):
             sess.run(None, x)
-        events = [e for e in json.loads(Path(sess.end_profiling()).read_text())
-                  if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        # (node name of the optimised graph, event) for each kernel run
+        events = [(e["name"].removesuffix(_KERNEL), e) for e in json.loads(Path(sess.end_profiling()).read_text())
+                  if e.get("cat") == "Node" and e["name"].endswith(_KERNEL)]
         macs = _macs(Path(so.optimized_model_filepath), events)
     per_node: dict[str, list[float]] = defaultdict(list)
     op_of: dict[str, str] = {}
-    for e in events:
-        per_node[e["name"]].append(e["dur"])
-        op_of[e["name"]] = e["args"].get("op_name", "?")
+    for name, e in events:
+        per_node[name].append(e["dur"])
+        op_of[name] = e["args"].get("op_name", "?")
     # the first two runs are warm-ups: keep each node's last ``runs`` calls
     time_ms: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
@@ -143,7 +136,7 @@ def profile_model(path: str | Path, batch: int = 32, threads: int = 1, runs: int
         op = op_of[name]
         time_ms[op] += sum(durs[-runs:]) / runs / 1000
         count[op] += 1
-        mac_sum[op] += macs.get(name[: -len("_kernel_time")], 0.0)
+        mac_sum[op] += macs.get(name, 0.0)
     total = sum(time_ms.values())
     ops = [OpTime(op, count[op], t, 100 * t / total, mac_sum[op] / 1e9,
                   mac_sum[op] / 1e9 / (t / 1000) if mac_sum[op] and t else 0.0)

@@ -127,13 +127,21 @@ class TesseractReader(_Base):
         return out
 
 
+def parse_hw(text: str) -> tuple[int, int] | None:
+    """``32x128`` -> (32, 128); None unless two positive integers joined by ``x``."""
+    h, sep, w = text.partition("x")
+    if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+        return None
+    return int(h), int(w)
+
+
 def _peer_size(spec: str) -> tuple[int, int]:
     """``ppocrv6@32x128`` -> (32, 128)."""
-    h, sep, w = spec.partition("@")[2].partition("x")
-    if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+    size = parse_hw(spec.partition("@")[2])
+    if size is None:
         raise ValueError(f"{spec}: expected NAME@HxW with input height H and minimum padded width W, "
                          "e.g. ppocrv6@32x128")
-    return int(h), int(w)
+    return size
 
 
 def open_reader(spec: str) -> _Base:
