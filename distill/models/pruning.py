@@ -18,7 +18,8 @@ import numpy as np
 
 from runtime.onnxfile import graph_links
 
-__all__ = ["FfnPair", "ffn_pairs", "prune_ffn", "prune_ffn_refit", "resolve_keep"]
+__all__ = ["FfnPair", "ResidualBranch", "drop_branches", "ffn_pairs", "prune_ffn", "prune_ffn_refit", "resolve_keep",
+           "residual_branches"]
 
 # Ops that act on each channel on its own (a constant operand is a scalar or one value per channel).
 _POINTWISE = {"Add", "Sub", "Mul", "Div", "Erf", "Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Identity", "Clip",
@@ -181,3 +182,78 @@ def _rows(t: np.ndarray) -> np.ndarray:
     """N x C x H x W -> (N*H*W) x C in float64: one regression row a pixel."""
     t = np.asarray(t, dtype=np.float64)
     return t.transpose(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+@dataclass
+class ResidualBranch:
+    add: str  # the Add node that joins x and f(x)
+    skip: str  # x: the tensor that passes by
+    branch: str  # f(x): computed from x
+
+
+def residual_branches(model: bytes) -> list[ResidualBranch]:
+    """Every Add of two computed tensors where one is computed from the other (x + f(x)), in graph order. The
+    shallower student this points at is the graph with some f dropped: ``drop_branches``."""
+    import onnx
+
+    m = onnx.load_from_string(bytes(model))
+    prod, _ = graph_links(m.graph)
+    consts = {t.name for t in m.graph.initializer} | {n.output[0] for n in m.graph.node if n.op_type == "Constant"}
+
+    def upstream(t: str) -> set[str]:
+        seen, todo = set(), [t]
+        while todo:
+            n = prod.get(todo.pop())
+            for i in (n.input if n is not None else []):
+                if i and i not in seen and i not in consts:
+                    seen.add(i)
+                    todo.append(i)
+        return seen
+
+    out = []
+    for n in m.graph.node:
+        if n.op_type != "Add" or len(n.input) != 2 or any(i in consts or i not in prod for i in n.input):
+            continue
+        a, b = n.input
+        if a in upstream(b):
+            out.append(ResidualBranch(n.name, a, b))
+        elif b in upstream(a):
+            out.append(ResidualBranch(n.name, b, a))
+    return out
+
+
+def drop_branches(model: bytes, adds: list[str]) -> bytes:
+    """The model with each named residual Add replaced by its skip input (x + f(x) -> x), and the nodes and weights
+    nothing reads any more removed. Metadata, inputs and outputs stay."""
+    import onnx
+
+    m = onnx.load_from_string(bytes(model))
+    branches = {b.add: b for b in residual_branches(model)}
+    unknown = sorted(set(adds) - set(branches))
+    if unknown:
+        raise ValueError(f"no residual Add named {unknown}; residual Adds: {sorted(branches)}")
+    alias = {}  # the dropped Add's output -> its skip input
+    for n in m.graph.node:
+        if n.name in adds:
+            alias[n.output[0]] = branches[n.name].skip
+    outputs = {o.name for o in m.graph.output}
+    if outputs & set(alias):
+        raise ValueError(f"{sorted(outputs & set(alias))}: a graph output cannot be a dropped Add's")
+    for n in m.graph.node:
+        for k, t in enumerate(n.input):
+            while t in alias:
+                t = alias[t]
+            n.input[k] = t
+    live, read = [], set(outputs)
+    for n in reversed(m.graph.node):  # nodes are in topological order: walk back from the outputs
+        if any(o in read for o in n.output):  # a dropped Add's output is read by nothing now
+            live.append(n)
+            read.update(n.input)
+    live.reverse()
+    del m.graph.node[:]
+    m.graph.node.extend(live)
+    kept = [t for t in m.graph.initializer if t.name in read]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(kept)
+    del m.graph.value_info[:]
+    return m.SerializeToString()

@@ -115,3 +115,30 @@ def test_pruned_ppocrv6_student_rebuilds_from_its_spec():
     with torch.no_grad():
         a, b = model.eval()(calib), again.eval()(calib)
     assert a.shape == (4, 16, 95) and torch.allclose(a, b)
+
+
+def test_residual_branches_and_dropping_one():
+    from distill.models.pruning import drop_branches, residual_branches
+
+    graph = _ffn_net(dup=False)
+    branches = residual_branches(graph)
+    assert [(b.add, b.skip, b.branch) for b in branches] == [("residual", "s", "p")]  # the SE Mul is no Add
+    shallow = drop_branches(graph, ["residual"])
+    m = onnx.load_from_string(shallow)
+    assert {"expand", "project", "residual", "erf"}.isdisjoint(n.name for n in m.graph.node)
+    assert {"we", "wp", "be"}.isdisjoint(t.name for t in m.graph.initializer)  # weights nothing reads are gone
+    x = np.random.default_rng(1).normal(size=(2, 3, 8, 16)).astype(np.float32)
+    full = _run(graph, {}, x, ("y", "s"))
+    # without the branch, the block passes s on: the SE and output convs read s where they read s + p
+    import onnxruntime as ort
+
+    y = ort.InferenceSession(shallow, providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    ref = onnx.load_from_string(graph)
+    for n in ref.graph.node:
+        if n.name in ("mean", "se_mul"):
+            n.input[0] = "s"
+    ref_y = ort.InferenceSession(ref.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(y, full["y"], atol=1e-3)
+    with pytest.raises(ValueError, match="no residual Add named"):
+        drop_branches(graph, ["se_mul"])
