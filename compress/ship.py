@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from distill.checkpoint import strip_checkpoint
-from runtime.cli import positive
+from runtime.cli import non_negative, positive
 
 from .calibration import add_calib_n_arg, add_conditions_arg, add_finetune_args, finetune_options, resolve_calib_path
 from .export import export_onnx
@@ -35,10 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     add_calib_n_arg(p)
     p.add_argument("--int8-float-convs", type=int, default=0, metavar="N",
                    help="INT8: keep the first N convolutions in float (compress.export's option)")
+    p.add_argument("--trt-float-convs", type=int, default=None, metavar="N",
+                   help="the tensorrt flavour's float convolutions, when they should differ from --int8-float-convs "
+                        "(default: --int8-float-convs's N). On a GPU a float convolution runs in FP16 at little cost; "
+                        "on a CPU it runs at half the integer rate")
     add_finetune_args(p)
     p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val)")
     args = p.parse_args(argv)
     positive("--calib-n", args.calib_n)
+    non_negative("--int8-float-convs", args.int8_float_convs)
+    trt_float_convs = args.int8_float_convs if args.trt_float_convs is None else args.trt_float_convs
+    non_negative("--trt-float-convs", trt_float_convs)
     finetune = finetune_options(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                               conditions=args.calib_conditions, **finetune)
     qt, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "tensorrt")), args.calib, args.calib_n,
                                method=args.calibrator, cache_dir=out / ".calib-cache", target="tensorrt",
-                               float_convs=args.int8_float_convs, conditions=args.calib_conditions, **finetune)
+                               float_convs=trt_float_convs, conditions=args.calib_conditions, **finetune)
     shutil.rmtree(out / ".calib-cache", ignore_errors=True)  # a cache, not an artifact to commit
     print(check_trt_buildable(str(qt), require_qdq=True))
     rows = [evaluate_onnx(str(m), args.gate_data or args.calib) for m in (onnx_path, q, qt)]

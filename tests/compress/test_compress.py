@@ -273,6 +273,21 @@ def test_export_cli_gate(trained, tmp_path):
     assert (tmp_path / "last.int8-trt.onnx").is_file() and not (tmp_path / "last.int8.onnx").exists()
 
 
+def test_ship_writes_both_flavours_with_their_own_float_convolutions(trained, tmp_path):
+    out = tmp_path / "w"
+    base = [sys.executable, "-m", "compress.ship", "--student", str(trained / "s" / "last.pt"), "--name", "tiny",
+            "--out", str(out), "--calib", str(trained / "synth"), "--calib-n", "16"]
+    r = subprocess.run(base + ["--int8-float-convs", "1", "--trt-float-convs", "3"], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    kept = {f: {p.key: p.value for p in onnx.load(str(out / f)).metadata_props}.get("tinytext.int8_float_convs")
+            for f in ("tiny-student-lr.int8.onnx", "tiny-student-lr.int8-trt.onnx")}
+    assert kept == {"tiny-student-lr.int8.onnx": "1", "tiny-student-lr.int8-trt.onnx": "3"}
+    assert (out / "tiny-student-lr.pt").is_file() and not (out / ".calib-cache").exists()
+    r = subprocess.run(base + ["--trt-float-convs", "-1"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: --trt-float-convs: must be >= 0, got -1"]
+
+
 def _activation_net(path):
     """PP-LCNetV3's activations between convolutions: HardSwish as an op followed by a scalar affine, HardSwish as
     the exporters write it (x * HardSigmoid(x)), and a squeeze-excitation block (mean over H, W -> 1x1 conv ->
