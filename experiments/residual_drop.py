@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     conditions = [c for c in args.conditions.split(",") if c]
     unknown = sorted(set(conditions) - set(CONDITIONS))
     if unknown or not conditions:
-        raise InputError(f"--conditions: {unknown or 'none given'}; expected some of {sorted(CONDITIONS)}")
+        raise InputError(f"--conditions: {f'unknown {unknown}' if unknown else 'none given'}; "
+                         f"expected some of {sorted(CONDITIONS)}")
     rows = residual_drop(model, args.data, conditions, args.max_samples,
                          [d for d in args.drop.split(",") if d] or None, args.threads)
     print(to_markdown(rows))
