@@ -53,7 +53,10 @@ def residual_drop(model: Path, data: list[str], conditions: list[str], max_sampl
     with tempfile.TemporaryDirectory(prefix="tinytext-drop-") as tmp:
         for k, plan in enumerate(plans):
             path = Path(tmp) / "dropped.onnx"
-            path.write_bytes(drop_branches(raw, plan) if plan else raw)
+            try:
+                path.write_bytes(drop_branches(raw, plan) if plan else raw)
+            except ValueError as e:  # a residual Add that is the graph's output has no skip to hand on
+                raise InputError(f"{model}: {e}") from None
             mmacs, acc = _read(path, sets, threads)
             rows.append(DropRow(",".join(plan), mmacs, acc))
             print(f"residual_drop: {k + 1}/{len(plans)} {rows[-1].dropped or 'full model'}", file=sys.stderr,
