@@ -133,36 +133,54 @@ def pack_folder(src: str | Path, out: str | Path, overwrite: bool = False, progr
     return n, skipped
 
 
+def _hr_crops(src: str | Path, tool: str, skipped: list[str], progress: bool, prefix: str = ""):
+    """(index, sample, raw label) of each readable labelled HR crop of ``src`` (an STR lmdb or image folder; a pair
+    lmdb is refused), with the progress bar; bad labels and undecodable crops go to ``skipped`` (``prefix`` first)."""
+    reader = open_dataset(src, LabelPolicy(normalize="none", max_len=0))
+    try:
+        if reader.layout == "textzoom":
+            raise DataError(f"{src}: already a TextZoom-layout pair lmdb; {tool} takes HR crops (STR lmdb or image "
+                            "folder)")
+        skipped += [f"{prefix}{k}" for k in reader.stats.bad_labels]
+        for i in tqdm(range(len(reader)), desc=f"{tool} {Path(src).name}", unit="img", disable=not progress,
+                      leave=False):
+            try:
+                s = reader[i]
+            except CorruptSample as e:
+                skipped.append(f"{prefix}{e}")
+                continue
+            yield i, s, reader.raw_labels[i]
+    finally:
+        reader.close()
+
+
+def _png(img: np.ndarray) -> bytes | None:
+    """An RGB crop as lossless PNG bytes; None when OpenCV cannot encode it."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return buf.tobytes() if ok else None
+
+
 def degrade_lmdb(src: str | Path, out: str | Path, seed: int, level: str = "mixed", overwrite: bool = False,
                  progress: bool = True) -> tuple[int, list[str]]:
     """HR crops -> TextZoom-layout pairs by the camera-chain degradation. HR bytes are re-encoded losslessly (PNG).
     Returns (written, skipped keys)."""
     if level not in LEVELS:
         raise ValueError(f"--level: expected one of {sorted(LEVELS)}, got {level!r}")
-    reader = open_dataset(src, LabelPolicy(normalize="none", max_len=0))
-    if reader.layout == "textzoom":
-        raise DataError(f"{src}: already a TextZoom-layout pair lmdb; degrade takes HR crops (STR lmdb or image folder)")
-    skipped = list(reader.stats.bad_labels)
+    skipped: list[str] = []
     n = 0
     with LmdbWriter(out, overwrite=overwrite) as w:
-        for i in tqdm(range(len(reader)), desc="degrade", unit="img", disable=not progress, leave=False):
-            try:
-                s = reader[i]
-            except CorruptSample as e:
-                skipped.append(str(e))
-                continue
+        for i, s, label in _hr_crops(src, "degrade", skipped, progress):
             rng = np.random.default_rng([seed, i])  # per sample: the same output for a seed, whatever the order
             _, lr_jpeg, _ = degrade(s.image, rng, strength_for(level, rng))
-            ok, hr_png = cv2.imencode(".png", cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
-            if not ok:
+            hr_png = _png(s.image)
+            if hr_png is None:
                 skipped.append(f"{s.key}: PNG encoding failed")
                 continue
             n += 1
-            w.put(b"image_hr-%09d" % n, hr_png.tobytes())
+            w.put(b"image_hr-%09d" % n, hr_png)
             w.put(b"image_lr-%09d" % n, lr_jpeg)
-            w.put(b"label-%09d" % n, reader.raw_labels[i])
+            w.put(b"label-%09d" % n, label)
         w.finish(n)
-    reader.close()
     return n, skipped
 
 
@@ -178,28 +196,16 @@ def views_lmdb(srcs: list[str | Path], out: str | Path, copies: int, seed: int, 
     n = 0
     with LmdbWriter(out, overwrite=overwrite) as w:
         for si, src in enumerate(srcs):
-            reader = open_dataset(src, LabelPolicy(normalize="none", max_len=0))
-            if reader.layout == "textzoom":
-                raise DataError(f"{src}: a TextZoom-layout pair lmdb; views take HR crops (STR lmdb or image folder)")
-            skipped += [f"{src}: {k}" for k in reader.stats.bad_labels]
-            for i in tqdm(range(len(reader)), desc=f"views {Path(src).name}", unit="img", disable=not progress,
-                          leave=False):
-                try:
-                    s = reader[i]
-                except CorruptSample as e:
-                    skipped.append(f"{src}: {e}")
-                    continue
+            for i, s, label in _hr_crops(src, "views", skipped, progress, prefix=f"{src}: "):
                 for k in range(copies):
                     rng = np.random.default_rng([seed, si, i, k])  # per view: the same output whatever the order
-                    view = text_view(s.image, rng)
-                    ok, png = cv2.imencode(".png", cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
-                    if not ok:
+                    png = _png(text_view(s.image, rng))
+                    if png is None:
                         skipped.append(f"{src}: {s.key}: PNG encoding failed")
                         break
                     n += 1
-                    w.put(b"image-%09d" % n, png.tobytes())
-                    w.put(b"label-%09d" % n, reader.raw_labels[i])
-            reader.close()
+                    w.put(b"image-%09d" % n, png)
+                    w.put(b"label-%09d" % n, label)
         w.finish(n)
     return n, skipped
 
