@@ -43,10 +43,12 @@ def residual_drop(model: Path, data: list[str], conditions: list[str], max_sampl
     """The full model's row, one row per residual branch dropped alone, and (``together``) one with those dropped
     at once."""
     raw = model.read_bytes()
+    if together:
+        try:
+            drop_branches(raw, together)  # the names checked before any data is read
+        except ValueError as e:
+            raise InputError(f"--drop: {model}: {e}") from None
     names = [b.add for b in residual_branches(raw)]
-    unknown = [n for n in together or [] if n not in names]
-    if unknown:
-        raise InputError(f"--drop: no residual Add named {unknown} in {model}; its residual Adds: {names}")
     sets = input_sets(data, conditions, hr=False, lr_from_hr=True, max_samples=max_samples, who="residual_drop")
     plans = [[]] + [[n] for n in names] + ([together] if together else [])
     rows = []

@@ -231,7 +231,7 @@ def drop_branches(model: bytes, adds: list[str]) -> bytes:
     branches = {b.add: b for b in residual_branches(model)}
     unknown = sorted(set(adds) - set(branches))
     if unknown:
-        raise ValueError(f"no residual Add named {unknown}; residual Adds: {sorted(branches)}")
+        raise ValueError(f"no residual Add named {unknown}; residual Adds: {list(branches)}")
     alias = {}  # the dropped Add's output -> its skip input
     for n in m.graph.node:
         if n.name in adds:
