@@ -132,8 +132,9 @@ class OnnxTeacherCfg:
     space_char: bool = True  # a space class follows the dictionary (PP-OCR)
     unmapped: str = "renorm"  # teacher classes the student lacks: renorm (drop, renormalise) | blank
     resample: str = "area"  # teacher frames -> student frames: area (averaged) | peaks (each character a frame)
-    # "head": the teacher's frames before its classifier (or a tensor name) are cached too and the student's own
-    # matching tensor learns them under distill.visual (z-scored cosine); "": no feature-level loss
+    # "head": the teacher's frames before its classifier (or a tensor name: frames, or a (C, H, W) map, its
+    # columns over the crop) are cached too and the student's own matching tensor learns them under
+    # distill.visual (z-scored cosine); "": no feature-level loss
     feature: str = ""
     conf_threshold: float = 0.7  # unlabeled crops: the teacher's string is a CTC target from this confidence
     # The student's graph: "" (the teacher's own, KD-LTR's "same network") or another recognizer ONNX file or zoo

@@ -17,7 +17,8 @@ The teacher's output is turned into targets for one of our CTC students:
   default.
 * **features** (optional, ``feature: head`` or a tensor name): the teacher's frames before its classifier (or any
   (N, T, D) / (N, D, 1, T) tensor of its graph, added as an extra graph output), area-resampled to the student's
-  frames like the probabilities; the student matches its own tensor of the same name (its graph is the teacher's).
+  frames like the probabilities; or a map (N, C, H, W) when the teacher's input has one width, its columns over
+  the crop resampled to the map's width (the student reads the crop stretched over its input). The student matches its own tensor of the same name (its graph is the teacher's, on the same grid).
 * **pseudo-label**: the teacher's greedy CTC string and its sequence confidence (product of per-character
   maxima), folded to the student's charset; used as the CTC target of unlabeled crops above a threshold.
 
@@ -174,14 +175,20 @@ class OnnxTeacher(LetterboxRecognizer):
         return h.hexdigest()[:16]
 
     def _features(self, extra: list[np.ndarray], out: np.ndarray) -> np.ndarray | None:
+        """The feature tensor as (N, T, D) frames, or as (N, C, H, W) maps when it still has rows (H > 1)."""
         if not self.feature:
             return None
         feats = extra[-1].astype(np.float32)
         if feats.ndim == 4 and feats.shape[2] == 1:  # (N, D, 1, T) maps -> (N, T, D)
             feats = feats[:, :, 0].transpose(0, 2, 1)
+        elif feats.ndim == 4:  # every batch must give the map the same width, which the student's grid mirrors
+            if self.pre.min_width != self.pre.max_width:
+                raise ValueError(f"{self.path}: feature tensor {self.feature!r} is a map {feats.shape[1:]}; maps need "
+                                 "the teacher's input at one width: set onnx_teacher.min_width = max_width")
+            return feats
         if feats.ndim != 3 or feats.shape[:2] != out.shape[:2]:
             raise ValueError(f"{self.path}: feature tensor {self.feature!r} has shape {feats.shape}; expected "
-                             f"(N, T, D) with the output's N, T = {out.shape[:2]} (or (N, D, 1, T))")
+                             f"(N, T, D) with the output's N, T = {out.shape[:2]}, (N, D, 1, T) or (N, C, H, W)")
         return feats
 
     def targets(self, crops_rgb: list[np.ndarray]) -> list[TeacherTargets]:
@@ -203,9 +210,25 @@ class OnnxTeacher(LetterboxRecognizer):
             r = (resample_peaks if self.resample == "peaks" else resample_frames)(mapped, self.frames)
             r /= r.sum(1, keepdims=True)
             text, conf = read[i]
-            f = None if feats is None else resample_frames(feats[i, : valid[i]], self.frames).astype(np.float16)
+            if feats is None:
+                f = None
+            elif feats.ndim == 4:  # a map: the columns over the crop, stretched back to the map's width
+                f = _crop_columns(feats[i], valid[i] / probs.shape[1]).astype(np.float16)
+            else:
+                f = resample_frames(feats[i, : valid[i]], self.frames).astype(np.float16)
             out.append(TeacherTargets(r.astype(np.float16), self._tok.adapt(text), conf, float(dropped.mean()), f))
         return out
+
+
+def _crop_columns(fmap: np.ndarray, share: float) -> np.ndarray:
+    """The first ``share`` of a (C, H, W) map's columns (those over the crop, not the padding), area-resampled back
+    to W columns: the grid of a student that reads the crop stretched to its full input width."""
+    C, H, W = fmap.shape
+    cols = min(W, max(1, int(math.ceil(share * W - 1e-6))))
+    if cols == W:
+        return fmap
+    f = resample_frames(fmap[:, :, :cols].reshape(C * H, cols).T, W)  # (W, C*H)
+    return np.ascontiguousarray(f.T.reshape(C, H, W))
 
 
 def _with_feature_output(path: str, feature: str) -> tuple[bytes, str]:

@@ -202,6 +202,7 @@ def build_onnx_student(cfg: Config, master: bool):
     if teacher.feature:  # the student's own tensor of that name learns the teacher's
         try:
             model.set_feature_tap(teacher.feature)
+            check_feature_grid(teacher, model)
         except ValueError as e:
             raise ConfigError(f"onnx_teacher.feature {o.feature!r}: {e}") from None
     if master:
@@ -213,6 +214,25 @@ def build_onnx_student(cfg: Config, master: bool):
               f"overrides {overrides or 'none'}{', feature ' + teacher.feature if teacher.feature else ''}"
               + (f", kernels composed with x2 upsampling: {', '.join(composed)}" if composed else ""))
     return spec, model, teacher
+
+
+def check_feature_grid(teacher, model) -> None:
+    """The teacher's feature on a crop that fills its input against the student's tensor of that name, both as
+    (positions, channels): a student that cannot match it cell for cell fails here, not at its first step."""
+    from .losses import _tokens
+
+    pre = teacher.pre
+    crop = np.full((pre.height, pre.max_width, 3), 128, np.uint8)
+    want = teacher.targets([crop])[0].feats
+    want = tuple(want.reshape(want.shape[0], -1).T.shape) if want.ndim == 3 else tuple(want.shape)
+    with torch.no_grad():
+        got = tuple(_tokens(model.eval().run(torch.zeros(1, 3, *model.img_size), (model.tap_name,))[model.tap_name])
+                    .shape[1:])
+    model.train()
+    if got != want:
+        raise ValueError(f"the teacher's is {want[0]} positions x {want[1]} channels, the student's {got[0]} x "
+                         f"{got[1]}: the student must compute it on the teacher's grid (onnx_teacher.student_input_scale"
+                         ", student_overrides)")
 
 
 def init_weights(model: torch.nn.Module, spec: dict, path: str, master: bool) -> None:

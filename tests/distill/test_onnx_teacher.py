@@ -101,7 +101,8 @@ def test_teacher_from_a_dictionary_file_and_logit_outputs(tmp_path):
 
 def test_teacher_features_resampled_cached_and_named(tmp_path):
     """feature 'head': the classifier's input, on the student's frames; the same tensor by name as a (N, D, 1, T)
-    map; the cache keeps it; the student module returns its own head input as char_feats."""
+    map; a map with rows cut to the crop's columns; the cache keeps them; the student module returns its own head
+    input as char_feats."""
     p = tiny_ctc_onnx(tmp_path / "t.onnx")
     d = str(_dict_file(tmp_path))
     crops = [np.random.default_rng(i).integers(0, 255, (20 + 5 * i, 60 + 20 * i, 3), dtype=np.uint8) for i in range(3)]
@@ -124,8 +125,23 @@ def test_teacher_features_resampled_cached_and_named(tmp_path):
     assert plain.targets(crops)[0].feats is None and plain.fingerprint() != t.fingerprint()
     with pytest.raises(ValueError, match="feature 'nope': no node of the graph outputs"):
         OnnxTeacher(str(p), "abc", 12, dictionary=d, feature="nope")
-    with pytest.raises(ValueError, match="feature tensor 'r' has shape"):
-        OnnxTeacher(str(p), "abc", 12, dictionary=d, feature="r").targets(crops)
+    with pytest.raises(ValueError, match="feature tensor 's2' has shape"):
+        OnnxTeacher(str(p), "abc", 12, dictionary=d, feature="s2").targets(crops)  # (N, D, T): not frames
+    # a map with rows, (N, 8, 24, W), the teacher's input at one width (PP-OCR's 320): kept as a map, its columns
+    # over the crop stretched to the map's width
+    from runtime.ppocr import Letterbox
+
+    maps = OnnxTeacher(str(p), "abc", 12, Letterbox(48, 320, 320), dictionary=d, feature="r").targets(crops)
+    with torch.no_grad():
+        ref_r = net.run(torch.from_numpy(x), ("r",))["r"].numpy()
+    C, H, W = ref_r.shape[1:]
+    assert W == 160 and all(valid < W)  # every crop is padded in the teacher's 320-wide batch
+    for i, g in enumerate(maps):
+        assert g.feats.shape == (C, H, W) and g.feats.dtype == np.float16
+        cols = valid[i]  # the columns over the crop: this graph's map is as wide as its output
+        want = resample_frames(ref_r[i, :, :, :cols].reshape(C * H, cols).T, W).T.reshape(C, H, W)
+        assert np.abs(g.feats.astype(np.float32) - want).max() < 2e-2 * max(1.0, np.abs(want).max())
+        assert not np.allclose(g.feats.astype(np.float32), ref_r[i], atol=1e-2)  # the padding's columns are gone
     data = write_lmdb(tmp_path / "words", str_items(["ab", "ca", "bb"]))
     reader = open_dataset(data)
     cache = TeacherCache(data, t.fingerprint())
@@ -212,6 +228,32 @@ def test_video_regions_become_an_unlabeled_lmdb(tmp_path):
                       "--out", str(tmp_path / "cli")])
     assert res.returncode == 0, res.stderr
     assert "wrote 6 crops" in res.stdout
+
+
+
+def test_a_feature_map_needs_one_teacher_width_and_the_students_grid(tmp_path):
+    """A map feature is matched cell by cell: the teacher must read every crop at one width, and the student must
+    compute the map on the teacher's grid; both are checked before any training."""
+    from distill.train import check_feature_grid
+    from runtime.ppocr import Letterbox
+
+    p = tiny_ctc_onnx(tmp_path / "t.onnx")
+    d = str(_dict_file(tmp_path))
+    crop = np.random.default_rng(0).integers(0, 255, (20, 50, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="maps need the teacher's input at one width"):
+        OnnxTeacher(str(p), "abc", 12, dictionary=d, feature="r").targets([crop])  # PP-OCR's 320..1600
+    fixed = Letterbox(48, 128, 128)
+    t = OnnxTeacher(str(p), "abc", 12, fixed, dictionary=d, feature="r")
+    assert t.targets([crop])[0].feats.shape == (8, 24, 64)
+    for scale, ok in (((3, 2), True), ((1, 1), False)):  # 16x64 read as 48x128 by the graph, or as it is
+        net = OnnxNet(7, graph=p.read_bytes(), input_scale=scale)
+        net.set_feature_tap("r")
+        if ok:
+            check_feature_grid(t, net)
+        else:
+            with pytest.raises(ValueError, match="the teacher's is 1536 positions x 8 channels, the student's 256 x 8"):
+                check_feature_grid(t, net)
+        assert net.training  # left in training mode either way
 
 
 # -- training with PP-OCRv4 as teacher ---------------------------------------------------------------------------------
