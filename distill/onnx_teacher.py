@@ -18,7 +18,8 @@ The teacher's output is turned into targets for one of our CTC students:
 * **features** (optional, ``feature: head`` or a tensor name): the teacher's frames before its classifier (or any
   (N, T, D) / (N, D, 1, T) tensor of its graph, added as an extra graph output), area-resampled to the student's
   frames like the probabilities; or a map (N, C, H, W) when the teacher's input has one width, its columns over
-  the crop resampled to the map's width (the student reads the crop stretched over its input). The student matches its own tensor of the same name (its graph is the teacher's, on the same grid).
+  the crop resampled to the map's width (the student reads the crop stretched over its input). The student
+  matches its own tensor of the same name (its graph is the teacher's, on the same grid).
 * **pseudo-label**: the teacher's greedy CTC string and its sequence confidence (product of per-character
   maxima), folded to the student's charset; used as the CTC target of unlabeled crops above a threshold.
 

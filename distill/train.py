@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,6 +43,9 @@ from .datasets import PairDataset, WeightedConcat, WithTeacherTargets, collate
 from .models import PPOCR_LR_OVERRIDES, build_model, make_onnx_student, make_student, model_spec, resolved_kwargs
 from .predict import predict_arrays
 from .system import TrainingSystem
+
+if TYPE_CHECKING:
+    from .onnx_teacher import OnnxTeacher
 
 __all__ = ["main", "train", "ResumableSampler", "prepare_synth"]
 
@@ -216,7 +220,7 @@ def build_onnx_student(cfg: Config, master: bool):
     return spec, model, teacher
 
 
-def check_feature_grid(teacher, model) -> None:
+def check_feature_grid(teacher: OnnxTeacher, model: torch.nn.Module) -> None:
     """The teacher's feature on a crop that fills its input against the student's tensor of that name, both as
     (positions, channels): a student that cannot match it cell for cell fails here, not at its first step."""
     from .losses import _tokens
