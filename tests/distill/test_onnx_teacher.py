@@ -149,6 +149,11 @@ def test_teacher_features_resampled_cached_and_named(tmp_path):
     got, direct = cache.get(reader.keys[1]), t.targets([reader[1].image])[0]
     assert np.array_equal(got.feats, direct.feats) and np.array_equal(got.probs, direct.probs)
     assert TeacherCache(data, plain.fingerprint()).path != cache.path  # targets without features: another cache
+    mt = OnnxTeacher(str(p), "abc", 12, Letterbox(48, 320, 320), dictionary=d, feature="r")
+    mcache = TeacherCache(data, mt.fingerprint())
+    mcache.build(mt, reader, progress=False)
+    assert mcache.path != cache.path
+    assert np.array_equal(mcache.get(reader.keys[1]).feats, mt.targets([reader[1].image])[0].feats)  # a map, whole
     out = net.forward_train(torch.from_numpy(x))
     assert net.tap_name == t.feature and out.char_feats[0].shape == (3, x.shape[3] // 2, 8)
     net.set_feature_tap("m")  # a teacher feature by name: the student returns its own tensor of that name
@@ -228,7 +233,6 @@ def test_video_regions_become_an_unlabeled_lmdb(tmp_path):
                       "--out", str(tmp_path / "cli")])
     assert res.returncode == 0, res.stderr
     assert "wrote 6 crops" in res.stdout
-
 
 
 def test_a_feature_map_needs_one_teacher_width_and_the_students_grid(tmp_path):
