@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.conditions import CONDITIONS
-from runtime.cli import InputError, check_writable, non_negative, positive
+from runtime.conditions import CONDITIONS, parse_conditions
+from runtime.cli import check_writable, non_negative, positive
 from runtime.evaluation import evaluate, input_sets
 from runtime.files import write_json_atomic
 from runtime.metrics import EvalReport, reports_to_markdown
@@ -95,10 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    conds = tuple(c for c in args.conditions.split(",") if c)
-    bad = [c for c in conds if c not in CONDITIONS]
-    if bad or not conds:
-        raise InputError(f"--conditions: unknown {bad or [args.conditions]}; known {sorted(CONDITIONS)}")
+    conds = parse_conditions(args.conditions)
     non_negative("--max-samples", args.max_samples)
     positive("--batch", args.batch)
     check_writable(args.json, "--json")

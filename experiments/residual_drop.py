@@ -19,7 +19,7 @@ from apps.profiling import profile_model
 from distill.models.pruning import drop_branches, residual_branches
 from runtime import cli
 from runtime.cli import InputError, check_writable, non_negative, positive
-from runtime.conditions import CONDITIONS
+from runtime.conditions import parse_conditions
 from runtime.evaluation import evaluate, input_sets
 from runtime.files import write_json_atomic
 from runtime.recognizer import OnnxRecognizer
@@ -95,11 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     non_negative("--max-samples", args.max_samples)
     positive("--threads", args.threads)
     check_writable(args.json, "--json", (".json",))
-    conditions = [c for c in args.conditions.split(",") if c]
-    unknown = sorted(set(conditions) - set(CONDITIONS))
-    if unknown or not conditions:
-        raise InputError(f"--conditions: {f'unknown {unknown}' if unknown else 'none given'}; "
-                         f"expected some of {sorted(CONDITIONS)}")
+    conditions = list(parse_conditions(args.conditions))
     rows = residual_drop(model, args.data, conditions, args.max_samples,
                          [d for d in args.drop.split(",") if d] or None, args.threads)
     print(to_markdown(rows))

@@ -17,9 +17,10 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from .cli import InputError
 from .preprocess import LR_SIZE
 
-__all__ = ["CONDITIONS", "apply_condition", "area_resize", "jpeg_roundtrip", "LR_SIZE"]
+__all__ = ["CONDITIONS", "apply_condition", "area_resize", "jpeg_roundtrip", "parse_conditions", "LR_SIZE"]
 
 
 def jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
@@ -62,3 +63,14 @@ def apply_condition(name: str, img: np.ndarray) -> np.ndarray:
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"condition {name!r}: expected an RGB uint8 HxWx3 image, got {img.dtype} {img.shape}")
     return CONDITIONS[name](img)
+
+
+def parse_conditions(text: str, option: str = "--conditions") -> tuple[str, ...]:
+    """A command line's comma-separated condition names, checked: one line naming ``option`` when one is unknown or
+    none is given."""
+    names = tuple(c for c in text.split(",") if c)
+    unknown = sorted(set(names) - set(CONDITIONS))
+    if unknown or not names:
+        raise InputError(f"{option}: {f'unknown {unknown}' if unknown else 'none given'}; "
+                         f"expected some of {sorted(CONDITIONS)}")
+    return names
