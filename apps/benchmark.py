@@ -35,9 +35,12 @@ from runtime.cli import InputError, check_writable, non_negative, positive
 from runtime.files import write_bytes_atomic, write_json_atomic
 from runtime.timing import machine_name, sigma_clipped_times
 
+from .crop_scene import DEFAULT_CROP_SETS
+
 __all__ = ["Row", "main", "load_crops"]
 
 ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "real"
 # PP-OCRv6 tiny's detector at 960 px: the recall of PP-OCRv4's on 12-20 px words at half its time (README)
 DEFAULT_DETECTOR = "ppocrv6-tiny-det"
 
@@ -278,6 +281,23 @@ def cmd_preprocess(args) -> int:
 
 # -- pipeline ----------------------------------------------------------------------------------------------------
 
+def scene_video(args, path: str) -> list:
+    """Write the benchmark's scene to ``path`` and return its truth: rendered words (``--scene rendered``) or real
+    word crops filmed through a simulated camera (``--scene real``, ``apps.crop_scene``)."""
+    from .crop_scene import pick_crops, render_crop_video
+    from .synthetic_video import _pair, render_video
+
+    if args.scene == "rendered":
+        return render_video(path, n_words=args.words, size=(720, 1280), frames=args.frames, font_px=args.font_px,
+                            speed=args.speed, blur=args.blur)
+    for c in args.crops:
+        if not Path(c).exists():
+            raise InputError(f"--crops {c}: no such lmdb or folder")
+    crops = pick_crops(args.crops, args.words, args.seed)
+    return render_crop_video(path, crops, (720, 1280), args.frames, _pair(args.text_px, "--text-px"), args.speed,
+                             seed=args.seed)
+
+
 def cmd_pipeline(args) -> int:
     from runtime.backends import open_recognizer
     from runtime.detector import DBDetector
@@ -285,21 +305,21 @@ def cmd_pipeline(args) -> int:
     from runtime.video import read_frames
     from runtime.weights import model_or_default
 
-    from .camera import resolve_detector, schedule_from_args
-    from .synthetic_video import match_words, render_video
+    from .camera import rec_threads, resolve_detector, schedule_from_args
+    from .synthetic_video import match_words, same_word
 
     schedule = schedule_from_args(args)
     args.model = model_or_default(args.model)
     for opt in ("words", "frames", "font_px", "det_side", "detect_every"):
         positive("--" + opt.replace("_", "-"), getattr(args, opt))
+    non_negative("--speed", args.speed)
     check_writable(args.json, "--json")
     det_path = resolve_detector(args.detector)
     with tempfile.TemporaryDirectory() as td:
         video = os.path.join(td, "words.mp4")
-        truth = render_video(video, n_words=args.words, size=(720, 1280), frames=args.frames, font_px=args.font_px,
-                             blur=args.blur)
-        # one core each: recognition in the main loop, detection in its thread (2 threads each would fight)
-        rec = open_recognizer(args.model, threads=args.rec_threads)
+        truth = scene_video(args, video)
+        # one core each on 2 cores: recognition in the main loop, detection in its thread (2 threads each would fight)
+        rec = open_recognizer(args.model, threads=rec_threads(args.rec_threads, args.det_threads))
         det = DBDetector(str(det_path), max_side=args.det_side, threads=args.det_threads)
         pipe = Pipeline(rec, det, detect_every=args.detect_every, async_detect=not args.sync_detect,
                         schedule=schedule)
@@ -323,8 +343,8 @@ def cmd_pipeline(args) -> int:
     stages = {k: float(np.mean([r.ms[k] for r in meas])) for k in meas[0].ms}
     tracked = float(np.mean([len(r.words) for r in meas]))
     reads = float(np.mean([r.reads for r in meas]))
-    # accuracy against the truth (synthetic_video.match_words): single-frame accuracy counts the words read on that
-    # frame, fused accuracy every word on every frame
+    # accuracy against the truth (synthetic_video.match_words, same_word): single-frame accuracy counts the words
+    # read on that frame, fused accuracy every word on every frame
     single = single_n = fused = total = 0
     for r, tr in zip(results, truth[warm:]):
         total += len(tr)
@@ -333,12 +353,14 @@ def cmd_pipeline(args) -> int:
                 continue
             if r.words[j].read:
                 single_n += 1
-                single += r.words[j].frame_text == t["text"]
-            fused += r.words[j].text == t["text"]
-    print(f"Machine: {machine_name()}\nVideo: 1280x720, {args.words} moving words ({args.font_px} px font, blur "
-          f"{args.blur}), {len(frames)} frames; model {Path(args.model).name}; detector {Path(str(det_path)).name} "
+                single += same_word(r.words[j].frame_text, t["text"])
+            fused += same_word(r.words[j].text, t["text"])
+    scene = (f"{args.words} real word crops ({args.text_px} px text, simulated camera)" if args.scene == "real" else
+             f"{args.words} rendered words ({args.font_px} px font, blur {args.blur})")
+    print(f"Machine: {machine_name()}\nVideo: 1280x720, {scene}, moving up to {args.speed} px/frame, "
+          f"{len(frames)} frames; model {Path(args.model).name}; detector {Path(str(det_path)).name} "
           f"(side {args.det_side}, {'sync every ' + str(args.detect_every) if args.sync_detect else 'async'}); "
-          f"{'every word read on every frame' if args.read_every_frame else 'scheduled reads'}\n")
+          f"{'every word read on every frame' if args.read_every_frame else f'scheduled reads ({schedule.fps:g} FPS kept)'}\n")
     print("| FPS | words tracked / frame | reads / frame | e2e p50 ms | e2e p95 ms | " +
           " | ".join(f"{k} ms" for k in stages) + " | single-frame acc | fused acc |")
     print("|" + "---:|" * (7 + len(stages)))
@@ -348,11 +370,46 @@ def cmd_pipeline(args) -> int:
     print("\n(detect ms: mean per frame of detection time folded in on that frame; async detection runs beside "
           "recognition on the same cores)")
     if args.json:
-        write_json_atomic({"machine": machine_name(), "fps": fps, "tracked": tracked, "reads_per_frame": reads,
-                           "read_every_frame": bool(args.read_every_frame),
+        write_json_atomic({"machine": machine_name(), "scene": args.scene, "fps": fps, "tracked": tracked,
+                           "reads_per_frame": reads, "read_every_frame": bool(args.read_every_frame),
                            "latency_p50_ms": float(np.percentile(lat, 50)),
                            "latency_p95_ms": float(np.percentile(lat, 95)), "stages_ms": stages,
                            "single_frame_acc": single / max(single_n, 1), "fused_acc": fused / max(total, 1)}, args.json)
+    return 0
+
+
+# -- score -------------------------------------------------------------------------------------------------------
+
+def cmd_score(args) -> int:
+    """Word-frames right of a camera run's JSONL against a scene's truth (``apps.synthetic_video``)."""
+    from .synthetic_video import score_frames
+
+    non_negative("--skip", args.skip)
+    for opt, path in (("--jsonl", args.jsonl), ("--truth", args.truth)):
+        if not Path(path).is_file():
+            raise InputError(f"{opt} {path}: no such file")
+    try:
+        truth = json.loads(Path(args.truth).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"--truth {args.truth}: not a truth JSON ({e})") from None
+    rows, outs = [], []
+    for n, line in enumerate(Path(args.jsonl).read_text().splitlines(), start=1):
+        try:
+            r = json.loads(line)
+            f, words = int(r["frame"]), [(w["box"], w["text"]) for w in r["words"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise InputError(f"--jsonl {args.jsonl}: line {n} is not a camera result ({e})") from None
+        if not 0 <= f < len(truth):
+            raise InputError(f"--jsonl {args.jsonl}: line {n} is frame {f}, the truth has {len(truth)} frames")
+        if f >= args.skip:
+            rows.append(truth[f])
+            outs.append(words)
+    right, total = score_frames(rows, outs)
+    print(f"score: {len(rows)} frames{f' from frame {args.skip}' if args.skip else ''}, {total} word-frames, "
+          f"{100 * right / max(total, 1):.1f} % right")
+    if args.json:
+        write_json_atomic({"frames": len(rows), "word_frames": total, "right": right,
+                           "accuracy": right / max(total, 1)}, args.json)
     return 0
 
 
@@ -435,7 +492,7 @@ def cmd_soak(args) -> int:
     from runtime.video import read_frames
     from runtime.weights import model_or_default
 
-    from .camera import resolve_detector, schedule_from_args
+    from .camera import rec_threads, resolve_detector, schedule_from_args
     from .synthetic_video import render_video
 
     positive("--minutes", args.minutes)
@@ -447,7 +504,7 @@ def cmd_soak(args) -> int:
         video = os.path.join(td, "loop.avi")
         render_video(video, n_words=args.words, size=(720, 1280), frames=args.frames, font_px=args.font_px)
         frames = read_frames(video)
-    rec = open_recognizer(model, threads=args.rec_threads)
+    rec = open_recognizer(model, threads=rec_threads(args.rec_threads, args.det_threads))
     det = DBDetector(resolve_detector(args.detector), max_side=args.det_side, threads=args.det_threads)
     pipe = Pipeline(rec, det, async_detect=True, schedule=schedule)
     fps_in, period = 30.0, 1.0 / 30.0
@@ -554,18 +611,33 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--font-px", type=int, default=18, help="font size")
         r.add_argument("--det-side", type=int, default=960, help="detector input longest side")
         r.add_argument("--det-threads", type=int, default=1, help="detector ONNX Runtime threads")
-        r.add_argument("--rec-threads", type=int, default=1, help="recognizer ONNX Runtime threads (1 measured best "
-                                                                  "beside the detector's thread on 2 cores)")
+        r.add_argument("--rec-threads", type=int, default=0, help="recognizer ONNX Runtime threads (0: the cores the "
+                                                                  "detector's threads leave; 1 on 2 cores)")
         r.add_argument("--json", default=None, help="write figures as JSON here; unset: not written")
         add_schedule_args(r)
 
-    r = sub.add_parser("pipeline", help="camera pipeline on a rendered 1280x720 video", formatter_class=F)
+    r = sub.add_parser("pipeline", help="camera pipeline on a 1280x720 video of rendered words or real crops",
+                       formatter_class=F)
     pipeline_args(r, 150)
+    r.add_argument("--scene", choices=("rendered", "real"), default="rendered",
+                   help="rendered words, or real word crops filmed through a simulated camera (apps.crop_scene)")
+    r.add_argument("--crops", nargs="+", default=[str(REAL / s) for s in DEFAULT_CROP_SETS],
+                   help="real word crops of --scene real (STR lmdbs or image folders)")
+    r.add_argument("--text-px", default="10,18", help="text height range of --scene real, px")
+    r.add_argument("--speed", type=float, default=1.5, help="largest word speed, px per frame")
+    r.add_argument("--seed", type=int, default=0, help="crops, placement, motion and camera effects of --scene real")
     r.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma of the rendered frames")
     r.add_argument("--detect-every", type=int, default=5, help="frames between detections with --sync-detect")
     r.add_argument("--sync-detect", action="store_true", help="detect inline (default: background thread)")
     r.add_argument("--realtime", action="store_true", help="pace frames at 30 FPS like a camera (default: as fast "
                                                            "as processing allows)")
+
+    r = sub.add_parser("score", help="word-frames right of an apps.camera --jsonl run against a scene's truth",
+                       formatter_class=F)
+    r.add_argument("--jsonl", required=True, help="apps.camera --jsonl output")
+    r.add_argument("--truth", required=True, help="the scene's truth (apps.synthetic_video writes VIDEO.truth.json)")
+    r.add_argument("--skip", type=int, default=0, help="frames left out at the start (a detector's first second)")
+    r.add_argument("--json", default=None, help="write the score as JSON here; unset: not written")
 
     r = sub.add_parser("detect", help="text detectors: word recall and ms on rendered small-text scenes",
                        formatter_class=F)
@@ -616,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_profile(args)
     if args.cmd == "detect":
         return cmd_detect(args)
+    if args.cmd == "score":
+        return cmd_score(args)
     return 2
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import deque
@@ -65,36 +66,58 @@ def draw_overlay(frame: np.ndarray, res: FrameResult, fps: float) -> np.ndarray:
     return out
 
 
+# The frame rate the scheduler keeps, over the source's: headroom for jitter, so that a pipeline reading a 30 FPS
+# camera is done with a frame before the next arrives (36 FPS for 30 FPS sources).
+HEADROOM = 1.2
+
+
 def add_schedule_args(p: argparse.ArgumentParser) -> None:
     """The read scheduler's options (``runtime.scheduler``), shared with ``apps.benchmark pipeline``."""
     d = ScheduleCfg()
     p.add_argument("--read-every-frame", action="store_true",
                    help="read every tracked word on every frame (no scheduling; default: scheduled)")
+    p.add_argument("--target-fps", type=float, default=0.0,
+                   help=f"frame rate to keep: each frame reads what its period leaves after the rest of the loop "
+                        f"(0: the source's frame rate x {HEADROOM}, 36 for 30 FPS sources)")
     p.add_argument("--max-reads", type=int, default=d.max_reads,
-                   help="words read per frame at most (0: no count limit)")
+                   help="words read per frame at most (0: as many as the frame's time allows)")
     p.add_argument("--read-budget-ms", type=float, default=d.budget_ms,
-                   help="recognition milliseconds per frame at most, measured as it runs (0: no time limit)")
+                   help="fixed recognition milliseconds per frame (0: what the frame period leaves)")
     p.add_argument("--reread-after", type=int, default=d.max_age,
                    help="frames after which a word is read again even if nothing changed")
     p.add_argument("--reread-confidence", type=float, default=d.confidence,
                    help="fused confidence below which a word keeps being read")
     p.add_argument("--change", type=float, default=d.change,
-                   help="crop change (mean |difference| of 4x16 grey signatures, normalised units) that triggers a read")
+                   help="least crop change (mean |difference| of normalised 4x16 grey signatures) that triggers a read")
+    p.add_argument("--noise", type=float, default=d.noise,
+                   help="a change must also exceed this many times the word's own frame-to-frame jitter")
     p.add_argument("--new-reads", type=int, default=d.new_reads,
                    help="new words read on the frame they appear, beyond the budget (0: they wait their turn)")
 
 
-def schedule_from_args(args: argparse.Namespace) -> ScheduleCfg | None:
-    """The ScheduleCfg of the parsed options (None with --read-every-frame); ValueError names a bad option."""
+def schedule_from_args(args: argparse.Namespace, source_fps: float = 30.0) -> ScheduleCfg | None:
+    """The ScheduleCfg of the parsed options (None with --read-every-frame); ``source_fps`` sets the frame rate to
+    keep unless --target-fps does; InputError names a bad option."""
     if args.read_every_frame:
         return None
-    cfg = ScheduleCfg(max_reads=args.max_reads, budget_ms=args.read_budget_ms, change=args.change,
-                      confidence=args.reread_confidence, max_age=args.reread_after, new_reads=args.new_reads)
+    fps = args.target_fps or HEADROOM * (source_fps if source_fps and source_fps > 0 else 30.0)
+    cfg = ScheduleCfg(max_reads=args.max_reads, budget_ms=args.read_budget_ms, fps=fps, change=args.change,
+                      noise=args.noise, confidence=args.reread_confidence, max_age=args.reread_after,
+                      new_reads=args.new_reads)
     try:
         return cfg.validate()
     except ValueError as e:
-        raise InputError("--max-reads/--read-budget-ms/--reread-after/--reread-confidence/--change/--new-reads: "
-                         f"{e}") from None
+        raise InputError("--target-fps/--max-reads/--read-budget-ms/--reread-after/--reread-confidence/--change/"
+                         f"--noise/--new-reads: {e}") from None
+
+
+def rec_threads(given: int, det_threads: int | None) -> int:
+    """``--rec-threads``: as given, or (0) the cores the detector's thread leaves (all of them without a detector;
+    one core each on 2 cores measured best: two threads each would fight)."""
+    if given:
+        return given
+    cores = os.cpu_count() or 1
+    return max(1, cores - (det_threads or 1)) if det_threads is not None else cores
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--det-side", type=int, default=960, help="detector input: longest side in pixels")
     p.add_argument("--det-tiles", default="1,1", help="detector tiles rows,cols (full resolution per tile)")
     p.add_argument("--det-threads", type=int, default=1, help="ONNX Runtime threads of the detector")
-    p.add_argument("--rec-threads", type=int, default=1,
-                   help="ONNX Runtime threads of the recognizer (one core for it, one for the detector thread)")
+    p.add_argument("--rec-threads", type=int, default=0,
+                   help="ONNX Runtime threads of the recognizer (0: the cores the detector's threads leave, all of "
+                        "them without a detector)")
     p.add_argument("--detect-every", type=int, default=5, help="frames between detections (synchronous mode)")
     p.add_argument("--async-detect", action="store_true",
                    help="run detection in a background thread on the newest frame (default for live sources)")
@@ -176,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(args.out, "--out", (".mp4", ".avi", ".mkv"))
     check_writable(args.jsonl, "--jsonl")
     check_writable(args.contact_sheet, "--contact-sheet", (".png",))
+    schedule_from_args(args)  # a bad scheduling option is refused before any source is opened
     model = model_or_default(args.model)
     rois = [parse_roi(r) for r in args.roi]
     if args.roi_file:
@@ -184,13 +209,15 @@ def main(argv: list[str] | None = None) -> int:
         rois += [parse_roi(line) for line in Path(args.roi_file).read_text().splitlines() if line.strip()]
     tiles = _tiles(args.det_tiles)
     det_path = resolve_detector(args.detector)
-    rec = open_recognizer(model, threads=args.rec_threads) if model.endswith(".onnx") else open_recognizer(model)
+    threads = rec_threads(args.rec_threads, args.det_threads if det_path else None)
+    rec = open_recognizer(model, threads=threads) if model.endswith(".onnx") else open_recognizer(model)
     det = DBDetector(det_path, max_side=args.det_side, tiles=tiles, threads=args.det_threads) if det_path else None
     spec = parse_source(args.source, args.width, args.height, args.fps)
     live = spec.live or args.realtime
     reader = LatestFrameReader(spec) if live else FileReader(spec)
+    source_fps = getattr(reader, "fps", 0) or spec.fps
     pipe = Pipeline(rec, det, rois, args.detect_every, async_detect=(live or args.async_detect) and not args.sync_detect,
-                    schedule=schedule_from_args(args))
+                    schedule=schedule_from_args(args, source_fps))
     show = not args.headless
     writer = None
     jsonl = open(args.jsonl, "w") if args.jsonl else None

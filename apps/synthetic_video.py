@@ -1,6 +1,7 @@
-"""A rendered test video: small words moving at known positions over a textured background, written with
-OpenCV's VideoWriter. Used by the camera app's test and by ``apps.benchmark pipeline``; the truth (each word's
-box in every frame) is returned, and written beside the video as JSON."""
+"""Test videos with known words: rendered words moving over a textured background (``render_video``), or real word
+crops filmed through a simulated camera (``--crops``, ``apps.crop_scene``). Used by the camera app's tests and by
+``apps.benchmark pipeline``; the truth (each word's box in every frame) is returned, and written beside the video
+as JSON; ``score_frames`` scores a run's per-frame output against it."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["render_video", "rois", "match_words", "WORDS"]
+__all__ = ["render_video", "rois", "match_words", "score_frames", "same_word", "WORDS"]
 
 WORDS = ["price", "meter", "shelf", "seven", "label", "green", "coffee", "water", "north", "store", "milk", "sale",
          "bread", "exit", "open", "stop", "gate", "lamp", "paper", "river"]
@@ -96,34 +97,95 @@ def match_words(row: list, boxes) -> list[int | None]:
     return [int(j) if cover[i, j] >= 0.5 else None for i, j in enumerate(best)]
 
 
+def same_word(read: str, label: str) -> bool:
+    """The benchmark's protocol (``runtime.metrics``): lowercase alphanumerics compared."""
+    from runtime.charset import normalize_textzoom
+
+    return normalize_textzoom(read) == normalize_textzoom(label)
+
+
+def score_frames(truth: list, outputs: list[list[tuple[list[float], str]]]) -> tuple[int, int]:
+    """(word-frames right, word-frames in all): a true word counts as right on a frame when the output box that
+    covers at least half of it (``match_words``) carries its text. ``outputs[i]`` is frame i's (box, text) pairs,
+    ``truth[i]`` its true words."""
+    right = total = 0
+    for row, out in zip(truth, outputs):
+        total += len(row)
+        for t, j in zip(row, match_words(row, [b for b, _ in out])):
+            right += j is not None and same_word(out[j][1], t["text"])
+    return right, total
+
+
+def _pair(text: str, option: str) -> tuple[float, float]:
+    from runtime.cli import InputError
+
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{option} {text!r}: expected LOW,HIGH, e.g. 10,18") from None
+    if not 0 < lo <= hi:
+        raise InputError(f"{option} {text!r}: need 0 < LOW <= HIGH")
+    return lo, hi
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m apps.synthetic_video OUT.mp4 [--words N] [--frames F] [--font-px P] [--speed S] [--rois FILE]``"""
+    """``python -m apps.synthetic_video OUT.mp4 [--crops LMDB ...] [--words N] [--frames F] [--speed S] [--rois FILE]``"""
     import argparse
 
-    from runtime.cli import check_writable, positive
+    from runtime.cli import InputError, check_writable, non_negative, positive
 
+    from .crop_scene import CameraEffects, pick_crops, render_crop_video
+
+    fx = CameraEffects()
     p = argparse.ArgumentParser(prog="python -m apps.synthetic_video", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("out", help="video to write (.mp4 or .avi); the truth goes beside it as OUT.truth.json")
+    p.add_argument("--crops", nargs="+", default=None,
+                   help="real word crops (STR lmdbs or image folders) to film instead of rendered words, e.g. "
+                        "../shared/data/real/ic15_train; unset: rendered words")
     p.add_argument("--words", type=int, default=16, help="words in the scene")
     p.add_argument("--frames", type=int, default=150, help="frames")
     p.add_argument("--width", type=int, default=1280, help="frame width")
     p.add_argument("--height", type=int, default=720, help="frame height")
-    p.add_argument("--font-px", type=int, default=18, help="font size")
+    p.add_argument("--font-px", type=int, default=18, help="font size of rendered words")
+    p.add_argument("--text-px", default="10,18", help="range of the real crops' height in the frame, px (--crops)")
     p.add_argument("--speed", type=float, default=1.5, help="largest word speed, px per frame (0: a static scene)")
-    p.add_argument("--seed", type=int, default=0, help="word placement and motion")
+    p.add_argument("--seed", type=int, default=0, help="word choice, placement, motion and camera effects")
+    p.add_argument("--shake", type=float, default=fx.shake_px, help="camera jitter std, px (--crops; 0: none)")
+    p.add_argument("--defocus", type=float, default=fx.defocus, help="defocus blur sigma, px (--crops; 0: none)")
+    p.add_argument("--motion-blur", type=float, default=fx.motion_px,
+                   help="motion blur length at the largest shake step, px (--crops; 0: none)")
+    p.add_argument("--noise", type=float, default=fx.noise, help="sensor noise std, grey levels (--crops; 0: none)")
+    p.add_argument("--exposure", type=float, default=fx.exposure, help="exposure drift amplitude (--crops; 0: none)")
+    p.add_argument("--jpeg", type=int, default=fx.jpeg, help="JPEG quality of every frame (--crops; 0: none)")
     p.add_argument("--rois", default=None, help="also write each word's first-frame box (padded 4 px) as x,y,w,h lines "
                                                 "for apps.camera --roi-file; unset: not written")
     args = p.parse_args(argv)
     for opt in ("words", "frames", "width", "height", "font_px"):
         positive("--" + opt.replace("_", "-"), getattr(args, opt))
+    non_negative("--speed", args.speed)
     check_writable(args.out, "out", (".mp4", ".avi"))
     check_writable(args.rois, "--rois")
-    truth = render_video(args.out, args.words, (args.height, args.width), args.frames, args.font_px, args.speed,
-                         seed=args.seed)
+    if args.crops:
+        effects = CameraEffects(args.shake, args.defocus, args.motion_blur, args.noise, args.exposure, args.jpeg)
+        try:
+            effects.validate()
+        except ValueError as e:
+            raise InputError(f"--shake/--defocus/--motion-blur/--noise/--exposure/--jpeg: {e}") from None
+        text_px = _pair(args.text_px, "--text-px")
+        for c in args.crops:
+            if not Path(c).exists():
+                raise InputError(f"--crops {c}: no such lmdb or folder")
+        crops = pick_crops(args.crops, args.words, args.seed)
+        truth = render_crop_video(args.out, crops, (args.height, args.width), args.frames, text_px, args.speed,
+                                  effects, seed=args.seed)
+    else:
+        truth = render_video(args.out, args.words, (args.height, args.width), args.frames, args.font_px, args.speed,
+                             seed=args.seed)
     if args.rois:
         Path(args.rois).write_text("".join(f"{x},{y},{w},{h}\n" for x, y, w, h in rois(truth[0])))
-    print(f"synthetic_video: wrote {args.out} ({args.frames} frames, {args.words} words) and {args.out}.truth.json")
+    kind = "real word crops" if args.crops else "rendered words"
+    print(f"synthetic_video: wrote {args.out} ({args.frames} frames, {args.words} {kind}) and {args.out}.truth.json")
     return 0
 
 

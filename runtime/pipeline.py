@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from . import fastpath
@@ -121,7 +122,7 @@ class Pipeline:
     def __init__(self, recognizer: Recognizer, detector: DBDetector | None = None,
                  rois: Sequence[tuple[int, int, int, int]] = (), detect_every: int = 5, async_detect: bool = False,
                  tracker: Tracker | None = None, min_box: float = 4.0,
-                 schedule: ScheduleCfg | None = None) -> None:
+                 schedule: ScheduleCfg | None = None, follow: bool = True) -> None:
         """``schedule``: how to spend the recognizer on the tracks (``runtime.scheduler``); None reads every track
         on every frame."""
         if detector is None and not rois:
@@ -132,6 +133,12 @@ class Pipeline:
         self.tracker = tracker or Tracker()
         self.scheduler = ReadScheduler(schedule) if schedule is not None else None
         self._async = _AsyncDetector(self._detect) if detector is not None and async_detect else None
+        # the loop's cost per frame outside recognition (this method's other stages and the caller's work between
+        # two calls, time spent waiting for a frame aside), a moving average: what the frame period leaves to read
+        self._overhead_ms: float | None = None
+        self.follow = follow
+        self._prev: tuple[int, np.ndarray] | None = None  # the last frame, grey, for following words between detections
+        self._t_end: float | None = None
         if detector is None:  # fixed regions: one permanent track per region, read every frame
             self.tracker.update(self.rois, 0)
             self.tracker.max_misses = 1 << 30
@@ -147,8 +154,21 @@ class Pipeline:
         quads = np.stack([d.quad for d in dets]) if dets else None
         self.tracker.update(boxes, frame_idx, quads)
 
+    def read_budget_ms(self) -> float | None:
+        """Recognition milliseconds the next frame may spend: the frame period (``ScheduleCfg.fps``) less the loop's
+        measured overhead; None before anything is measured or without a frame rate."""
+        fps = self.scheduler.cfg.fps if self.scheduler is not None else 0.0
+        if not fps or self._overhead_ms is None:
+            return None
+        return max(0.0, 1000.0 / fps - self._overhead_ms)
+
     def process(self, frame: np.ndarray, frame_idx: int, t_capture: float | None = None) -> FrameResult:
-        t_capture = time.monotonic() if t_capture is None else t_capture
+        t_start = time.monotonic()
+        # the caller's work since the last frame; the time until the frame was captured was spent waiting for it
+        outside = 0.0 if self._t_end is None else t_start - self._t_end
+        if t_capture is not None and self._t_end is not None:
+            outside -= min(outside, max(0.0, t_capture - self._t_end))
+        t_capture = t_start if t_capture is None else t_capture
         ms = dict.fromkeys(STAGES, 0.0)
         detected = False
         if self.detector is not None:
@@ -170,6 +190,13 @@ class Pipeline:
                 self._fold(dets, frame_idx)
                 ms["track"] += (time.perf_counter() - t) * 1000
                 detected = True
+        if self.follow and self.detector is not None and self.tracker.tracks:
+            t = time.perf_counter()
+            grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+            if self._prev is not None:
+                self.tracker.follow(self._prev[1], grey, self._prev[0], frame_idx)
+            self._prev = (frame_idx, grey)
+            ms["track"] += (time.perf_counter() - t) * 1000
         tracks = list(self.tracker.tracks)
         words: list[WordResult] = []
         n_read = 0
@@ -188,10 +215,11 @@ class Pipeline:
             else:
                 # cut by the frame's edge by more than a pixel: the crop holds part of the word
                 partial = (np.abs(boxes - raw) > 1.0).any(1)[ok]
-                pick, sigs = self.scheduler.choose(frame_idx, live, x, partial)
+                pick, sigs = self.scheduler.choose(frame_idx, live, x, partial, self.read_budget_ms())
             ms["schedule"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
-            probs = self.rec.run(x[pick] if len(pick) < len(x) else x) if pick else None
+            # the picked crops in the order picked (most urgent first); all of them in order need no copy
+            probs = self.rec.run(x if pick == list(range(len(x))) else x[pick]) if pick else None
             ms["recognize"] = (time.perf_counter() - t) * 1000
             if self.scheduler is not None:
                 self.scheduler.record(ms["recognize"], len(pick))
@@ -199,11 +227,13 @@ class Pipeline:
             reads = self.rec.tokenizer.decode(probs) if pick else []
             ms["decode"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
-            for i, r in zip(pick, reads):
+            # CTC reads fuse by each candidate's probability under every read (runtime.fusion)
+            ctc = getattr(self.rec.tokenizer, "kind", "") == "ctc"
+            for k, (i, r) in enumerate(zip(pick, reads)):
                 tr = live[i]
                 if sigs is not None:
-                    self.scheduler.observe(frame_idx, tr, sigs[i], r.text)
-                tr.vote.add(r.text, r.confidence)
+                    self.scheduler.observe(frame_idx, tr, sigs[i], r.text, r.confidence)
+                tr.vote.add(r.text, r.confidence, probs[k] if ctc else None, self.rec.tokenizer.char_ids)
                 tr.last_read = (r.text, r.confidence)
             picked = set(pick)
             for i, (tr, b) in enumerate(zip(live, boxes[ok])):
@@ -214,7 +244,10 @@ class Pipeline:
         res = FrameResult(frame_idx, t_capture, words, ms, detected)
         res.reads = n_read
         res.skipped = len(words) - n_read
-        res.latency_ms = (time.monotonic() - t_capture) * 1000
+        self._t_end = time.monotonic()
+        res.latency_ms = (self._t_end - t_capture) * 1000
+        over = outside * 1000 + (self._t_end - t_start) * 1000 - ms["recognize"]
+        self._overhead_ms = over if self._overhead_ms is None else 0.9 * self._overhead_ms + 0.1 * over
         return res
 
     def close(self) -> None:

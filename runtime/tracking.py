@@ -8,8 +8,11 @@ outweighs several unsure blurry ones and a word read over many frames is right m
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
+import cv2
 import numpy as np
 
 __all__ = ["Track", "Tracker", "iou_matrix", "coverage", "Vote"]
@@ -41,29 +44,70 @@ def coverage(truth: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Vote:
-    """Confidence-weighted voting over a track's readings."""
+    """A track's readings fused over frames.
 
-    totals: dict[str, float] = field(default_factory=dict)
-    readings: int = 0
+    Each reading adds evidence to candidate strings: for a CTC recognizer (``add`` given the read's output
+    columns), the probability the read gives each candidate (``runtime.fusion``), so a read of "BAJAS" that also
+    gives "REBAJAS" a fair chance counts for both; otherwise its confidence, to its own string. The fused text is
+    the candidate with the most evidence. Its confidence is that evidence over the reads' total weight plus
+    ``PRIOR``, a pseudo-read of doubt: one read at 0.15 gives 0.12, one at 0.99 gives 0.79, three agreeing reads at
+    0.99 give 0.91 (two give 0.88), two reads that disagree at 0.9 give 0.40. So a word is only as certain as its reads were sure
+    and agree, however few they are. An empty read adds no candidate but counts as a read: the word did not show.
+    """
 
-    def add(self, text: str, conf: float) -> None:
-        if not text:
-            return  # an empty read says nothing about which word it is
-        self.totals[text] = self.totals.get(text, 0.0) + max(float(conf), 0.0)
-        self.readings += 1
+    totals: dict[str, float] = field(default_factory=dict)  # evidence per candidate string
+    readings: int = 0  # reads with text
+    weight: float = 0.0  # the reads' total weight (1 a read; scaled by forget)
+    # the last MAX_KEPT reads' output columns and weights, to score a candidate first met later
+    kept: deque = field(default_factory=lambda: deque(maxlen=Vote.MAX_KEPT))
+    ids: dict[str, list[int]] = field(default_factory=dict)  # candidate -> class ids (CTC reads)
+
+    PRIOR = 0.25
+    MAX_KEPT = 32
+    MAX_CANDIDATES = 8
+
+    def add(self, text: str, conf: float, probs: np.ndarray | None = None,
+            encode: Callable[[str], list[int]] | None = None) -> None:
+        """One reading: its greedy ``text`` and ``conf``; with ``probs`` (its (T, C) CTC output columns) and
+        ``encode`` (a string's class ids), its probability for every candidate."""
+        self.weight += 1.0
+        if text:
+            self.readings += 1
+        if probs is None or encode is None:
+            if text:
+                self.totals[text] = self.totals.get(text, 0.0) + max(float(conf), 0.0)
+            return
+        from .fusion import ctc_string_probs
+
+        if text and text not in self.totals:
+            self.ids[text] = encode(text)
+            # what the kept earlier reads said of the new candidate
+            past = (ctc_string_probs(np.stack([p for p, _ in self.kept]), [self.ids[text]])[:, 0]
+                    if self.kept else np.zeros(0))
+            self.totals[text] = float(sum(w * v for (_, w), v in zip(self.kept, past)))
+        cands = list(self.totals)
+        if cands:
+            now = ctc_string_probs(probs[None], [self.ids[c] for c in cands])[0]
+            for c, v in zip(cands, now):
+                self.totals[c] += float(v)
+        self.kept.append((np.asarray(probs, np.float32), 1.0))
+        if len(self.totals) > self.MAX_CANDIDATES:  # the weakest candidates go; a later read may bring one back
+            for c in sorted(self.totals, key=self.totals.get)[:len(self.totals) - self.MAX_CANDIDATES]:
+                del self.totals[c], self.ids[c]
 
     def forget(self, factor: float) -> None:
         """Scale the evidence gathered so far (the scheduler calls it when the crop's content changed)."""
         self.totals = {k: v * factor for k, v in self.totals.items()}
+        self.weight *= factor
+        self.kept = deque(((p, w * factor) for p, w in self.kept), maxlen=self.MAX_KEPT)
 
     @property
     def best(self) -> tuple[str, float]:
-        """(text, share of the total confidence it holds)."""
+        """(fused text, its confidence: its evidence / (the reads' weight + PRIOR))."""
         if not self.totals:
             return "", 0.0
         text = max(self.totals, key=self.totals.get)
-        total = sum(self.totals.values())
-        return text, (self.totals[text] / total if total > 0 else 0.0)
+        return text, min(1.0, self.totals[text] / (self.weight + self.PRIOR))
 
 
 @dataclass
@@ -78,9 +122,10 @@ class Track:
     vote: Vote = field(default_factory=Vote)
     quad: np.ndarray | None = None
     last_read: tuple[str, float] = ("", 0.0)  # the latest reading (text, confidence), whichever frame it was
+    offset: np.ndarray = field(default_factory=lambda: np.zeros(4))  # frame-to-frame following since the detection
 
     def predict(self, frame: int) -> np.ndarray:
-        return self.box + self.velocity * (frame - self.frame)
+        return self.box + self.velocity * (frame - self.frame) + self.offset
 
     @property
     def text(self) -> str:
@@ -120,7 +165,7 @@ class Tracker:
                 t.velocity = self.smoothing * v + (1 - self.smoothing) * t.velocity if t.measured else v
                 t.measured = True
             if dt > 0 or t.hits == 1:
-                t.box, t.frame = boxes[di].copy(), frame
+                t.box, t.frame, t.offset = boxes[di].copy(), frame, np.zeros(4)
             t.hits, t.misses = t.hits + 1, 0
             t.quad = None if quads is None else quads[di]
         for ti, t in enumerate(self.tracks):
@@ -133,6 +178,31 @@ class Tracker:
                                          quad=None if quads is None else quads[di]))
                 self._next += 1
         return self.tracks
+
+    def follow(self, prev: np.ndarray, cur: np.ndarray, prev_frame: int, frame: int, margin: int = 6,
+               min_score: float = 0.6) -> None:
+        """Between detections, move each track by what its word did from grey frame ``prev`` (at ``prev_frame``)
+        to ``cur`` (at ``frame``): its crop on ``prev`` is found on ``cur`` within ``margin`` px of the prediction
+        (normalised cross-correlation at least ``min_score``; a flat crop or a poor match keeps the prediction).
+        Camera shake and a velocity that changed between detections are then followed every frame, so the crop
+        the recognizer reads stays on its word."""
+        H, W = cur.shape[:2]
+        for t in self.tracks:
+            x0, y0, x1, y1 = np.round(t.predict(prev_frame)).astype(int)
+            if x0 < 0 or y0 < 0 or x1 > W or y1 > H or x1 - x0 < 4 or y1 - y0 < 4:
+                continue
+            tpl = prev[y0:y1, x0:x1]
+            if tpl.std() < 4.0:
+                continue
+            p = np.round(t.predict(frame) - t.predict(prev_frame)).astype(int)  # the prediction's own move
+            sx0, sy0 = x0 + p[0] - margin, y0 + p[1] - margin
+            sx1, sy1 = x1 + p[0] + margin, y1 + p[1] + margin
+            if sx0 < 0 or sy0 < 0 or sx1 > W or sy1 > H:
+                continue
+            res = cv2.matchTemplate(cur[sy0:sy1, sx0:sx1], tpl, cv2.TM_CCOEFF_NORMED)
+            _, score, _, (mx, my) = cv2.minMaxLoc(res)
+            if score >= min_score:
+                t.offset = t.offset + np.array([mx - margin, my - margin] * 2, np.float64)
 
     def boxes(self, frame: int) -> np.ndarray:
         """Predicted boxes of all live tracks at ``frame``."""

@@ -7,7 +7,8 @@
 #   2. compress   ONNX export (parity gate), INT8 calibrated on real crops, the accuracy gate
 #   3. runtime    the camera app headless on a rendered video of 16 moving words: the INT8 student of step 2 and
 #                 the shipped default model (the PP-OCRv6 student), each writing an annotated mp4, a contact sheet
-#                 PNG and the JSONL
+#                 PNG and the JSONL, scored against the truth; then 16 real word crops filmed through a simulated
+#                 camera (shake, blur, noise, JPEG), read through 16 regions with the default model
 #   4. benchmark  the accuracy/speed table and plot against PP-OCRv6 small and tiny on svt_test
 # Outputs go to OUT (default runs/demo). STAGES=distill,compress,runtime,benchmark picks stages (later stages use
 # what earlier ones wrote, else the shipped weights); STEPS (default 150) sets the training length.
@@ -71,21 +72,16 @@ if has runtime; then
     "$PY" -m apps.camera --source "$OUT/words.mp4" --detector ppocrv6-tiny-det --headless --async-detect \
       ${model:+--model "$model"} --out "$OUT/camera_$name.mp4" --jsonl "$OUT/camera_$name.jsonl" \
       --contact-sheet "$OUT/camera_$name.png"
-    "$PY" - "$OUT/words.mp4.truth.json" "$OUT/camera_$name.jsonl" <<'PY'
-import json, sys
-from apps.synthetic_video import match_words
-truth = json.load(open(sys.argv[1]))
-frames = [json.loads(line) for line in open(sys.argv[2])]
-right = total = 0
-for fr in frames[30:]:  # after the first second: every word has been detected and read
-    t = truth[fr["frame"]]
-    total += len(t)
-    right += sum(j is not None and fr["words"][j]["text"] == w["text"]
-                 for w, j in zip(t, match_words(t, [w["box"] for w in fr["words"]])))
-print(f"camera: fused word accuracy {100 * right / max(total, 1):.1f} % over frames 30-{len(frames) - 1} "
-      f"({right}/{total} word-frames)")
-PY
+    "$PY" -m apps.benchmark score --jsonl "$OUT/camera_$name.jsonl" --truth "$OUT/words.mp4.truth.json" --skip 30
   done
+  if [ -d "$REAL/ic15_train" ]; then
+    say "3. runtime: 16 real word crops filmed through a simulated camera, 16 regions, default model, scheduled"
+    "$PY" -m apps.synthetic_video "$OUT/real.mp4" --crops "$REAL/ic15_train" "$REAL/iiit5k_train" \
+      "$REAL/svt_train" --words 16 --frames 300 --speed 0 --rois "$OUT/real_rois.txt"
+    "$PY" -m apps.camera --source "$OUT/real.mp4" --roi-file "$OUT/real_rois.txt" --headless \
+      --jsonl "$OUT/camera_real.jsonl" --contact-sheet "$OUT/camera_real.png"
+    "$PY" -m apps.benchmark score --jsonl "$OUT/camera_real.jsonl" --truth "$OUT/real.mp4.truth.json"
+  fi
 fi
 
 if has benchmark; then

@@ -137,7 +137,8 @@ def test_detect_benchmark_measures_recall(tmp_path):
 
 def test_profile_sums_kernel_time_by_operator_and_counts_multiply_adds(tmp_path):
     """A conv (3 -> 8 channels, 3x3, stride 2) and a MatMul (8 -> 7 classes) at 16x64: 8*8*32 outputs x 27 plus
-    32 frames x 7 x 8, counted on the graph ONNX Runtime runs; the shares add up to the whole."""
+    32 frames x 7 x 8 on the model's graph (ONNX Runtime's kernels may compute more: a blocked convolution pads its
+    channels to the CPU's vector width); the shares add up to the whole."""
     from conftest import run_module, tiny_ctc_onnx
 
     from apps.profiling import profile_model
@@ -148,8 +149,8 @@ def test_profile_sums_kernel_time_by_operator_and_counts_multiply_adds(tmp_path)
     assert prof.mmacs_per_crop * 1e6 == pytest.approx(8 * 8 * 32 * 27 + 32 * 7 * 8)
     assert sum(o.share for o in prof.ops) == pytest.approx(100.0)
     assert prof.ms_per_batch == pytest.approx(sum(o.ms for o in prof.ops))
-    conv = [o for o in prof.ops if o.gmacs * 1e9 == pytest.approx(4 * 8 * 8 * 32 * 27)]
-    assert len(conv) == 1 and conv[0].gmac_per_s > 0
+    conv = [o for o in prof.ops if o.op == "Conv"]
+    assert len(conv) == 1 and conv[0].gmacs * 1e9 >= 4 * 8 * 8 * 32 * 27 - 1e-6 and conv[0].gmac_per_s > 0
 
     out = tmp_path / "p.json"
     r = run_module(["apps.benchmark", "profile", str(model), "--size", "16x64", "--batch", "2", "--runs", "2",

@@ -15,7 +15,8 @@ from runtime.datasets import (
     open_dataset,
 )
 
-REAL_COUNTS = {"iiit5k_train": 2000, "svt_train": 257, "svt_test": 647, "vn_plates_valid": 920, "demo_words": 16}
+REAL_COUNTS = {"iiit5k_train": 2000, "svt_train": 257, "svt_test": 647, "vn_plates_valid": 920, "demo_words": 16,
+               "ic15_train": 4468}
 
 
 @pytest.mark.parametrize("name,count", sorted(REAL_COUNTS.items()))

@@ -130,3 +130,80 @@ def test_coverage_is_the_share_of_the_true_box_inside_each_box():
     c = coverage(truth, [[5, 0, 15, 10], [-5, -5, 20, 20], [20, 20, 30, 30]])
     assert c.tolist() == [[0.5, 1.0, 0.0]]
     assert iou_matrix(truth, [[-5, -5, 20, 20]])[0, 0] == 100 / 625  # a larger box: low IoU, full coverage
+
+
+def test_the_frame_period_less_the_loops_own_work_is_the_read_budget():
+    """The scheduler reads what the frame period leaves: the caller's work between frames counts, the time spent
+    waiting for the next frame does not."""
+    from runtime.charset import CTCTokenizer
+    from runtime.pipeline import Pipeline
+    from runtime.scheduler import ScheduleCfg
+
+    class Rec:
+        size, input_dtype = (16, 64), np.float32
+        info = types.SimpleNamespace(mean=0.5, std=0.5)
+        tokenizer = CTCTokenizer("ab")
+
+        def run(self, x):
+            time.sleep(0.002 * len(x))  # 2 ms a crop
+            p = np.zeros((len(x), 4, 3), np.float32)
+            p[:, :, 1], p[:, :, 2] = 0.55, 0.45  # an unsure "a": every word stays due
+            return p
+
+    rois = [(i * 20, 0, 16, 12) for i in range(16)]
+    frame = np.random.default_rng(0).integers(0, 255, (32, 320, 3), dtype=np.uint8)
+    p = Pipeline(Rec(), rois=rois, schedule=ScheduleCfg(fps=50.0, new_reads=0))  # a 20 ms period
+    assert p.read_budget_ms() is None  # nothing measured yet
+    for i in range(20):
+        time.sleep(0.008)  # the caller's own work: 8 ms a frame
+        r = p.process(frame, i)
+    assert 6.0 < p.read_budget_ms() < 12.0, p.read_budget_ms()
+    assert 2 <= r.reads <= 6, r.reads  # about 11 ms of 2 ms reads
+    q = Pipeline(Rec(), rois=rois, schedule=ScheduleCfg(fps=50.0, new_reads=0))
+    for i in range(20):
+        time.sleep(0.008)  # waiting for a camera's frame: captured after the wait
+        r = q.process(frame, i, time.monotonic())
+    assert q.read_budget_ms() > 14.0 and r.reads >= 6, (q.read_budget_ms(), r.reads)
+
+
+def test_each_read_goes_to_its_own_word_whatever_order_the_scheduler_picks():
+    """The scheduler returns the most urgent first; when it picks every word in another order, each reading must
+    still land on the word it read (regression: the whole batch was run unpermuted)."""
+    from runtime.charset import CTCTokenizer
+    from runtime.pipeline import Pipeline
+    from runtime.scheduler import ScheduleCfg
+
+    class Rec:  # reads a crop's brightness as one letter: dark "a", mid "b", bright "c"
+        size, input_dtype = (16, 64), np.float32
+        info = types.SimpleNamespace(mean=0.5, std=0.5)
+        tokenizer = CTCTokenizer("abc")
+
+        def run(self, x):
+            level = np.clip(((x.mean((1, 2, 3)) + 1) * 1.5).astype(int), 0, 2)
+            p = np.zeros((len(x), 4, 4), np.float32)
+            p[np.arange(len(x)), :, level + 1] = 1.0
+            return p
+
+    frame = np.zeros((20, 90, 3), np.uint8)
+    for k, v in enumerate((20, 128, 235)):
+        frame[:, k * 30:(k + 1) * 30] = v
+    p = Pipeline(Rec(), rois=[(k * 30 + 2, 2, 26, 16) for k in range(3)], schedule=ScheduleCfg(max_reads=3))
+    p.scheduler.choose = lambda frame, tracks, x, partial=None, budget_ms=None: ([2, 0, 1], np.zeros((3, 4, 16)))
+    r = p.process(frame, 0)
+    assert [w.frame_text for w in r.words] == ["a", "b", "c"] and all(w.read for w in r.words)
+
+
+def test_tracks_follow_their_word_between_detections():
+    """Shake and a change of speed between two detections: each track finds its word's crop again on the next frame
+    (a flat region keeps its prediction), and the next detection takes over."""
+    rng = np.random.default_rng(0)
+    prev = np.full((120, 200), 128, np.uint8)
+    prev[40:60, 50:110] = rng.integers(0, 255, (20, 60))  # a textured word
+    cur = np.roll(prev, (-2, 3), axis=(0, 1))  # the camera shook: 3 px right, 2 px up
+    tr = Tracker()
+    tr.update(np.array([[50, 40, 110, 60], [140, 80, 180, 100]]), frame=0)  # the second box is on flat wall
+    tr.follow(prev, cur, 0, 1)
+    np.testing.assert_allclose(tr.tracks[0].predict(1), [53, 38, 113, 58])
+    np.testing.assert_allclose(tr.tracks[1].predict(1), [140, 80, 180, 100])
+    tr.update(np.array([[52, 40, 112, 60]]), frame=5)  # a detection: its box, the following's offset gone
+    np.testing.assert_allclose(tr.tracks[0].predict(5), [52, 40, 112, 60])
