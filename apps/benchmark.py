@@ -1,4 +1,4 @@
-"""``python -m apps.benchmark {run,preprocess,pipeline,detect,profile,soak}``: accuracy/latency of models and peers in one table, and
+"""``python -m apps.benchmark {run,preprocess,pipeline,read,score,detect,profile,soak}``: accuracy/latency of models and peers in one table, and
 the sub-benchmarks of the runtime. Every figure is measured in the run that prints it; ratios compare rows of
 the same run on the same machine.
 
@@ -8,6 +8,8 @@ the same run on the same machine.
 - ``preprocess``: C extension vs NumPy twin, packing 16 and 64 boxes of a 1280x720 frame.
 - ``pipeline``: the camera pipeline on a rendered 1280x720 video with 16 moving words: FPS, per-stage ms,
   end-to-end latency p50/p95, and accuracy of single frames vs fused tracks.
+- ``read``: ``TextReader.read`` on one frame against the camera's detector + recognizer stages on it.
+- ``score``: word-frames right of an ``apps.camera --jsonl`` run against its scene's truth.
 - ``detect``: text detectors' word recall and time per frame on rendered scenes of small words.
 - ``profile MODEL``: where one ONNX model's CPU time goes, by operator, with its multiply-adds (``apps.profiling``).
 - ``soak``: the camera pipeline for N minutes on a looping video fed like a 30 FPS camera: resident memory over
@@ -31,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.cli import InputError, check_writable, non_negative, positive
+from runtime.cli import InputError, check_writable, console_script, non_negative, positive
 from runtime.files import write_bytes_atomic, write_json_atomic
 from runtime.timing import machine_name, sigma_clipped_times
+
+from runtime.reader import DEFAULT_DETECTOR
 
 from .crop_scene import DEFAULT_CROP_SETS
 
@@ -41,8 +45,6 @@ __all__ = ["Row", "main", "load_crops"]
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
-# PP-OCRv6 tiny's detector at 960 px: the recall of PP-OCRv4's on 12-20 px words at half its time (README)
-DEFAULT_DETECTOR = "ppocrv6-tiny-det"
 
 
 # -- run ---------------------------------------------------------------------------------------------------------
@@ -299,13 +301,11 @@ def scene_video(args, path: str) -> list:
 
 
 def cmd_pipeline(args) -> int:
-    from runtime.backends import open_recognizer
-    from runtime.detector import DBDetector
-    from runtime.pipeline import Pipeline
+    from runtime.reader import TextReader, resolve_detector
     from runtime.video import read_frames
     from runtime.weights import model_or_default
 
-    from .camera import rec_threads, resolve_detector, schedule_from_args
+    from .camera import schedule_from_args
     from .synthetic_video import match_words, same_word
 
     schedule = schedule_from_args(args)
@@ -318,25 +318,24 @@ def cmd_pipeline(args) -> int:
     with tempfile.TemporaryDirectory() as td:
         video = os.path.join(td, "words.mp4")
         truth = scene_video(args, video)
-        # one core each on 2 cores: recognition in the main loop, detection in its thread (2 threads each would fight)
-        rec = open_recognizer(args.model, threads=rec_threads(args.rec_threads, args.det_threads))
-        det = DBDetector(str(det_path), max_side=args.det_side, threads=args.det_threads)
-        pipe = Pipeline(rec, det, detect_every=args.detect_every, async_detect=not args.sync_detect,
-                        schedule=schedule)
+        # the camera app's front door; on 2 cores one core each: recognition in the main loop, detection in its thread
+        reader = TextReader(args.model, det_path, threads=args.rec_threads, det_threads=args.det_threads,
+                            det_side=args.det_side, schedule=schedule, detect_every=args.detect_every,
+                            async_detect=not args.sync_detect)
         frames = read_frames(video)  # decoded up front: the benchmark measures processing, not the video decoder
         # warm-up: the first frame until its detection has arrived, so the measured frames carry tracked words
         for _ in range(3000):
-            if pipe.process(frames[0], 0).detected:
+            if reader.track(frames[0], 0).detected:
                 break
             time.sleep(0.01)
         results, warm = [], 1
         t0 = time.perf_counter()
         for i, f in enumerate(frames[1:], start=1):
-            results.append(pipe.process(f, i, time.monotonic()))
+            results.append(reader.track(f, i, time.monotonic()))
             if args.realtime:  # pace like a 30 FPS camera
                 time.sleep(max(0.0, i / 30 - (time.perf_counter() - t0)))
         wall = time.perf_counter() - t0
-        pipe.close()
+        reader.close()
     meas = results
     fps = len(meas) / wall
     lat = [r.latency_ms for r in meas]
@@ -375,6 +374,47 @@ def cmd_pipeline(args) -> int:
                            "latency_p50_ms": float(np.percentile(lat, 50)),
                            "latency_p95_ms": float(np.percentile(lat, 95)), "stages_ms": stages,
                            "single_frame_acc": single / max(single_n, 1), "fused_acc": fused / max(total, 1)}, args.json)
+    return 0
+
+
+# -- read --------------------------------------------------------------------------------------------------------
+
+def cmd_read(args) -> int:
+    """``TextReader.read`` on one rendered 1280x720 frame against the camera's two stages on the same frame: the
+    detector as the pipeline runs it, then the recognizer on every box it found."""
+    from runtime.reader import TextReader
+    from runtime.timing import sigma_clipped_times
+    from runtime.weights import model_or_default
+
+    from .synthetic_video import render_video
+
+    positive("--runs", args.runs)
+    with tempfile.TemporaryDirectory() as td:
+        truth = render_video(os.path.join(td, "f.avi"), n_words=args.words, size=(720, 1280), frames=1,
+                             font_px=args.font_px, speed=0.0)[0]
+        import cv2
+
+        frame = cv2.VideoCapture(os.path.join(td, "f.avi")).read()[1]
+    reader = TextReader(model_or_default(args.model), args.detector, threads=1)
+    words = reader.read(frame)
+    read_ms = sigma_clipped_times(lambda: reader.read(frame), runs=args.runs)
+
+    def camera_stages():
+        dets = reader.detector(frame)
+        reader.rec.read_boxes(frame, np.stack([d.quad for d in dets]).astype(np.float64))
+
+    stage_ms = sigma_clipped_times(camera_stages, runs=args.runs)
+    reader.close()
+    right = sum(t["text"] in [w.text for w in words] for t in truth)
+    r, c = float(np.median(read_ms)), float(np.median(stage_ms))
+    print(f"Machine: {machine_name()}\nFrame: 1280x720, {args.words} rendered words ({args.font_px} px font); "
+          f"{right}/{len(truth)} read right by TextReader.read\n")
+    print("| call | ms (median) |\n|---|---:|")
+    print(f"| `TextReader.read(frame)` | {r:.1f} |\n| camera stages: detector + recognizer on its boxes | {c:.1f} |")
+    print(f"\nread / camera stages: {r / c:.2f}")
+    if args.json:
+        write_json_atomic({"machine": machine_name(), "read_ms": r, "camera_stages_ms": c, "right": right,
+                           "words": len(truth)}, args.json)
     return 0
 
 
@@ -422,7 +462,9 @@ def cmd_detect(args) -> int:
     from runtime.tracking import iou_matrix
     from runtime.video import read_frames
 
-    from .camera import _tiles, resolve_detector
+    from runtime.reader import resolve_detector
+
+    from .camera import _tiles
     from .synthetic_video import render_video
 
     check_writable(args.json, "--json")
@@ -486,13 +528,11 @@ def cmd_soak(args) -> int:
     """The camera pipeline for ``--minutes`` on a looping rendered video, fed like a 30 FPS camera: a frame that
     arrives while the pipeline is busy replaces the one waiting (dropped, counted). Resident memory is sampled
     every ``--every`` seconds; the figure that matters is its growth after the first minute."""
-    from runtime.backends import open_recognizer
-    from runtime.detector import DBDetector
-    from runtime.pipeline import Pipeline
+    from runtime.reader import TextReader
     from runtime.video import read_frames
     from runtime.weights import model_or_default
 
-    from .camera import rec_threads, resolve_detector, schedule_from_args
+    from .camera import schedule_from_args
     from .synthetic_video import render_video
 
     positive("--minutes", args.minutes)
@@ -504,9 +544,8 @@ def cmd_soak(args) -> int:
         video = os.path.join(td, "loop.avi")
         render_video(video, n_words=args.words, size=(720, 1280), frames=args.frames, font_px=args.font_px)
         frames = read_frames(video)
-    rec = open_recognizer(model, threads=rec_threads(args.rec_threads, args.det_threads))
-    det = DBDetector(resolve_detector(args.detector), max_side=args.det_side, threads=args.det_threads)
-    pipe = Pipeline(rec, det, async_detect=True, schedule=schedule)
+    reader = TextReader(model, args.detector, threads=args.rec_threads, det_threads=args.det_threads,
+                        det_side=args.det_side, schedule=schedule, async_detect=True)
     fps_in, period = 30.0, 1.0 / 30.0
     t0 = time.monotonic()
     end = t0 + args.minutes * 60
@@ -519,12 +558,12 @@ def cmd_soak(args) -> int:
             continue
         dropped += max(0, cam - last_cam - 1)
         last_cam = cam
-        pipe.process(frames[cam % len(frames)], cam, now)
+        reader.track(frames[cam % len(frames)], cam, t0 + cam * period)
         processed += 1
         if now >= next_sample:
             samples.append((now - t0, _rss_mb(), processed, dropped))
             next_sample += args.every
-    pipe.close()
+    reader.close()
     samples.append((time.monotonic() - t0, _rss_mb(), processed, dropped))
     after = [s for s in samples if s[0] >= 60.0] or samples[-1:]
     growth = after[-1][1] - after[0][1]
@@ -632,6 +671,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--realtime", action="store_true", help="pace frames at 30 FPS like a camera (default: as fast "
                                                            "as processing allows)")
 
+    r = sub.add_parser("read", help="TextReader.read on a 1280x720 frame against the camera's detector + recognizer",
+                       formatter_class=F)
+    r.add_argument("--model", default=None, help="recognizer (default: the shipped default)")
+    r.add_argument("--detector", default=DEFAULT_DETECTOR, help="detector: ONNX file or model name")
+    r.add_argument("--words", type=int, default=16, help="words in the frame")
+    r.add_argument("--font-px", type=int, default=16, help="font size")
+    r.add_argument("--runs", type=int, default=10, help="timed runs of each (sigma-clipped)")
+    r.add_argument("--json", default=None, help="write the figures as JSON here; unset: not written")
+
     r = sub.add_parser("score", help="word-frames right of an apps.camera --jsonl run against a scene's truth",
                        formatter_class=F)
     r.add_argument("--jsonl", required=True, help="apps.camera --jsonl output")
@@ -690,10 +738,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_detect(args)
     if args.cmd == "score":
         return cmd_score(args)
+    if args.cmd == "read":
+        return cmd_read(args)
     return 2
 
 
-if __name__ == "__main__":
-    from runtime.cli import run
+console = console_script(main)  # tinytext-* (pyproject.toml)
 
-    sys.exit(run(main))
+if __name__ == "__main__":
+    sys.exit(console())

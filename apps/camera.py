@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import deque
@@ -18,13 +17,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.cli import InputError, check_writable, non_negative, positive
+from runtime.cli import InputError, check_writable, console_script, non_negative, positive
 from runtime.files import write_bytes_atomic, write_json_atomic
-from runtime.pipeline import FrameResult, Pipeline, parse_roi
-from runtime.scheduler import ScheduleCfg
+from runtime.pipeline import FrameResult, parse_roi
+from runtime.scheduler import HEADROOM, ScheduleCfg
+from runtime.sources import parse_source
 from runtime.weights import model_or_default
 
-from .sources import FileReader, LatestFrameReader, parse_source
 
 __all__ = ["main", "contact_sheet", "draw_overlay", "build_parser", "add_schedule_args", "schedule_from_args"]
 
@@ -64,11 +63,6 @@ def draw_overlay(frame: np.ndarray, res: FrameResult, fps: float) -> np.ndarray:
     cv2.rectangle(out, (0, 0), (min(out.shape[1], 8 * len(hud)), 18), (0, 0, 0), -1)
     cv2.putText(out, hud, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
     return out
-
-
-# The frame rate the scheduler keeps, over the source's: headroom for jitter, so that a pipeline reading a 30 FPS
-# camera is done with a frame before the next arrives (36 FPS for 30 FPS sources).
-HEADROOM = 1.2
 
 
 def add_schedule_args(p: argparse.ArgumentParser) -> None:
@@ -111,15 +105,6 @@ def schedule_from_args(args: argparse.Namespace, source_fps: float = 30.0) -> Sc
                          f"--noise/--new-reads: {e}") from None
 
 
-def rec_threads(given: int, det_threads: int | None) -> int:
-    """``--rec-threads``: as given, or (0) the cores the detector's thread leaves (all of them without a detector;
-    one core each on 2 cores measured best: two threads each would fight)."""
-    if given:
-        return given
-    cores = os.cpu_count() or 1
-    return max(1, cores - (det_threads or 1)) if det_threads is not None else cores
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m apps.camera", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -131,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi-file", default=None, help="file with one x,y,w,h per line")
     p.add_argument("--detector", default=None,
                    help="DB-style text detector: an ONNX file or a model name (ppocrv6-det, ppocrv6-tiny-det, "
-                        "ppocrv4-det alias ppocr), found in its installed wheel; unset: no detector (give --roi)")
+                        "ppocrv4-det alias ppocr), found in its installed wheel; unset: ppocrv6-tiny-det, or none "
+                        "when --roi is given (then it searches only inside the regions)")
     p.add_argument("--det-side", type=int, default=960, help="detector input: longest side in pixels")
     p.add_argument("--det-tiles", default="1,1", help="detector tiles rows,cols (full resolution per tile)")
     p.add_argument("--det-threads", type=int, default=1, help="ONNX Runtime threads of the detector")
@@ -167,29 +153,9 @@ def _tiles(text: str) -> tuple[int, int]:
     return r, c
 
 
-def resolve_detector(name: str | None) -> str | None:
-    """``--detector``: a zoo name (``ppocrv6-det``, ``ppocrv6-tiny-det``, ``ppocrv4-det``; ``ppocr`` = PP-OCRv4's,
-    ``ppocrv6`` = PP-OCRv6 small's) or an ONNX file."""
-    from runtime import zoo
-
-    if not name:
-        return None
-    key = {"ppocr": "ppocrv4-det", "ppocrv4": "ppocrv4-det", "ppocrv6": "ppocrv6-det",
-           "ppocrv6-tiny": "ppocrv6-tiny-det"}.get(name, name)
-    if zoo.is_zoo_name(key):
-        if zoo.find(key).kind != "det":
-            raise InputError(f"--detector {name}: a recognizer, not a detector")
-        return str(zoo.resolve(key))
-    if not Path(name).is_file():
-        raise InputError(f"--detector {name}: no such file (or a model name: ppocrv6-det, ppocrv6-tiny-det, "
-                         "ppocrv4-det)")
-    return name
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from runtime.detector import DBDetector
-    from runtime.backends import open_recognizer
+    from runtime.reader import TextReader
 
     non_negative("--max-frames", args.max_frames)
     for opt in ("det_side", "width", "height", "fps"):
@@ -200,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(args.out, "--out", (".mp4", ".avi", ".mkv"))
     check_writable(args.jsonl, "--jsonl")
     check_writable(args.contact_sheet, "--contact-sheet", (".png",))
-    schedule_from_args(args)  # a bad scheduling option is refused before any source is opened
+    schedule = schedule_from_args(args)  # a bad option is refused before any model or source is opened
     model = model_or_default(args.model)
     rois = [parse_roi(r) for r in args.roi]
     if args.roi_file:
@@ -208,16 +174,17 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--roi-file {args.roi_file}: no such file")
         rois += [parse_roi(line) for line in Path(args.roi_file).read_text().splitlines() if line.strip()]
     tiles = _tiles(args.det_tiles)
-    det_path = resolve_detector(args.detector)
-    threads = rec_threads(args.rec_threads, args.det_threads if det_path else None)
-    rec = open_recognizer(model, threads=threads) if model.endswith(".onnx") else open_recognizer(model)
-    det = DBDetector(det_path, max_side=args.det_side, tiles=tiles, threads=args.det_threads) if det_path else None
-    spec = parse_source(args.source, args.width, args.height, args.fps)
-    live = spec.live or args.realtime
-    reader = LatestFrameReader(spec) if live else FileReader(spec)
-    source_fps = getattr(reader, "fps", 0) or spec.fps
-    pipe = Pipeline(rec, det, rois, args.detect_every, async_detect=(live or args.async_detect) and not args.sync_detect,
-                    schedule=schedule_from_args(args, source_fps))
+    live = parse_source(args.source, args.width, args.height, args.fps).live or args.realtime
+    # no --roi and no --detector: the default detector (runtime.reader.DEFAULT_DETECTOR)
+    reader = TextReader(model, args.detector or "default", rois, threads=args.rec_threads, det_threads=args.det_threads,
+                        det_side=args.det_side, det_tiles=tiles, schedule=schedule, target_fps=args.target_fps or None,
+                        detect_every=args.detect_every,
+                        async_detect=(live or args.async_detect) and not args.sync_detect)
+    try:
+        stream = reader.stream(args.source, args.max_frames, args.realtime, args.width, args.height, args.fps)
+    except BaseException:
+        reader.close()
+        raise
     show = not args.headless
     writer = None
     jsonl = open(args.jsonl, "w") if args.jsonl else None
@@ -225,32 +192,30 @@ def main(argv: list[str] | None = None) -> int:
     n, paused, res, frame = 0, False, None, None
     lat: list[float] = []
     reads = 0
+    frames = iter(stream)
     t_start = time.monotonic()
     try:
-        while not args.max_frames or n < args.max_frames:
+        while True:
             if not paused:
-                item = reader.read()
-                if item is None:
-                    break  # end of file, or a live stream that could not be reopened
-                idx, t_cap, frame = item
-                res = pipe.process(frame, idx, t_cap)
+                got = next(frames, None)
+                if got is None:
+                    break  # --max-frames, the end of a file, or a live stream that could not be reopened
+                res, frame = got, got.image
                 times.append(time.monotonic())
                 fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
                 lat.append(res.latency_ms)
                 reads += res.reads
                 n += 1
                 if jsonl:
-                    rec_json = res.to_json()
-                    rec_json["dropped"] = reader.dropped
-                    rec_json["damaged"] = reader.damaged
-                    jsonl.write(json.dumps(rec_json) + "\n")
+                    line = res.to_dict()
+                    line["dropped"], line["damaged"] = stream.dropped, stream.damaged
+                    jsonl.write(json.dumps(line) + "\n")
                 if args.out or show:
                     vis = draw_overlay(frame, res, fps)
                     if args.out:
                         if writer is None:
                             fourcc = "MJPG" if args.out.lower().endswith(".avi") else "mp4v"
-                            writer = cv2.VideoWriter(args.out, cv2.VideoWriter_fourcc(*fourcc),
-                                                     getattr(reader, "fps", args.fps) or args.fps,
+                            writer = cv2.VideoWriter(args.out, cv2.VideoWriter_fourcc(*fourcc), stream.fps,
                                                      (vis.shape[1], vis.shape[0]))
                             if not writer.isOpened():
                                 raise InputError(f"--out {args.out}: OpenCV could not open a {fourcc} video writer")
@@ -269,12 +234,12 @@ def main(argv: list[str] | None = None) -> int:
                     stem = d / f"frame{res.frame:06d}"
                     ok, png = cv2.imencode(".png", frame)
                     write_bytes_atomic(png.tobytes(), stem.with_suffix(".png"))
-                    write_json_atomic(res.to_json(), stem.with_suffix(".json"))
+                    write_json_atomic(res.to_dict(), stem.with_suffix(".json"))
                     print(f"camera: snapshot {stem}.png / .json")
     except KeyboardInterrupt:
         pass
     finally:
-        pipe.close()
+        stream.close()  # the capture thread stops before anything else ends
         reader.close()
         if writer is not None:
             writer.release()
@@ -287,13 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         write_bytes_atomic(png.tobytes(), args.contact_sheet)
     if lat:
         wall = time.monotonic() - t_start
-        print(f"camera: {n} frames in {wall:.2f} s ({n / max(wall, 1e-9):.1f} FPS), {reader.dropped} dropped, "
-              f"{reader.damaged} unreadable skipped, {reader.reconnects} reconnects; {reads / n:.2f} reads / frame; latency p50 "
+        print(f"camera: {n} frames in {wall:.2f} s ({n / max(wall, 1e-9):.1f} FPS), {stream.dropped} dropped, "
+              f"{stream.damaged} unreadable skipped, {stream.reconnects} reconnects; {reads / n:.2f} reads / frame; latency p50 "
               f"{np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms", file=sys.stderr)
     return 0
 
 
-if __name__ == "__main__":
-    from runtime.cli import run
+console = console_script(main)  # tinytext-* (pyproject.toml)
 
-    sys.exit(run(main))
+if __name__ == "__main__":
+    sys.exit(console())

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["InputError", "run", "check_writable", "positive", "non_negative"]
+__all__ = ["InputError", "run", "console_script", "check_writable", "positive", "non_negative"]
 
 
 class InputError(ValueError):
@@ -41,6 +41,11 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def console_script(main: Callable[[Sequence[str] | None], int]) -> Callable[[], int]:
+    """A console script's entry point (``[project.scripts]``): ``main`` on ``sys.argv`` under ``run``'s rule."""
+    return lambda: run(main)
 
 
 def check_writable(path: str | os.PathLike | None, option: str, suffixes: Sequence[str] = ()) -> None:

@@ -40,17 +40,29 @@ def order_quad(pts: np.ndarray) -> np.ndarray:
     return np.stack([tl, tr, br, bl])
 
 
-def nms(dets: list[Detection], iou: float = 0.3) -> list[Detection]:
-    """Greedy non-maximum suppression on axis-aligned boxes (merges the duplicates of overlapping tiles)."""
+def nms(dets: list[Detection], iou: float = 0.3, contain: float = 0.6) -> list[Detection]:
+    """Greedy non-maximum suppression on axis-aligned boxes (merges the duplicates of overlapping tiles): a box
+    overlapping a kept one at IoU >= ``iou`` goes; so does the smaller of two boxes when ``contain`` of it lies inside
+    the other (a tile's edge cuts a word into a fragment beside the whole word of the next tile)."""
     if not dets:
         return []
+    from .tracking import coverage
+
     dets = sorted(dets, key=lambda d: -d.score)
     boxes = np.stack([d.box for d in dets])
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep: list[int] = []
     for i in range(len(dets)):
-        if not keep or iou_matrix(boxes[i : i + 1], boxes[keep]).max() < iou:
+        if keep and iou_matrix(boxes[i : i + 1], boxes[keep]).max() >= iou:
+            continue
+        inside = coverage(boxes[i : i + 1], boxes[keep])[0] if keep else np.zeros(0)  # share of i in each kept
+        holds = coverage(boxes[keep], boxes[i : i + 1])[:, 0] if keep else np.zeros(0)  # share of each kept in i
+        j = next((k for k, (a, b) in enumerate(zip(inside, holds)) if max(a, b) >= contain), None)
+        if j is None:
             keep.append(i)
-    return [dets[i] for i in keep]
+        elif area[i] > area[keep[j]]:
+            keep[j] = i  # the whole word replaces its fragment
+    return [dets[i] for i in sorted(keep)]
 
 
 class DBDetector:
@@ -87,8 +99,9 @@ class DBDetector:
         r = min(1.0, self.max_side / max(h, w))
         return max(32, int(round(h * r / 32)) * 32), max(32, int(round(w * r / 32)) * 32)
 
-    def _tiles(self, h: int, w: int, overlap: int = 32) -> list[tuple[int, int, int, int]]:
-        rows, cols = self.tiles
+    def _tiles(self, h: int, w: int, tiles: tuple[int, int] | None = None,
+               overlap: int = 32) -> list[tuple[int, int, int, int]]:
+        rows, cols = tiles or self.tiles
         th, tw = -(-h // rows), -(-w // cols)
         out = []
         for r in range(rows):
@@ -98,8 +111,10 @@ class DBDetector:
                 out.append((x0, y0, x1, y1))
         return out
 
-    def __call__(self, frame: np.ndarray, roi: tuple[int, int, int, int] | None = None) -> list[Detection]:
-        """Detect in a BGR frame (or in ``roi`` = x, y, w, h of it); quads in frame coordinates."""
+    def __call__(self, frame: np.ndarray, roi: tuple[int, int, int, int] | None = None,
+                 tiles: tuple[int, int] | None = None) -> list[Detection]:
+        """Detect in a BGR frame (or in ``roi`` = x, y, w, h of it; in ``tiles`` rows, cols instead of the
+        detector's own); quads in frame coordinates."""
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"detector: expected an HxWx3 uint8 frame, got {frame.shape} {frame.dtype}")
         ox, oy = 0, 0
@@ -107,7 +122,7 @@ class DBDetector:
             x, y, w, h = (int(v) for v in roi)
             frame, ox, oy = frame[max(0, y) : y + h, max(0, x) : x + w], max(0, x), max(0, y)
         H, W = frame.shape[:2]
-        regions = self._tiles(H, W)
+        regions = self._tiles(H, W, tiles)
         ih, iw = self._input_size(regions[0][3] - regions[0][1], regions[0][2] - regions[0][0])
         batch = np.empty((len(regions), 3, ih, iw), np.float32)
         for i, (x0, y0, x1, y1) in enumerate(regions):

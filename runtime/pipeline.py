@@ -30,6 +30,8 @@ STAGES = ("detect", "pack", "schedule", "recognize", "decode", "track")
 
 @dataclass
 class WordResult:
+    """A tracked word on one frame."""
+
     track: int
     box: list[float]  # x0, y0, x1, y1 in frame pixels
     text: str  # fused over frames (confidence-weighted vote)
@@ -37,10 +39,22 @@ class WordResult:
     frame_text: str  # the latest reading (this frame's when ``read``)
     frame_confidence: float
     read: bool = True  # whether the recognizer read this word on this frame
+    quad: list[list[float]] | None = None  # the detector's corners at its last detection (None: axis-aligned box)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["box"] = [round(v, 1) for v in self.box]
+        d["confidence"] = round(self.confidence, 4)
+        d["frame_confidence"] = round(self.frame_confidence, 4)
+        if self.quad is None:
+            del d["quad"]
+        return d
 
 
 @dataclass
 class FrameResult:
+    """One frame's tracked words (``TextReader.track`` and ``stream``, ``apps.camera --jsonl``)."""
+
     frame: int
     timestamp: float  # capture time, seconds (time.monotonic)
     words: list[WordResult]
@@ -49,16 +63,13 @@ class FrameResult:
     latency_ms: float = 0.0  # capture -> result
     reads: int = 0  # words read by the recognizer on this frame
     skipped: int = 0  # tracked words the scheduler did not read (their text is the fused one so far)
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)  # the frame (set by stream)
 
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["ms"] = {k: round(v, 3) for k, v in self.ms.items()}
-        d["latency_ms"] = round(self.latency_ms, 3)
-        for w in d["words"]:
-            w["box"] = [round(v, 1) for v in w["box"]]
-            w["confidence"] = round(w["confidence"], 4)
-            w["frame_confidence"] = round(w["frame_confidence"], 4)
-        return d
+    def to_dict(self) -> dict:
+        """The JSON form (without the image), one line of ``apps.camera --jsonl``."""
+        return {"frame": self.frame, "timestamp": self.timestamp, "words": [w.to_dict() for w in self.words],
+                "ms": {k: round(v, 3) for k, v in self.ms.items()}, "detected": self.detected,
+                "latency_ms": round(self.latency_ms, 3), "reads": self.reads, "skipped": self.skipped}
 
 
 def parse_roi(text: str) -> tuple[int, int, int, int]:
@@ -238,7 +249,10 @@ class Pipeline:
             picked = set(pick)
             for i, (tr, b) in enumerate(zip(live, boxes[ok])):
                 text, share = tr.vote.best
-                words.append(WordResult(tr.id, [float(v) for v in b], text, share, *tr.last_read, read=i in picked))
+                quad = None if tr.quad is None else (np.asarray(tr.quad, np.float64) +
+                                                     (tr.predict(frame_idx) - tr.box)[:2]).round(1).tolist()
+                words.append(WordResult(tr.id, [float(v) for v in b], text, share, *tr.last_read, read=i in picked,
+                                        quad=quad))
             n_read = len(pick)
             ms["track"] += (time.perf_counter() - t) * 1000
         res = FrameResult(frame_idx, t_capture, words, ms, detected)

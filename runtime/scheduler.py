@@ -39,9 +39,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ScheduleCfg", "ReadScheduler", "signature"]
+__all__ = ["ScheduleCfg", "ReadScheduler", "signature", "HEADROOM"]
 
 SIG_SHAPE = (4, 16)
+# The frame rate the scheduler keeps, over the source's: headroom for jitter, so that a pipeline reading a 30 FPS
+# camera is done with a frame before the next arrives (36 FPS for 30 FPS sources).
+HEADROOM = 1.2
 
 
 @dataclass

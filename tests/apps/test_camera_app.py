@@ -1,5 +1,5 @@
 """apps.camera end to end on rendered videos (detector or fixed regions, JSONL, annotated video, bad options) and
-apps.sources (source kinds, the live reader that keeps the newest frame and reconnects)."""
+runtime.sources (source kinds, the live reader that keeps the newest frame and reconnects)."""
 import json
 import subprocess
 import sys
@@ -64,7 +64,7 @@ def test_camera_app_fixed_rois_and_bad_arguments(tmp_path):
         r = subprocess.run([sys.executable, "-m", "apps.camera", "--headless", *argv], capture_output=True, text=True,
                            cwd=ROOT, timeout=60)
         if msg == "GStreamer":
-            from apps.sources import gstreamer_available
+            from runtime.sources import gstreamer_available
 
             if gstreamer_available():
                 continue
@@ -72,7 +72,7 @@ def test_camera_app_fixed_rois_and_bad_arguments(tmp_path):
 
 
 def test_parse_source_kinds():
-    from apps.sources import SourceError, parse_source
+    from runtime.sources import SourceError, parse_source
 
     assert parse_source("0").kind == "index"
     assert parse_source("usb://2", gst=False).target == 2
@@ -102,7 +102,7 @@ class _FlakyCamera:
 
 
 def test_live_reader_keeps_newest_frame_and_reconnects():
-    from apps.sources import LatestFrameReader, SourceSpec
+    from runtime.sources import LatestFrameReader, SourceSpec
 
     opened = []
 

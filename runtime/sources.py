@@ -1,4 +1,4 @@
-"""Video sources for the camera app: what ``--source`` accepts, and a capture thread that keeps only the newest frame.
+"""Video sources for ``TextReader.stream`` and the camera app: what ``--source`` accepts, and a capture thread that keeps only the newest frame.
 
 - ``0``, ``1``...: a camera index (OpenCV's default backend).
 - ``usb://N``: /dev/videoN through V4L2 with MJPEG; on a Jetson (GStreamer available) a pipeline with the
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from runtime.cli import InputError
-from runtime.video import VideoFrames
+
+from .cli import InputError
+from .video import VideoFrames
 
 __all__ = ["SourceSpec", "parse_source", "open_capture", "gstreamer_available", "LatestFrameReader", "FileReader",
            "SourceError"]
