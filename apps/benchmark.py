@@ -80,7 +80,9 @@ def load_crops(data: str, lr_from_hr: bool, max_samples: int) -> dict[str, tuple
     return {f"{s.split} {s.condition.lower()}" if lr_from_hr else s.split: (s.images, s.labels) for s in sets}
 
 
-def _run_row(spec: str, data: str, lr_from_hr: bool, max_samples: int, batches: list[int], runs: int) -> Row:
+def _run_row(spec: str, data: str, lr_from_hr: bool, max_samples: int, batches: list[int], runs: int,
+             progress: bool = False) -> Row:
+    """One model's row; ``progress``: a bar per input set (split x condition) on stderr."""
     from runtime.evaluation import InputSet, evaluate
     from runtime.metrics import weighted_average
 
@@ -94,7 +96,19 @@ def _run_row(spec: str, data: str, lr_from_hr: bool, max_samples: int, batches: 
         splits = load_crops(data, lr_from_hr, max_samples)
         results = []
         for name, (imgs, gts) in splits.items():
-            res = evaluate(rd.read, InputSet(name, name, imgs, gts), max(batches) if spec != "tesseract" else 1)
+            read = rd.read
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(imgs), desc=f"{row.model} {name}", unit="crop", file=sys.stderr)
+
+                def read(batch, _read=rd.read, _bar=bar):
+                    out = _read(batch)
+                    _bar.update(len(batch))
+                    return out
+            res = evaluate(read, InputSet(name, name, imgs, gts), max(batches) if spec != "tesseract" else 1)
+            if progress:
+                bar.close()
             results.append(res)
             row.accuracy[name] = res.accuracy
         avg = weighted_average(results)
@@ -121,12 +135,16 @@ def _row_subprocess(spec: str, args) -> Row:
            "--max-samples", str(args.max_samples), "--batch", args.batch, "--runs", str(args.runs)]
     if args.lr_from_hr:
         cmd.append("--lr-from-hr")
+    # progress bars go straight to the terminal; otherwise stderr is kept for a crashed row's last line
+    progress = not args.quiet and sys.stderr.isatty()
+    if progress:
+        cmd.append("--progress")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if progress else subprocess.PIPE, text=True, env=env)
     for line in r.stdout.splitlines()[::-1]:
         if line.startswith("{"):
             return Row(**json.loads(line))
-    tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+    tail = ((r.stderr or "").strip().splitlines() or ["no output"])[-1]
     return Row(Path(spec).name, error=f"process exited {r.returncode}: {tail}")
 
 
@@ -629,9 +647,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--csv", default=None, help="write rows as CSV here; unset: not written")
     r.add_argument("--plot", default=None, help="write an accuracy-vs-latency PNG here; unset: not written")
     r.add_argument("--min-acc", type=float, default=None, help="exit 3 when a row's average is below; unset: no gate")
+    r.add_argument("--quiet", action="store_true",
+                   help="no progress bars (default: a bar per model x input set when stderr is a terminal)")
 
     r = sub.add_parser("_row", help=argparse.SUPPRESS)
     r.add_argument("--model", required=True)
+    r.add_argument("--progress", action="store_true")
     run_args(r)
 
     r = sub.add_parser("preprocess", help="C extension vs NumPy twin", formatter_class=F)
@@ -723,7 +744,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "run":
         return cmd_run(args)
     if args.cmd == "_row":
-        row = _run_row(args.model, args.data, args.lr_from_hr, args.max_samples, _batches(args.batch), args.runs)
+        row = _run_row(args.model, args.data, args.lr_from_hr, args.max_samples, _batches(args.batch), args.runs,
+                       args.progress)
         print(json.dumps(asdict(row)))
         return 0
     if args.cmd == "preprocess":

@@ -38,9 +38,9 @@ class TrtCheck:
 
 
 def check_trt_buildable(path: str, require_qdq: bool = False) -> TrtCheck:
-    import onnx
+    from runtime.onnxfile import load_proto
 
-    m = onnx.load(path)
+    m = load_proto(path)  # a truncated or foreign file is one line naming it
     opset = max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=0)
     problems: list[str] = []
     if opset < 13:

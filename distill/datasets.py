@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from runtime.conditions import area_resize
-from runtime.datasets import CorruptSample, LabelPolicy, Reader, open_dataset
+from runtime.datasets import CorruptSample, DataError, LabelPolicy, Reader, open_dataset
 from runtime.preprocess import HR_SIZE, LR_SIZE, prepare
 
 from .degrade import degrade, strength_for
@@ -64,6 +64,12 @@ class PairDataset(Dataset):
             raise ValueError(f"lr_mode: expected auto, stored or degrade, got {lr_mode!r}")
         if lr_mode == "stored" and self.reader.layout != "textzoom":
             raise ValueError(f"{self.reader.path}: lr_mode 'stored' needs a TextZoom-layout lmdb, got {self.reader.layout}")
+        if lr_mode == "stored" and len(self.reader):
+            key = f"image_lr-{self.reader.keys[0]}"
+            with self.reader.env.begin() as txn:
+                if txn.get(key.encode()) is None:  # checked before training, not after 64 failed samples
+                    raise DataError(f"{self.reader.path}: a TextZoom-layout lmdb without its LR images ({key} missing); "
+                                    "set its lr_mode: degrade to make LR from the HR crops")
         if (clean or at_lr_height) and lr_mode != "degrade":
             raise ValueError(f"{self.reader.path}: clean and at_lr_height shape the camera chain's LR, so they need "
                              f"lr_mode degrade (this source's LR is {lr_mode})")

@@ -512,7 +512,12 @@ def check_resume(cfg: Config, resume: str | None) -> None:
 
 def restore(resume: str, cfg: Config, system: TrainingSystem, opt, sched, master: bool) -> Progress:
     ck = load_checkpoint(resume)
-    system.student.load_state_dict(ck["model"])
+    try:
+        system.student.load_state_dict(ck["model"])
+    except RuntimeError as e:  # another architecture, or the same one at another size
+        theirs = (ck.get("model_spec") or {}).get("name", "?")
+        raise ConfigError(f"--resume {resume}: its weights ({theirs}) do not fit this config's model "
+                          f"{cfg.model.name!r}: {str(e).splitlines()[0]}") from None
     if system.projector is not None and ck.get("projector"):
         system.projector.load_state_dict(ck["projector"])
     if system.clip_heads is not None and ck.get("clip_heads"):

@@ -226,6 +226,17 @@ class TextReader:
                                  schedule=schedule, follow=follow)
         self._async = async_detect
         self._next = 0
+        self._frame_size: tuple[int, int] | None = None  # (W, H) the regions were checked against
+
+    def _check_rois(self, frame: np.ndarray) -> None:
+        """A region wholly outside the frame would be read as nothing, without a word: refuse it, naming it."""
+        H, W = frame.shape[:2]
+        if not self.rois or self._frame_size == (W, H):
+            return
+        for x, y, w, h in self.rois:
+            if x >= W or y >= H or x + w <= 0 or y + h <= 0:
+                raise InputError(f"--roi {x},{y},{w},{h}: outside the {W}x{H} frame")
+        self._frame_size = (W, H)
 
     # -- photos and crops ------------------------------------------------------------------------------------
     def read(self, image) -> list[Word]:
@@ -234,6 +245,7 @@ class TextReader:
         sees its words at 2/3 of their size or more. A small image (``WHOLE_WORD``) in which it finds nothing is
         read as one word crop."""
         img = load_image(image)
+        self._check_rois(img)
         H, W = img.shape[:2]
         if self.detector is not None and not self.rois:
             # a border of the image's own edge: a word that fills the image (a crop, a close-up) has no margin for
@@ -288,6 +300,7 @@ class TextReader:
         default now), for the latency and the read budget."""
         if not isinstance(frame, np.ndarray):
             raise InputError(f"frame: expected a BGR array, got {type(frame).__name__}")
+        self._check_rois(frame)
         idx = self._next if index is None else int(index)
         self._next = idx + 1
         return self.pipeline.process(np.ascontiguousarray(frame), idx, t_capture)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, png_bytes, str_items, write_lmdb
+from conftest import ROOT, png_bytes, str_items, textzoom_items, write_lmdb
 from runtime.cli import run
 
 W = ROOT / "weights"
@@ -154,6 +154,35 @@ def test_resume_below_the_checkpoint_step_is_refused(bad, capsys, tmp_path):
     assert not (tmp_path / "best.pt").exists()
 
 
+def test_resume_from_another_architecture_names_both(bad, capsys, tmp_path):
+    ck = torch.load(STUDENT_PT, weights_only=True)
+    ck["step"] = 1
+    ck["model"] = {"conv.weight": torch.zeros(3, 3)}  # the weights of some other network
+    torch.save(ck, tmp_path / "last.pt")
+    expect(cli("distill.train", ["--config", "configs/smoke.yaml", "--set", "optim.steps=10",
+                                 "--set", f"train.out_dir={tmp_path}", "--resume"], capsys), 2, "--resume",
+           "last.pt", "do not fit")
+
+
+def test_a_textzoom_lmdb_without_its_lr_images_is_named_before_training(bad, capsys, tmp_path):
+    items = textzoom_items(["hello", "world", "tiny", "text"] * 2, hr=(32, 128), lr=(16, 64))
+    write_lmdb(tmp_path / "tz", {k: v for k, v in items.items() if not k.startswith(b"image_lr")})
+    expect(cli("distill.train", ["--config", "configs/smoke.yaml", "--set", f"train.out_dir={tmp_path / 'run'}",
+                                 "--set", f"data.train=[{{path: {tmp_path / 'tz'}}}]", "--set",
+                                 f"data.val={bad / 'words'}"], capsys), 2, "tz", "without its LR images", "lr_mode")
+
+
+def test_the_synthesizer_names_the_font_option_when_it_falls_back(capsys, tmp_path):
+    code, err = cli("distill.synth", ["--out", tmp_path / "s", "--n", "4", "--workers", "1", "--fonts",
+                                      tmp_path / "nope.ttf"], capsys)
+    assert code == 2 and "--fonts" in err and "nope.ttf" in err, err
+    (tmp_path / "notes.ttf").write_text("not a font")
+    code, err = cli("distill.synth", ["--out", tmp_path / "s", "--n", "4", "--workers", "1", "--fonts",
+                                      tmp_path / "notes.ttf", "--no-progress"], capsys)
+    warn = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert code == 0 and len(warn) == 1 and "--fonts" in warn[0] and "built-in font" in warn[0], err
+
+
 # -- distill.data / synth -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args,names", [
     (["info", "{bad}/nope"], ["nope"]),
@@ -205,6 +234,7 @@ def test_calibration_cache_follows_the_data_content(bad, tmp_path):
     (["--onnx", "{bad}/missing.onnx"], ["missing.onnx"]),
     (["--onnx", "{bad}/random.onnx", "--int8"], ["random.onnx"]),
     (["--onnx", "{bad}/truncated.onnx", "--int8"], ["truncated.onnx"]),
+    (["--onnx", "{bad}/truncated.onnx"], ["truncated.onnx", "not an ONNX model"]),
     (["--onnx", "{F}", "--batch", "4,2,8"], ["--batch"]),
     (["--onnx", "{F}", "--workspace-mb", "0"], ["--workspace-mb"]),
     (["--onnx", "{F}", "--int8", "--out", "{bad}/engines"], ["--calib"]),
@@ -264,6 +294,7 @@ def video(tmp_path_factory):
     (["--contact-sheet", "{bad}/sheet.jpg"], ["--contact-sheet", "sheet.jpg"]),
     (["--contact-sheet", "{bad}/no/dir/sheet.png"], ["--contact-sheet"]),
     (["--new-reads", "-1"], ["--new-reads"]),
+    (["--roi", "5000,10,60,20"], ["--roi 5000,10,60,20", "outside the"]),  # read as nothing, without a word, before
 ])
 def test_camera_options(bad, video, capsys, args, names):
     from runtime import zoo

@@ -211,10 +211,17 @@ def main(argv: list[str] | None = None) -> int:
         clash = [SPLITS[s][0] for s in sizes if (out / SPLITS[s][0]).exists()]
         if clash:
             raise SystemExit(f"{out}: {', '.join(clash)} already exist (pass --overwrite to replace them)")
+    if args.fonts:
+        missing = [f for f in args.fonts if not Path(f).is_file()]
+        if missing:
+            from runtime.cli import InputError
+
+            raise InputError(f"--fonts {missing[0]}: no such font file")
     bank = FontBank(args.fonts)
     if bank.fallback:
-        print("synth: no usable system fonts found; using Pillow's built-in font "
-              "(install fonts-dejavu-core fonts-liberation for variety)", file=sys.stderr)
+        given = f"none of the {len(args.fonts)} --fonts files is" if args.fonts else "no system font is"
+        print(f"warning: synth: {given} a usable Latin font; drawing every word in Pillow's built-in font (name "
+              "TrueType/OpenType files with --fonts, or install fonts-dejavu-core fonts-liberation)", file=sys.stderr)
     total = sum(sizes.values())
     t0 = time.perf_counter()
     pool = make_pool(cfg, bank.paths, args.workers) if args.workers > 1 else None

@@ -165,3 +165,19 @@ def test_profile_sums_kernel_time_by_operator_and_counts_multiply_adds(tmp_path)
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     r = run_module(["apps.benchmark", "profile", str(tmp_path / "bad.onnx"), "--size", "16x64"])
     assert r.returncode == 2 and "bad.onnx" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_row_shows_a_progress_bar_per_input_set_when_asked(tmp_path):
+    """``run`` asks its rows for bars when stderr is a terminal (not under --quiet): one per split x condition."""
+    data = SHARED_REAL / "svt_test"
+    if not data.exists():
+        pytest.skip(f"{data} not present")
+    cmd = [sys.executable, "-m", "apps.benchmark", "_row", "--model", str(W / "ctc-student-lr.int8.onnx"), "--data",
+           str(data), "--lr-from-hr", "--max-samples", "16", "--batch", "1,8", "--runs", "3"]
+    quiet = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    bars = subprocess.run(cmd + ["--progress"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert quiet.returncode == bars.returncode == 0, bars.stderr
+    assert "crop" not in quiet.stderr
+    for cond in ("svt_test hr", "svt_test lr16", "svt_test lr16blur"):
+        assert f"ctc-student-lr.int8.onnx {cond}" in bars.stderr and "16/16" in bars.stderr, bars.stderr
+    assert json.loads(bars.stdout.splitlines()[-1])["accuracy"] == json.loads(quiet.stdout.splitlines()[-1])["accuracy"]
