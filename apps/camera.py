@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=720, help="capture height (cameras)")
     p.add_argument("--fps", type=int, default=30, help="capture frame rate (cameras)")
     p.add_argument("--realtime", action="store_true", help="treat a file like a live source (drop stale frames)")
+    p.add_argument("--reconnect-for", type=float, default=0.0,
+                   help="seconds a lost live stream is retried before the app gives up with exit status 1 (0: for "
+                        "as long as it takes)")
     p.add_argument("--snapshots", default="snapshots", help="directory for the s key's PNG + JSON")
     add_schedule_args(p)
     return p
@@ -153,11 +156,22 @@ def _tiles(text: str) -> tuple[int, int]:
     return r, c
 
 
+def _quiet_video_logs() -> None:
+    """The app says what happens to a stream in its own lines; FFmpeg's and OpenCV's own (a refused connection
+    at every retry) would bury them. Set before the first capture opens (FFmpeg reads its level once)."""
+    import os
+
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runtime.reader import TextReader
 
+    _quiet_video_logs()
     non_negative("--max-frames", args.max_frames)
+    non_negative("--reconnect-for", args.reconnect_for)
     for opt in ("det_side", "width", "height", "fps"):
         positive("--" + opt.replace("_", "-"), getattr(args, opt))
     non_negative("--det-threads", args.det_threads)
@@ -181,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                         detect_every=args.detect_every,
                         async_detect=(live or args.async_detect) and not args.sync_detect)
     try:
-        stream = reader.stream(args.source, args.max_frames, args.realtime, args.width, args.height, args.fps)
+        stream = reader.stream(args.source, args.max_frames, args.realtime, args.width, args.height, args.fps,
+                               args.reconnect_for or None, lambda line: print(f"camera: {line}", file=sys.stderr))
     except BaseException:
         reader.close()
         raise
@@ -255,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"camera: {n} frames in {wall:.2f} s ({n / max(wall, 1e-9):.1f} FPS), {stream.dropped} dropped, "
               f"{stream.damaged} unreadable skipped, {stream.reconnects} reconnects; {reads / n:.2f} reads / frame; latency p50 "
               f"{np.percentile(lat, 50):.1f} ms, p95 {np.percentile(lat, 95):.1f} ms", file=sys.stderr)
+    if stream.failed:  # what was read is written above; the run did not end as asked
+        print(f"error: {stream.failed}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -146,19 +146,24 @@ class Stream:
     (or leaving the loop) stops the capture thread."""
 
     def __init__(self, reader: "TextReader", source, max_frames: int = 0, realtime: bool = False,
-                 width: int = 1280, height: int = 720, fps: int = 30) -> None:
+                 width: int = 1280, height: int = 720, fps: int = 30, reconnect_for: float | None = None,
+                 on_event=None) -> None:
         from .sources import FileReader, LatestFrameReader, parse_source
 
         if max_frames < 0:
             raise InputError(f"max frames: must be >= 0 (0: until the source ends), got {max_frames}")
+        if reconnect_for is not None and reconnect_for < 0:
+            raise InputError(f"--reconnect-for: must be >= 0, got {reconnect_for}")
         self.spec = parse_source(str(source), width, height, fps)
         self.live = self.spec.live or realtime
-        self.source = LatestFrameReader(self.spec) if self.live else FileReader(self.spec)
+        self.source = (LatestFrameReader(self.spec, reconnect_for=reconnect_for, on_event=on_event) if self.live
+                       else FileReader(self.spec))
         self.fps = float(getattr(self.source, "fps", 0) or self.spec.fps)
         self.reader, self.max_frames, self.frames = reader, max_frames, 0
         reader._for_source(self.fps, self.live)
 
     dropped = property(lambda self: self.source.dropped)
+    failed = property(lambda self: getattr(self.source, "failed", None))  # why a live stream ended, if it did
     damaged = property(lambda self: self.source.damaged)
     reconnects = property(lambda self: self.source.reconnects)
 
@@ -306,12 +311,13 @@ class TextReader:
         return self.pipeline.process(np.ascontiguousarray(frame), idx, t_capture)
 
     def stream(self, source, max_frames: int = 0, realtime: bool = False, width: int = 1280, height: int = 720,
-               fps: int = 30) -> Stream:
+               fps: int = 30, reconnect_for: float | None = None, on_event=None) -> Stream:
         """``for result in reader.stream(source)``: a camera index, usb://N, csi://N, an rtsp/http URL, a
         GStreamer pipeline or a video file, read frame by frame through ``track``. Live sources (and files with
-        ``realtime``) keep only the newest frame and reconnect; ``width``/``height``/``fps`` are asked of
-        cameras."""
-        return Stream(self, source, max_frames, realtime, width, height, fps)
+        ``realtime``) keep only the newest frame; a lost one is reopened for ``reconnect_for`` seconds (None: as
+        long as it takes), each event a line to ``on_event``, and the loop ends with ``Stream.failed`` set when it
+        does not come back. ``width``/``height``/``fps`` are asked of cameras."""
+        return Stream(self, source, max_frames, realtime, width, height, fps, reconnect_for, on_event)
 
     def _for_source(self, fps: float, live: bool) -> None:
         """A stream's frame rate sets the rate the scheduler keeps (unless given)."""

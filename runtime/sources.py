@@ -32,6 +32,10 @@ class SourceError(InputError, RuntimeError):
     pass
 
 
+# how long opening or reading a network stream may wait before it counts as lost
+NET_TIMEOUT_MS = 5000
+
+
 @dataclass
 class SourceSpec:
     kind: str  # index | usb | csi | url | gstreamer | file
@@ -95,7 +99,11 @@ def open_capture(spec: SourceSpec) -> cv2.VideoCapture:
                           f"opencv-python wheels are built without it). On a Jetson use JetPack's OpenCV "
                           f"(sudo apt install python3-opencv, and uninstall the pip opencv wheels), or give a camera "
                           f"index / usb://N through V4L2.")
-    cap = cv2.VideoCapture(spec.target, spec.api)
+    if spec.kind == "url":  # a dead server must not hold a read (or the capture thread at exit) for FFmpeg's 30 s
+        cap = cv2.VideoCapture(spec.target, spec.api, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NET_TIMEOUT_MS,
+                                                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, NET_TIMEOUT_MS])
+    else:
+        cap = cv2.VideoCapture(spec.target, spec.api)
     if spec.kind in ("index", "usb") and spec.api != cv2.CAP_GSTREAMER:
         cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
         cap.set(cv2.CAP_PROP_FRAME_WIDTH, spec.width)
@@ -135,17 +143,24 @@ class FileReader:
 
 class LatestFrameReader:
     """Capture thread for live sources: keeps only the newest frame (older ones are dropped and counted), so
-    processing never works on stale frames and never blocks capture. A lost stream is reopened with exponential
-    backoff (``backoff`` .. ``max_backoff`` seconds); ``max_reconnects`` < 0 retries forever."""
+    processing never works on stale frames and never blocks capture.
 
-    def __init__(self, spec: SourceSpec, opener=open_capture, backoff: float = 0.5, max_backoff: float = 8.0,
-                 max_reconnects: int = -1) -> None:
+    A lost stream (a camera rebooting, a server restarting) is reopened with exponential backoff (``backoff`` ..
+    ``max_backoff`` seconds) for ``reconnect_for`` seconds (None: for as long as the process runs); meanwhile
+    ``read`` waits. Each event (lost, back, given up) is one line through ``on_event``. When the bound passes,
+    ``failed`` says why and ``read`` returns None."""
+
+    def __init__(self, spec: SourceSpec, opener=open_capture, backoff: float = 0.5, max_backoff: float = 4.0,
+                 reconnect_for: float | None = None, on_event=None) -> None:
         self.spec, self.opener = spec, opener
-        self.backoff, self.max_backoff, self.max_reconnects = backoff, max_backoff, max_reconnects
+        self.backoff, self.max_backoff, self.reconnect_for = backoff, max_backoff, reconnect_for
+        self.on_event = on_event or (lambda line: None)
         self.cap = opener(spec)
         self.dropped = 0
         self.damaged = 0  # a live stream's failed reads end in a reconnect, not a skip
-        self.reconnects = 0
+        self.reconnects = 0  # times the stream came back
+        self.attempts = 0  # reopenings tried
+        self.outages: list[tuple[float, float]] = []  # (lost at, back at), time.monotonic
         self.index = -1
         self.failed: str | None = None
         self._latest: tuple[int, float, np.ndarray] | None = None
@@ -155,25 +170,44 @@ class LatestFrameReader:
         self._thread.start()
 
     def _reconnect(self) -> bool:
+        lost = time.monotonic()
+        bound = "" if self.reconnect_for is None else f" for up to {self.reconnect_for:g} s"
+        self.on_event(f"stream {self.spec.target!r} lost; reconnecting every {self.backoff:g}-{self.max_backoff:g} s"
+                      f"{bound}")
         delay = self.backoff
-        while not self._stop and (self.max_reconnects < 0 or self.reconnects < self.max_reconnects):
-            self.reconnects += 1
-            time.sleep(delay)
+        while not self._stop:
+            left = None if self.reconnect_for is None else lost + self.reconnect_for - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            time.sleep(delay if left is None else min(delay, left))
+            if self._stop:
+                return False
+            self.attempts += 1
             try:
                 self.cap.release()
                 self.cap = self.opener(self.spec)
-                return True
             except SourceError:
                 delay = min(delay * 2, self.max_backoff)
+                continue
+            self.reconnects += 1
+            back = time.monotonic()
+            self.outages.append((lost, back))
+            self.on_event(f"stream {self.spec.target!r} back after {back - lost:.1f} s ({self.attempts} attempts)")
+            return True
         return False
 
     def _loop(self) -> None:
         while not self._stop:
             ok, frame = self.cap.read()
+            if self._stop:
+                return
             if not ok:
                 if not self._reconnect():
                     with self._cv:
-                        self.failed = f"stream {self.spec.target!r} lost after {self.reconnects} reconnect attempts"
+                        if not self._stop:
+                            self.failed = (f"stream {self.spec.target!r} lost and not back within --reconnect-for "
+                                           f"{self.reconnect_for:g} s ({self.attempts} attempts)")
+                            self.on_event(self.failed)
                         self._cv.notify_all()
                     return
                 continue
@@ -184,19 +218,25 @@ class LatestFrameReader:
                 self._latest = (self.index, time.monotonic(), frame)
                 self._cv.notify_all()
 
-    def read(self, timeout: float = 5.0):
-        """The newest frame not yet returned (waits for one), or None when the stream is gone."""
+    def read(self, timeout: float | None = None):
+        """The newest frame not yet returned; waits for one (through reconnections: as long as ``reconnect_for``
+        allows, or ``timeout`` seconds when given); None when the stream is gone or the reader closed."""
         with self._cv:
-            end = time.monotonic() + timeout
+            end = None if timeout is None else time.monotonic() + timeout
             while self._latest is None and self.failed is None and not self._stop:
-                left = end - time.monotonic()
-                if left <= 0:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
                     return None
-                self._cv.wait(left)
+                self._cv.wait(left if left is not None else 1.0)
             item, self._latest = self._latest, None
             return item
 
     def close(self) -> None:
-        self._stop = True
-        self._thread.join(timeout=2)
-        self.cap.release()
+        """Stops the capture thread before the capture is released (an interpreter that exits while the thread
+        is inside OpenCV aborts)."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(timeout=15)
+        if not self._thread.is_alive():
+            self.cap.release()

@@ -1,0 +1,117 @@
+"""Network cameras for real: a video served as MJPEG over HTTP by a real server on 127.0.0.1 (``apps.mjpeg``), read
+by apps.camera and by TextReader.stream; the server killed mid-stream and started again (the app says so, reconnects
+and goes on), or never back (a bounded wait ends with exit status 1, the JSONL intact). Nothing leaves 127.0.0.1."""
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from apps.synthetic_video import render_video, rois
+from conftest import CNN_INT8, ROOT
+
+pytestmark = pytest.mark.skipif(not CNN_INT8.is_file(), reason="shipped weights missing")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m apps.mjpeg`` in its own process, on a fixed loopback port, started and killed at will."""
+
+    def __init__(self, video, port: int) -> None:
+        self.video, self.port, self.proc = video, port, None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "apps.mjpeg", str(self.video), "--port", str(self.port)],
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert "serving" in line, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+
+@pytest.fixture()
+def scene(tmp_path):
+    video = tmp_path / "words.avi"
+    truth = render_video(str(video), n_words=4, size=(240, 640), frames=30, font_px=20, speed=0.0)
+    roi_args = sum([["--roi", ",".join(map(str, r))] for r in rois(truth[0])], [])
+    server = Server(video, _free_port())
+    server.start()
+    yield server, truth[0], roi_args
+    if server.proc.poll() is None:
+        server.kill()
+
+
+def _camera(server, roi_args, jsonl, *extra):
+    return subprocess.Popen([sys.executable, "-m", "apps.camera", "--source", server.url, "--model", str(CNN_INT8),
+                             "--headless", "--jsonl", str(jsonl), *roi_args, *extra], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _right(line: dict, truth: list) -> int:
+    return sum(w["text"] == t["text"] for w, t in zip(line["words"], truth))
+
+
+def test_a_killed_and_restarted_server_is_reconnected_and_read_on(scene, tmp_path):
+    server, truth, roi_args = scene
+    app = _camera(server, roi_args, tmp_path / "r.jsonl", "--max-frames", "120")
+    time.sleep(4.0)  # start-up, then frames
+    server.kill()
+    down = time.monotonic()
+    time.sleep(3.0)
+    server.start()
+    up = time.monotonic()
+    out, err = app.communicate(timeout=120)
+    assert app.returncode == 0, err
+    lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(lines) == 120 and _right(lines[-1], truth) >= 3
+    assert "lost; reconnecting" in err and "back after" in err and len(err.splitlines()) <= 6, err
+    gaps = [b["timestamp"] - a["timestamp"] for a, b in zip(lines, lines[1:])]
+    assert max(gaps) >= up - down - 0.5  # the outage is in the record: nothing read while the server was down
+
+
+def test_a_server_that_never_comes_back_ends_the_run_with_an_error_and_the_jsonl_intact(scene, tmp_path):
+    server, truth, roi_args = scene
+    app = _camera(server, roi_args, tmp_path / "r.jsonl", "--reconnect-for", "2")
+    time.sleep(4.0)
+    server.kill()
+    out, err = app.communicate(timeout=60)
+    assert app.returncode == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and server.url in last and "--reconnect-for 2" in last, err
+    lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]  # every line whole
+    assert lines and _right(lines[-1], truth) >= 3
+    assert "FATAL" not in err and "Traceback" not in err
+
+
+def test_a_usage_error_on_a_live_source_is_exit_2_without_an_abort(scene):
+    server, _, _ = scene
+    r = subprocess.run([sys.executable, "-m", "apps.camera", "--source", server.url, "--model", str(CNN_INT8),
+                        "--headless", "--roi", "1,2,3"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: --roi '1,2,3': expected x,y,w,h in pixels"]
+    r = subprocess.run([sys.executable, "-m", "apps.camera", "--source", server.url, "--model", str(CNN_INT8),
+                        "--headless", "--roi", "5000,2,30,10", "--max-frames", "5"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: --roi 5000,2,30,10: outside")
+    assert "FATAL" not in r.stderr
+
+
+def test_the_python_api_streams_the_network_camera(scene):
+    from runtime import TextReader
+
+    server, truth, _ = scene
+    with TextReader(str(CNN_INT8), rois=rois([{"box": t["box"]} for t in truth])) as reader:
+        results = list(reader.stream(server.url, max_frames=20))
+    assert len(results) == 20 and _right(results[-1].to_dict(), truth) >= 3
