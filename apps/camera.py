@@ -24,6 +24,8 @@ from runtime.scheduler import HEADROOM, ScheduleCfg
 from runtime.sources import parse_source
 from runtime.weights import model_or_default
 
+from .live_view import LiveView, parse_address
+
 
 __all__ = ["main", "contact_sheet", "draw_overlay", "build_parser", "add_schedule_args", "schedule_from_args"]
 
@@ -142,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a lost live stream is retried before the app gives up with exit status 1 (0: for "
                         "as long as it takes)")
     p.add_argument("--snapshots", default="snapshots", help="directory for the s key's PNG + JSON")
+    p.add_argument("--serve", default=None,
+                   help="serve a live view (annotated frames and readings, /readings.json) at HOST:PORT, e.g. "
+                        "127.0.0.1:8080 (a bare PORT binds the loopback address); unset: none")
     add_schedule_args(p)
     return p
 
@@ -189,15 +194,22 @@ def main(argv: list[str] | None = None) -> int:
         rois += [parse_roi(line) for line in Path(args.roi_file).read_text().splitlines() if line.strip()]
     tiles = _tiles(args.det_tiles)
     live = parse_source(args.source, args.width, args.height, args.fps).live or args.realtime
+    serve = parse_address(args.serve) if args.serve else None
     # no --roi and no --detector: the default detector (runtime.reader.DEFAULT_DETECTOR)
     reader = TextReader(model, args.detector or "default", rois, threads=args.rec_threads, det_threads=args.det_threads,
                         det_side=args.det_side, det_tiles=tiles, schedule=schedule, target_fps=args.target_fps or None,
                         detect_every=args.detect_every,
                         async_detect=(live or args.async_detect) and not args.sync_detect)
+    view = None
     try:
+        if serve:
+            view = LiveView(*serve)
+            print(f"camera: live view on {view.address}", file=sys.stderr, flush=True)
         stream = reader.stream(args.source, args.max_frames, args.realtime, args.width, args.height, args.fps,
                                args.reconnect_for or None, lambda line: print(f"camera: {line}", file=sys.stderr))
     except BaseException:
+        if view is not None:
+            view.close()
         reader.close()
         raise
     show = not args.headless
@@ -225,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                     line = res.to_dict()
                     line["dropped"], line["damaged"] = stream.dropped, stream.damaged
                     jsonl.write(json.dumps(line) + "\n")
+                if view is not None:  # drawn and encoded in the viewer's thread, when someone watches
+                    view.publish(frame, res, lambda f, r, fps=fps: draw_overlay(f, r, fps))
                 if args.out or show:
                     vis = draw_overlay(frame, res, fps)
                     if args.out:
@@ -255,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         stream.close()  # the capture thread stops before anything else ends
+        if view is not None:
+            view.close()
         reader.close()
         if writer is not None:
             writer.release()

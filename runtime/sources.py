@@ -163,6 +163,7 @@ class LatestFrameReader:
         self.outages: list[tuple[float, float]] = []  # (lost at, back at), time.monotonic
         self.index = -1
         self.failed: str | None = None
+        self.ended = False  # a --realtime file reached its end
         self._latest: tuple[int, float, np.ndarray] | None = None
         self._cv = threading.Condition()
         self._stop = False
@@ -197,9 +198,19 @@ class LatestFrameReader:
         return False
 
     def _loop(self) -> None:
+        # a file read like a camera (--realtime) delivers its frames at its own frame rate and ends at its end
+        file_fps = (self.cap.get(cv2.CAP_PROP_FPS) or 30.0) if self.spec.kind == "file" else 0.0
+        t0 = time.monotonic()
         while not self._stop:
+            if file_fps:
+                time.sleep(max(0.0, t0 + (self.index + 1) / file_fps - time.monotonic()))
             ok, frame = self.cap.read()
             if self._stop:
+                return
+            if not ok and file_fps:
+                with self._cv:
+                    self.ended = True
+                    self._cv.notify_all()
                 return
             if not ok:
                 if not self._reconnect():
@@ -223,7 +234,7 @@ class LatestFrameReader:
         allows, or ``timeout`` seconds when given); None when the stream is gone or the reader closed."""
         with self._cv:
             end = None if timeout is None else time.monotonic() + timeout
-            while self._latest is None and self.failed is None and not self._stop:
+            while self._latest is None and self.failed is None and not self._stop and not self.ended:
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     return None

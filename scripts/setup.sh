@@ -8,16 +8,17 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
-# Debian packages: fonts for the synthesizer (Pillow's built-in font is the fallback when apt is unavailable) and
-# tesseract-ocr, a peer in apps.benchmark run (optional: its rows say so when it is missing).
-FONT_PKGS="fonts-dejavu-core fonts-liberation fonts-freefont-ttf tesseract-ocr"
+# Debian packages: fonts for the synthesizer (Pillow's built-in font is the fallback when apt is unavailable),
+# tesseract-ocr, a peer in apps.benchmark run (optional: its rows say so when it is missing), and chromium, the
+# headless browser the live view's test opens (optional: that test skips without it).
+FONT_PKGS="fonts-dejavu-core fonts-liberation fonts-freefont-ttf tesseract-ocr chromium"
 if command -v apt-get >/dev/null 2>&1; then
   missing=""
   for p in $FONT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
   if [ -n "$missing" ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
     ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null) \
-      || echo "setup: could not install fonts ($missing); the synthesizer falls back to the fonts it finds" >&2
+      || echo "setup: could not install$missing; the synthesizer falls back to the fonts it finds, the live view test skips" >&2
   fi
 fi
 
