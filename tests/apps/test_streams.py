@@ -1,6 +1,7 @@
-"""Network cameras for real: a video served as MJPEG over HTTP by a real server on 127.0.0.1 (``apps.mjpeg``), read
-by apps.camera and by TextReader.stream; the server killed mid-stream and started again (the app says so, reconnects
-and goes on), or never back (a bounded wait ends with exit status 1, the JSONL intact). Nothing leaves 127.0.0.1."""
+"""Network cameras for real: a video served as MJPEG over HTTP by a real server on 127.0.0.1 (``apps.mjpeg``), and
+as H.264 over RTSP by GStreamer's RTSP server (``rtsp_server.py`` beside this file), read by apps.camera and by
+TextReader.stream; the server killed mid-stream and started again (the app says so, reconnects and goes on), or
+never back (a bounded wait ends with exit status 1, the JSONL intact). Nothing leaves 127.0.0.1."""
 import json
 import socket
 import subprocess
@@ -22,14 +23,16 @@ def _free_port() -> int:
 
 
 class Server:
-    """``python -m apps.mjpeg`` in its own process, on a fixed loopback port, started and killed at will."""
+    """A streaming server in its own process on a fixed loopback port, started and killed at will: ``python -m
+    apps.mjpeg`` (MJPEG over HTTP) by default."""
 
     def __init__(self, video, port: int) -> None:
         self.video, self.port, self.proc = video, port, None
+        self.cmd = [sys.executable, "-m", "apps.mjpeg", str(video), "--port", str(port)]
+        self.url = f"http://127.0.0.1:{port}/stream.mjpg"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "apps.mjpeg", str(self.video), "--port", str(self.port)],
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         assert "serving" in line, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
 
@@ -37,9 +40,20 @@ class Server:
         self.proc.kill()
         self.proc.wait(timeout=10)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+GST_PYTHON = "/usr/bin/python3"  # Debian's python3-gi belongs to the system interpreter
+
+
+def _rtsp_server_missing() -> str:
+    """Why GStreamer's RTSP server cannot run here ("" when it can)."""
+    probe = ("import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
+             "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
+             "assert Gst.ElementFactory.find('x264enc'), 'no x264enc'")
+    try:
+        r = subprocess.run([GST_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        return f"no {GST_PYTHON}"
+    return "" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["?"])[-1]
 
 
 @pytest.fixture()
@@ -115,3 +129,38 @@ def test_the_python_api_streams_the_network_camera(scene):
     with TextReader(str(CNN_INT8), rois=rois([{"box": t["box"]} for t in truth])) as reader:
         results = list(reader.stream(server.url, max_frames=20))
     assert len(results) == 20 and _right(results[-1].to_dict(), truth) >= 3
+
+
+@pytest.mark.skipif(bool(_rtsp_server_missing()), reason="GStreamer's RTSP server is not installed (scripts/setup.sh "
+                    "installs gir1.2-gst-rtsp-server-1.0, python3-gi, gstreamer1.0-plugins-ugly): " +
+                    _rtsp_server_missing())
+def test_an_rtsp_h264_camera_is_read_and_reconnected(tmp_path):
+    import cv2
+
+    video = tmp_path / "words.avi"
+    truth = render_video(str(video), n_words=4, size=(240, 640), frames=30, font_px=20, speed=0.0)[0]
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cap = cv2.VideoCapture(str(video))
+    for i in range(30):
+        cv2.imwrite(str(frames / f"{i:04d}.jpg"), cap.read()[1])
+    port = _free_port()
+    server = Server(video, port)
+    server.cmd = [GST_PYTHON, str(ROOT / "tests" / "apps" / "rtsp_server.py"), str(frames), str(port)]
+    server.url = f"rtsp://127.0.0.1:{port}/live"
+    server.start()
+    try:
+        roi_args = sum([["--roi", ",".join(map(str, r))] for r in rois(truth)], [])
+        app = _camera(server, roi_args, tmp_path / "r.jsonl", "--max-frames", "150")
+        time.sleep(5.0)
+        server.kill()
+        time.sleep(3.0)
+        server.start()
+        out, err = app.communicate(timeout=120)
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+    assert app.returncode == 0, err
+    lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(lines) == 150 and _right(lines[-1], truth) >= 3, lines[-1]
+    assert "lost; reconnecting" in err and "back after" in err, err
