@@ -1,8 +1,9 @@
 """The real-time reading pipeline, camera-agnostic: frame in, tracked words with fused strings out.
 
-Per frame: boxes (fixed regions of interest, or tracks predicted between detections) -> one packed batch straight
-from the frame (C path) -> the read scheduler picks the tracks worth reading (``runtime.scheduler``; or all of
-them with ``schedule=None``) -> recognizer -> decode -> each read track's vote. Detection runs at its own rate: every
+Per frame: boxes (fixed regions of interest, or tracks predicted between detections and found again on the frame)
+-> one packed batch straight from the frame (C path) -> the read scheduler picks the tracks worth reading within
+what the frame period leaves (``runtime.scheduler``; or all of them with ``schedule=None``) -> recognizer ->
+decode -> each read fused into its track (``runtime.tracking.Vote``). Detection runs at its own rate: every
 ``detect_every`` frames inline, or (``async_detect``) in a background thread on the newest frame, so a slow
 detector never stalls recognition; its results are associated with the tracks when they arrive.
 """
@@ -34,8 +35,8 @@ class WordResult:
 
     track: int
     box: list[float]  # x0, y0, x1, y1 in frame pixels
-    text: str  # fused over frames (confidence-weighted vote)
-    confidence: float  # share of the vote the fused text holds
+    text: str  # fused over the track's reads (runtime.tracking.Vote)
+    confidence: float  # the fused text's confidence: how sure the reads were and how many agree
     frame_text: str  # the latest reading (this frame's when ``read``)
     frame_confidence: float
     read: bool = True  # whether the recognizer read this word on this frame
@@ -135,7 +136,8 @@ class Pipeline:
                  tracker: Tracker | None = None, min_box: float = 4.0,
                  schedule: ScheduleCfg | None = None, follow: bool = True) -> None:
         """``schedule``: how to spend the recognizer on the tracks (``runtime.scheduler``); None reads every track
-        on every frame."""
+        on every frame. ``follow``: between detections, find each tracked word's crop again on every frame
+        (``Tracker.follow``), so shake does not carry the box off its word."""
         if detector is None and not rois:
             raise InputError("pipeline: give regions of interest (--roi) or a detector (--detector)")
         self.rec, self.detector, self.min_box = recognizer, detector, min_box

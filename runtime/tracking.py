@@ -1,10 +1,11 @@
 """Tracking words between detections, and fusing each track's readings over frames.
 
 Detection is slow and runs at its own rate; recognition runs on every frame. Between detections a track's box
-moves with the velocity measured between its last two detections (constant-velocity prediction). Detections are
-associated with tracks greedily by IoU of the predicted box. Every frame's reading of a track adds its
-confidence to that string's vote; the track's text is the string with the largest total, so one sharp frame
-outweighs several unsure blurry ones and a word read over many frames is right more often than any single frame.
+moves with the velocity measured between its last two detections (constant-velocity prediction), corrected on
+every frame by finding the word's crop of the previous frame again (``Tracker.follow``). Detections are
+associated with tracks greedily by IoU of the predicted box. Each reading of a track adds evidence to its
+candidate strings (``Vote``); the track's text is the best supported one, so one sharp frame outweighs several
+unsure blurry ones and a word read over many frames is right more often than any single frame.
 """
 from __future__ import annotations
 

@@ -10,10 +10,11 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
 # Debian packages: fonts for the synthesizer (Pillow's built-in font is the fallback when apt is unavailable),
 # tesseract-ocr, a peer in apps.benchmark run (optional: its rows say so when it is missing), chromium, the
-# headless browser the live view's test opens, and GStreamer's RTSP server with python3-gi and x264, the network
-# camera of the RTSP test (optional: those tests skip, with their reason, without them).
+# headless browser the live view's test opens, GStreamer's RTSP server with python3-gi and x264, the network
+# camera of the RTSP test, and python3-opencv, an OpenCV with GStreamer for the source-pipeline test (all for the
+# system python3, not .venv; optional: those tests skip, with their reason, without them).
 FONT_PKGS="fonts-dejavu-core fonts-liberation fonts-freefont-ttf tesseract-ocr chromium gir1.2-gst-rtsp-server-1.0
-python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly"
+python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly python3-opencv"
 if command -v apt-get >/dev/null 2>&1; then
   missing=""
   for p in $FONT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

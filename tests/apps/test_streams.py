@@ -164,3 +164,60 @@ def test_an_rtsp_h264_camera_is_read_and_reconnected(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert len(lines) == 150 and _right(lines[-1], truth) >= 3, lines[-1]
     assert "lost; reconnecting" in err and "back after" in err, err
+
+
+def _gstreamer_opencv_missing() -> str:
+    """Why no OpenCV with GStreamer can run here ("" when the system python3's can: Debian's python3-opencv)."""
+    probe = ("import cv2; g = [l for l in cv2.getBuildInformation().splitlines() if l.strip().startswith('GStreamer:')]; "
+             "assert g and 'YES' in g[0], 'OpenCV without GStreamer'")
+    try:
+        r = subprocess.run([GST_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        return f"no {GST_PYTHON}"
+    return "" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["?"])[-1]
+
+
+@pytest.mark.skipif(bool(_gstreamer_opencv_missing()), reason="no OpenCV built with GStreamer (the PyPI wheels have "
+                    "none; scripts/setup.sh installs Debian's python3-opencv for the system python3): " +
+                    _gstreamer_opencv_missing())
+def test_gstreamer_pipelines_are_read_end_to_end_where_opencv_has_gstreamer(tmp_path):
+    """The source path of csi://, usb:// on a Jetson and gst: pipelines: runtime.sources under an OpenCV with
+    GStreamer (the system python3's), a videotestsrc pipeline and a filesrc pipeline of a rendered video."""
+    import cv2
+
+    video = tmp_path / "words.avi"
+    render_video(str(video), n_words=4, size=(240, 640), frames=20, font_px=20, speed=0.0)
+    first = cv2.VideoCapture(str(video)).read()[1]
+    np_path = tmp_path / "first.npy"
+    script = f"""
+import json, sys
+import numpy as np
+sys.path.insert(0, {str(ROOT)!r})
+from runtime.sources import LatestFrameReader, parse_source, gstreamer_available
+assert gstreamer_available()
+out = {{}}
+for name, pipe in [("test", "videotestsrc pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 ! "
+                            "videoconvert ! video/x-raw,format=BGR ! appsink"),
+                   ("file", "gst:filesrc location={video} ! decodebin ! videoconvert ! video/x-raw,format=BGR ! "
+                            "appsink")]:
+    spec = parse_source(pipe)
+    rd = LatestFrameReader(spec, reconnect_for=1.0)
+    frames = []
+    while len(frames) < 10:
+        item = rd.read(timeout=20)
+        if item is None:
+            break
+        frames.append(item[2])
+    rd.close()
+    out[name] = [spec.kind, len(frames), list(frames[0].shape) if frames else None]
+    if name == "file" and frames:
+        np.save({str(np_path)!r}, frames[0])
+print(json.dumps(out))
+"""
+    r = subprocess.run([GST_PYTHON, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["test"] == ["gstreamer", 10, [240, 320, 3]] and out["file"] == ["gstreamer", 10, [240, 640, 3]], out
+    import numpy as np
+
+    assert np.abs(np.load(np_path).astype(int) - first.astype(int)).mean() < 3  # the file's picture (a static scene)
