@@ -44,16 +44,24 @@ class Server:
 GST_PYTHON = "/usr/bin/python3"  # Debian's python3-gi belongs to the system interpreter
 
 
-def _rtsp_server_missing() -> str:
-    """Why GStreamer's RTSP server cannot run here ("" when it can)."""
-    probe = ("import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
-             "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
-             "assert Gst.ElementFactory.find('x264enc'), 'no x264enc'")
+def _system_python_lacks(probe: str) -> str:
+    """Why ``probe`` fails under the system python3 ("" when it runs): Debian's python3-gi and python3-opencv
+    belong to that interpreter, not to .venv."""
     try:
         r = subprocess.run([GST_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
         return f"no {GST_PYTHON}"
     return "" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["?"])[-1]
+
+
+# GStreamer's RTSP server with x264, and an OpenCV built with GStreamer
+NO_RTSP_SERVER = _system_python_lacks(
+    "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
+    "from gi.repository import Gst, GstRtspServer; Gst.init(None); assert Gst.ElementFactory.find('x264enc'), "
+    "'no x264enc'")
+NO_GSTREAMER_OPENCV = _system_python_lacks(
+    "import cv2; g = [l for l in cv2.getBuildInformation().splitlines() if l.strip().startswith('GStreamer:')]; "
+    "assert g and 'YES' in g[0], 'OpenCV without GStreamer'")
 
 
 @pytest.fixture()
@@ -131,9 +139,8 @@ def test_the_python_api_streams_the_network_camera(scene):
     assert len(results) == 20 and _right(results[-1].to_dict(), truth) >= 3
 
 
-@pytest.mark.skipif(bool(_rtsp_server_missing()), reason="GStreamer's RTSP server is not installed (scripts/setup.sh "
-                    "installs gir1.2-gst-rtsp-server-1.0, python3-gi, gstreamer1.0-plugins-ugly): " +
-                    _rtsp_server_missing())
+@pytest.mark.skipif(bool(NO_RTSP_SERVER), reason="GStreamer's RTSP server is not installed (scripts/setup.sh "
+                    "installs gir1.2-gst-rtsp-server-1.0, python3-gi, gstreamer1.0-plugins-ugly): " + NO_RTSP_SERVER)
 def test_an_rtsp_h264_camera_is_read_and_reconnected(tmp_path):
     import cv2
 
@@ -166,20 +173,8 @@ def test_an_rtsp_h264_camera_is_read_and_reconnected(tmp_path):
     assert "lost; reconnecting" in err and "back after" in err, err
 
 
-def _gstreamer_opencv_missing() -> str:
-    """Why no OpenCV with GStreamer can run here ("" when the system python3's can: Debian's python3-opencv)."""
-    probe = ("import cv2; g = [l for l in cv2.getBuildInformation().splitlines() if l.strip().startswith('GStreamer:')]; "
-             "assert g and 'YES' in g[0], 'OpenCV without GStreamer'")
-    try:
-        r = subprocess.run([GST_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        return f"no {GST_PYTHON}"
-    return "" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["?"])[-1]
-
-
-@pytest.mark.skipif(bool(_gstreamer_opencv_missing()), reason="no OpenCV built with GStreamer (the PyPI wheels have "
-                    "none; scripts/setup.sh installs Debian's python3-opencv for the system python3): " +
-                    _gstreamer_opencv_missing())
+@pytest.mark.skipif(bool(NO_GSTREAMER_OPENCV), reason="no OpenCV built with GStreamer (the PyPI wheels have none; "
+                    "scripts/setup.sh installs Debian's python3-opencv for the system python3): " + NO_GSTREAMER_OPENCV)
 def test_gstreamer_pipelines_are_read_end_to_end_where_opencv_has_gstreamer(tmp_path):
     """The source path of csi://, usb:// on a Jetson and gst: pipelines: runtime.sources under an OpenCV with
     GStreamer (the system python3's), a videotestsrc pipeline and a filesrc pipeline of a rendered video."""
