@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     show = not args.headless
     writer = None
-    jsonl = open(args.jsonl, "w") if args.jsonl else None
+    jsonl = open(args.jsonl, "w", buffering=1) if args.jsonl else None  # line by line: whole up to the last frame
     times: deque[float] = deque(maxlen=30)
     n, paused, res, frame = 0, False, None, None
     lat: list[float] = []

@@ -82,6 +82,16 @@ def _camera(server, roi_args, jsonl, *extra):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _wait_for_frames(jsonl, n: int = 10, timeout: float = 60.0) -> None:
+    """Until the app has written ``n`` frames (start-up takes a second or two, more on a busy machine)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if jsonl.exists() and len(jsonl.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{jsonl}: fewer than {n} frames after {timeout} s")
+
+
 def _right(line: dict, truth: list) -> int:
     return sum(w["text"] == t["text"] for w, t in zip(line["words"], truth))
 
@@ -89,7 +99,7 @@ def _right(line: dict, truth: list) -> int:
 def test_a_killed_and_restarted_server_is_reconnected_and_read_on(scene, tmp_path):
     server, truth, roi_args = scene
     app = _camera(server, roi_args, tmp_path / "r.jsonl", "--max-frames", "120")
-    time.sleep(4.0)  # start-up, then frames
+    _wait_for_frames(tmp_path / "r.jsonl")
     server.kill()
     down = time.monotonic()
     time.sleep(3.0)
@@ -107,7 +117,7 @@ def test_a_killed_and_restarted_server_is_reconnected_and_read_on(scene, tmp_pat
 def test_a_server_that_never_comes_back_ends_the_run_with_an_error_and_the_jsonl_intact(scene, tmp_path):
     server, truth, roi_args = scene
     app = _camera(server, roi_args, tmp_path / "r.jsonl", "--reconnect-for", "2")
-    time.sleep(4.0)
+    _wait_for_frames(tmp_path / "r.jsonl")
     server.kill()
     out, err = app.communicate(timeout=60)
     assert app.returncode == 1, err
@@ -159,7 +169,7 @@ def test_an_rtsp_h264_camera_is_read_and_reconnected(tmp_path):
     try:
         roi_args = sum([["--roi", ",".join(map(str, r))] for r in rois(truth)], [])
         app = _camera(server, roi_args, tmp_path / "r.jsonl", "--max-frames", "150")
-        time.sleep(5.0)
+        _wait_for_frames(tmp_path / "r.jsonl")
         server.kill()
         time.sleep(3.0)
         server.start()
