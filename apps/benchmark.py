@@ -96,18 +96,14 @@ def _run_row(spec: str, data: str, lr_from_hr: bool, max_samples: int, batches: 
         splits = load_crops(data, lr_from_hr, max_samples)
         results = []
         for name, (imgs, gts) in splits.items():
-            read = rd.read
+            bar = None
             if progress:
                 from tqdm import tqdm
 
                 bar = tqdm(total=len(imgs), desc=f"{row.model} {name}", unit="crop", file=sys.stderr)
-
-                def read(batch, _read=rd.read, _bar=bar):
-                    out = _read(batch)
-                    _bar.update(len(batch))
-                    return out
-            res = evaluate(read, InputSet(name, name, imgs, gts), max(batches) if spec != "tesseract" else 1)
-            if progress:
+            res = evaluate(rd.read, InputSet(name, name, imgs, gts), max(batches) if spec != "tesseract" else 1,
+                           on_batch=bar.update if bar else None)
+            if bar is not None:
                 bar.close()
             results.append(res)
             row.accuracy[name] = res.accuracy
@@ -305,7 +301,7 @@ def scene_video(args, path: str) -> list:
     """Write the benchmark's scene to ``path`` and return its truth: rendered words (``--scene rendered``) or real
     word crops filmed through a simulated camera (``--scene real``, ``apps.crop_scene``)."""
     from .crop_scene import pick_crops, render_crop_video
-    from .synthetic_video import _pair, render_video
+    from .synthetic_video import parse_range, render_video
 
     if args.scene == "rendered":
         return render_video(path, n_words=args.words, size=(720, 1280), frames=args.frames, font_px=args.font_px,
@@ -314,8 +310,8 @@ def scene_video(args, path: str) -> list:
         if not Path(c).exists():
             raise InputError(f"--crops {c}: no such lmdb or folder")
     crops = pick_crops(args.crops, args.words, args.seed)
-    return render_crop_video(path, crops, (720, 1280), args.frames, _pair(args.text_px, "--text-px"), args.speed,
-                             seed=args.seed)
+    return render_crop_video(path, crops, (720, 1280), args.frames, parse_range(args.text_px, "--text-px"),
+                             args.speed, seed=args.seed)
 
 
 def cmd_pipeline(args) -> int:

@@ -91,15 +91,14 @@ def add_schedule_args(p: argparse.ArgumentParser) -> None:
                    help="new words read on the frame they appear, beyond the budget (0: they wait their turn)")
 
 
-def schedule_from_args(args: argparse.Namespace, source_fps: float = 30.0) -> ScheduleCfg | None:
-    """The ScheduleCfg of the parsed options (None with --read-every-frame); ``source_fps`` sets the frame rate to
-    keep unless --target-fps does; InputError names a bad option."""
+def schedule_from_args(args: argparse.Namespace) -> ScheduleCfg | None:
+    """The ScheduleCfg of the parsed options (None with --read-every-frame); without --target-fps it keeps a 30 FPS
+    source's rate (``TextReader.stream`` sets its own source's); InputError names a bad option."""
     if args.read_every_frame:
         return None
-    fps = args.target_fps or HEADROOM * (source_fps if source_fps and source_fps > 0 else 30.0)
-    cfg = ScheduleCfg(max_reads=args.max_reads, budget_ms=args.read_budget_ms, fps=fps, change=args.change,
-                      noise=args.noise, confidence=args.reread_confidence, max_age=args.reread_after,
-                      new_reads=args.new_reads)
+    cfg = ScheduleCfg(max_reads=args.max_reads, budget_ms=args.read_budget_ms, fps=args.target_fps or ScheduleCfg.fps,
+                      change=args.change, noise=args.noise, confidence=args.reread_confidence,
+                      max_age=args.reread_after, new_reads=args.new_reads)
     try:
         return cfg.validate()
     except ValueError as e:

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["render_video", "rois", "match_words", "score_frames", "same_word", "WORDS"]
+__all__ = ["render_video", "rois", "match_words", "score_frames", "same_word", "parse_range", "WORDS"]
 
 WORDS = ["price", "meter", "shelf", "seven", "label", "green", "coffee", "water", "north", "store", "milk", "sale",
          "bread", "exit", "open", "stop", "gate", "lamp", "paper", "river"]
@@ -116,7 +116,8 @@ def score_frames(truth: list, outputs: list[list[tuple[list[float], str]]]) -> t
     return right, total
 
 
-def _pair(text: str, option: str) -> tuple[float, float]:
+def parse_range(text: str, option: str) -> tuple[float, float]:
+    """``LOW,HIGH`` (e.g. ``--text-px 10,18``) -> (low, high), 0 < low <= high; InputError naming ``option``."""
     from runtime.cli import InputError
 
     try:
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             effects.validate()
         except ValueError as e:
             raise InputError(f"--shake/--defocus/--motion-blur/--noise/--exposure/--jpeg: {e}") from None
-        text_px = _pair(args.text_px, "--text-px")
+        text_px = parse_range(args.text_px, "--text-px")
         for c in args.crops:
             if not Path(c).exists():
                 raise InputError(f"--crops {c}: no such lmdb or folder")

@@ -73,9 +73,11 @@ def _text_conf(d) -> tuple[str, float | None]:
 
 
 def evaluate(read: Reader, inputs: InputSet, batch: int = 64,
-             transform: Callable[[np.ndarray], np.ndarray] | None = None, name: str | None = None) -> SplitResult:
+             transform: Callable[[np.ndarray], np.ndarray] | None = None, name: str | None = None,
+             on_batch: Callable[[int], object] | None = None) -> SplitResult:
     """Score ``read`` on one input set, ``batch`` crops per call (``transform`` maps each crop first, e.g. bicubic
-    upsampling); ``name``: the result's split name (default the set's)."""
+    upsampling); ``name``: the result's split name (default the set's); ``on_batch(n)`` after each call of n crops
+    (a progress bar's ``update``)."""
     preds: list[str] = []
     confs: list[float | None] = []
     for i in range(0, len(inputs.images), batch):
@@ -84,5 +86,7 @@ def evaluate(read: Reader, inputs: InputSet, batch: int = 64,
             text, conf = _text_conf(d)
             preds.append(text)
             confs.append(conf)
+        if on_batch is not None:
+            on_batch(len(imgs))
     known = all(c is not None for c in confs)
     return score_split(name or inputs.split, preds, inputs.labels, confs if known and confs else None)

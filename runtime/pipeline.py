@@ -152,6 +152,8 @@ class Pipeline:
         self.follow = follow
         self._prev: tuple[int, np.ndarray] | None = None  # the last frame, grey, for following words between detections
         self._t_end: float | None = None
+        # CTC reads fuse by each candidate's probability under every read (runtime.fusion)
+        self._ctc = getattr(recognizer.tokenizer, "kind", "") == "ctc"
         if detector is None:  # fixed regions: one permanent track per region, read every frame
             self.tracker.update(self.rois, 0)
             self.tracker.max_misses = 1 << 30
@@ -240,13 +242,11 @@ class Pipeline:
             reads = self.rec.tokenizer.decode(probs) if pick else []
             ms["decode"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
-            # CTC reads fuse by each candidate's probability under every read (runtime.fusion)
-            ctc = getattr(self.rec.tokenizer, "kind", "") == "ctc"
             for k, (i, r) in enumerate(zip(pick, reads)):
                 tr = live[i]
                 if sigs is not None:
                     self.scheduler.observe(frame_idx, tr, sigs[i], r.text, r.confidence)
-                tr.vote.add(r.text, r.confidence, probs[k] if ctc else None, self.rec.tokenizer.char_ids)
+                tr.vote.add(r.text, r.confidence, probs[k] if self._ctc else None, self.rec.tokenizer.char_ids)
                 tr.last_read = (r.text, r.confidence)
             picked = set(pick)
             for i, (tr, b) in enumerate(zip(live, boxes[ok])):

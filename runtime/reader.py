@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -160,7 +159,7 @@ class Stream:
                        else FileReader(self.spec))
         self.fps = float(getattr(self.source, "fps", 0) or self.spec.fps)
         self.reader, self.max_frames, self.frames = reader, max_frames, 0
-        reader._for_source(self.fps, self.live)
+        reader._for_source(self.fps)
 
     dropped = property(lambda self: self.source.dropped)
     failed = property(lambda self: getattr(self.source, "failed", None))  # why a live stream ended, if it did
@@ -229,7 +228,6 @@ class TextReader:
         self._auto_fps = target_fps is None and schedule is not None
         self.pipeline = Pipeline(self.rec, self.detector, self.rois, detect_every, async_detect=async_detect,
                                  schedule=schedule, follow=follow)
-        self._async = async_detect
         self._next = 0
         self._frame_size: tuple[int, int] | None = None  # (W, H) the regions were checked against
 
@@ -319,7 +317,7 @@ class TextReader:
         does not come back. ``width``/``height``/``fps`` are asked of cameras."""
         return Stream(self, source, max_frames, realtime, width, height, fps, reconnect_for, on_event)
 
-    def _for_source(self, fps: float, live: bool) -> None:
+    def _for_source(self, fps: float) -> None:
         """A stream's frame rate sets the rate the scheduler keeps (unless given)."""
         sch = self.pipeline.scheduler
         if self._auto_fps and sch is not None and fps > 0:

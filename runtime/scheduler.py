@@ -51,7 +51,7 @@ HEADROOM = 1.2
 class ScheduleCfg:
     max_reads: int = 0  # crops read per frame at most (0: no limit by count; the time budget decides)
     budget_ms: float = 0.0  # fixed recognition milliseconds per frame (0: what the frame period leaves, see fps)
-    fps: float = 36.0  # frame rate to keep: 30 FPS cameras + 20 % headroom (0 with budget_ms 0: max_reads only)
+    fps: float = HEADROOM * 30.0  # frame rate to keep: 30 FPS cameras + headroom (0 with budget_ms 0: max_reads only)
     change: float = 0.25  # least signature difference that makes a crop due (normalised signature units)
     noise: float = 3.0  # ... and at least this many times the track's frame-to-frame jitter
     forget: float = 0.25  # factor on the old vote totals when a changed crop reads differently
@@ -184,7 +184,3 @@ class ReadScheduler:
             return
         per = ms / crops
         self._ms_per_crop = per if self._ms_per_crop is None else 0.8 * self._ms_per_crop + 0.2 * per
-
-    @property
-    def ms_per_crop(self) -> float | None:
-        return self._ms_per_crop

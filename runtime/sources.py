@@ -160,7 +160,6 @@ class LatestFrameReader:
         self.damaged = 0  # a live stream's failed reads end in a reconnect, not a skip
         self.reconnects = 0  # times the stream came back
         self.attempts = 0  # reopenings tried
-        self.outages: list[tuple[float, float]] = []  # (lost at, back at), time.monotonic
         self.index = -1
         self.failed: str | None = None
         self.ended = False  # a --realtime file reached its end
@@ -192,7 +191,6 @@ class LatestFrameReader:
                 continue
             self.reconnects += 1
             back = time.monotonic()
-            self.outages.append((lost, back))
             self.on_event(f"stream {self.spec.target!r} back after {back - lost:.1f} s ({self.attempts} attempts)")
             return True
         return False

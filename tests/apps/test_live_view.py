@@ -9,7 +9,6 @@ import time
 import urllib.request
 
 import cv2
-import numpy as np
 import pytest
 
 from apps.synthetic_video import render_video, rois
