@@ -157,13 +157,16 @@ def test_the_frame_period_less_the_loops_own_work_is_the_read_budget():
     for i in range(20):
         time.sleep(0.008)  # the caller's own work: 8 ms a frame
         r = p.process(frame, i)
-    assert 6.0 < p.read_budget_ms() < 12.0, p.read_budget_ms()
-    assert 2 <= r.reads <= 6, r.reads  # about 11 ms of 2 ms reads
+    busy, busy_reads = p.read_budget_ms(), r.reads
+    assert 0.0 < busy < 12.0 and busy_reads >= 1, (busy, busy_reads)  # at most 20 - 8 ms, less the loop's own stages
     q = Pipeline(Rec(), rois=rois, schedule=ScheduleCfg(fps=50.0, new_reads=0))
     for i in range(20):
         time.sleep(0.008)  # waiting for a camera's frame: captured after the wait
         r = q.process(frame, i, time.monotonic())
-    assert q.read_budget_ms() > 14.0 and r.reads >= 6, (q.read_budget_ms(), r.reads)
+    # the same loop (its own stages cost what they cost on this machine and this fastpath), but the 8 ms are a wait
+    waiting = q.read_budget_ms()
+    assert 6.0 < waiting - busy < 10.0 and waiting <= 20.0, (busy, waiting)
+    assert r.reads > busy_reads, (busy_reads, r.reads)
 
 
 def test_each_read_goes_to_its_own_word_whatever_order_the_scheduler_picks():
