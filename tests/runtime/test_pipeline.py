@@ -1,5 +1,6 @@
 """runtime.detector, runtime.tracking and runtime.pipeline: small words found whole-frame and tiled, tracks
 that predict and forget, confidence voting over frames, detection in its own thread."""
+import threading
 import time
 import types
 
@@ -91,9 +92,11 @@ def test_async_detection_never_blocks_recognition():
     from runtime.detector import Detection
     from runtime.pipeline import Pipeline
 
-    class SlowDetector:
+    release = threading.Event()
+
+    class SlowDetector:  # busy until the test releases it: no timing involved
         def __call__(self, frame, roi=None):
-            time.sleep(0.2)
+            release.wait(10)
             return [Detection(np.array([[2, 2], [40, 2], [40, 14], [2, 14]], np.float32), 0.9)]
 
     class Rec:
@@ -111,9 +114,9 @@ def test_async_detection_never_blocks_recognition():
 
     p = Pipeline(Rec(), SlowDetector(), async_detect=True)
     frame = np.zeros((32, 64, 3), np.uint8)
-    t = time.perf_counter()
     res = [p.process(frame, i) for i in range(3)]
-    assert time.perf_counter() - t < 0.15  # the detector's 0.2 s did not stall the frames
+    assert not any(r.detected for r in res)  # the frames went on while the detector was still busy
+    release.set()
     for _ in range(50):
         time.sleep(0.02)
         r = p.process(frame, 3)
