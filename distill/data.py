@@ -4,6 +4,7 @@
     pack SRC OUT                image folder with labels.tsv -> STR lmdb
     degrade SRC OUT --seed S    STR lmdb (or image folder) of HR crops -> TextZoom-layout pair lmdb
     views SRC... OUT --copies K STR lmdbs (or image folders) of labelled crops -> K new views of each, labels kept
+    split SRC OUT --held-out N  STR lmdb -> OUT/train and OUT/heldout, a seeded random N held out for selection
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from .augment import text_view
 from .degrade import LEVELS, degrade, strength_for
 from .lmdb_writer import LmdbWriter
 
-__all__ = ["DatasetInfo", "dataset_info", "pack_folder", "degrade_lmdb", "views_lmdb", "main"]
+__all__ = ["DatasetInfo", "dataset_info", "pack_folder", "degrade_lmdb", "views_lmdb", "split_lmdb", "main"]
 
 
 def _stats(values: list[float]) -> dict:
@@ -210,6 +211,38 @@ def views_lmdb(srcs: list[str | Path], out: str | Path, copies: int, seed: int, 
     return n, skipped
 
 
+def split_lmdb(src: str | Path, out: str | Path, held_out: int, seed: int = 0,
+               overwrite: bool = False) -> tuple[int, int]:
+    """An STR lmdb into ``out/train`` and ``out/heldout`` (STR lmdbs, the encoded bytes and labels as stored):
+    ``held_out`` samples drawn by ``seed`` are held out, the rest keep their order. The same source, count and seed
+    give the same split on any machine, so a held-out set named in a recipe is reproducible. Returns the counts."""
+    import lmdb
+
+    src, out = Path(src), Path(out)
+    if not (src / "data.mdb").exists():
+        raise DataError(f"{src}: not an lmdb (no data.mdb)")
+    env = lmdb.open(str(src), readonly=True, lock=False, readahead=False, subdir=True)
+    with env.begin() as txn:
+        raw = txn.get(b"num-samples")
+        if raw is None or txn.get(b"image-000000001") is None:
+            env.close()
+            raise DataError(f"{src}: not an STR lmdb (needs num-samples and image-%09d keys)")
+        n = int(raw)
+        if not 0 < held_out < n:
+            env.close()
+            raise ValueError(f"--held-out: expected 1 to {n - 1} of the {n} samples in {src}, got {held_out}")
+        hold = set((np.random.default_rng(seed).permutation(n)[:held_out] + 1).tolist())
+        parts = {"train": [i for i in range(1, n + 1) if i not in hold], "heldout": sorted(hold)}
+        for name, idx in parts.items():
+            with LmdbWriter(out / name, overwrite=overwrite) as w:
+                for j, i in enumerate(idx, 1):
+                    w.put(b"image-%09d" % j, txn.get(b"image-%09d" % i))
+                    w.put(b"label-%09d" % j, txn.get(b"label-%09d" % i) or b"")
+                w.finish(len(idx))
+    env.close()
+    return len(parts["train"]), len(parts["heldout"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="python -m distill.data", description="Look at datasets and convert layouts.",
@@ -239,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--copies", type=int, default=2, help="views written per crop")
     v.add_argument("--seed", type=int, default=0, help="random seed of the views")
     v.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    t = sub.add_parser("split", help="hold out a seeded random part of an STR lmdb: OUT/train and OUT/heldout",
+                       formatter_class=fmt)
+    t.add_argument("src", help="STR lmdb")
+    t.add_argument("out", help="output folder (two lmdbs: train, heldout)")
+    t.add_argument("--held-out", type=int, required=True, help="samples held out (required)")
+    t.add_argument("--seed", type=int, default=0, help="random seed of the draw")
+    t.add_argument("--overwrite", action="store_true", help="replace OUT's lmdbs if they exist")
     u = sub.add_parser("unlabeled", help="crop the regions of video frames into an unlabeled STR lmdb "
                        "(training data for an ONNX teacher's student)", formatter_class=fmt)
     u.add_argument("--video", required=True, help="video file OpenCV can read")
@@ -276,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "views":
             n, skipped = views_lmdb(args.srcs, args.out, args.copies, args.seed, args.overwrite, not args.no_progress)
             _report(f"views: wrote {n} crops ({args.copies} per crop, seed {args.seed}) to {args.out}", skipped)
+        elif args.cmd == "split":
+            n_train, n_held = split_lmdb(args.src, args.out, args.held_out, args.seed, args.overwrite)
+            print(f"split: {args.out}/train ({n_train}) and {args.out}/heldout ({n_held}), seed {args.seed}")
         elif args.cmd == "unlabeled":
             from .unlabeled import video_regions_to_lmdb
 
