@@ -45,7 +45,18 @@ def resolve_calib_path(data: str) -> Path:
 def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512, batch: int = 1,
                         cache_dir: str | os.PathLike | None = None,
                         conditions: Sequence[str] = CALIB_CONDITIONS) -> np.ndarray:
-    """``n`` network inputs from ``data``; HR crops become LR for LR models by ``conditions`` in turn."""
+    """``n`` network inputs from ``data``; HR crops become LR for LR models by ``conditions`` in turn. Several
+    datasets, comma-separated, give an equal share each, interleaved (ranges that see every kind of crop in every
+    pass of a strided calibrator)."""
+    if "," in data:
+        parts = [d.strip() for d in data.split(",") if d.strip()]
+        shares = [n // len(parts) + (i < n % len(parts)) for i in range(len(parts))]
+        xs = [calibration_tensors(d, size, lr, k, 1, cache_dir, conditions) for d, k in zip(parts, shares)]
+        order = sorted(((j / len(x), i, j) for i, x in enumerate(xs) for j in range(len(x))))
+        x = np.stack([xs[i][j] for _, i, j in order]) if order else np.zeros((0, 3, *size), np.float32)
+        if len(x) < max(1, batch):
+            raise CalibrationError(f"--calib {data}: {len(x)} usable images, fewer than the batch size {batch}")
+        return x
     path = resolve_calib_path(data)
     if not path.exists():
         raise CalibrationError(f"--calib {data}: no such dataset")
@@ -135,7 +146,7 @@ def finetune_options(args) -> dict:
 
 def add_calibration_args(p, calib_help: str) -> None:
     """The calibration options ``compress.export`` and ``compress.build_engine`` share."""
-    p.add_argument("--calib", default=None, help=calib_help)
+    p.add_argument("--calib", default=None, help=calib_help + " (comma-separated: an equal share of each)")
     add_calib_n_arg(p)
     add_conditions_arg(p)
     p.add_argument("--calibrator", default="minmax", choices=["minmax", "entropy", "percentile"], help="INT8 calibrator")

@@ -30,7 +30,7 @@ from .calibration import CalibrationError
 from .graph_rewrites import (conv_to_scalar_affine, erf_gelu_to_gelu, fitted_gelu_gates, gelu_inputs,
                              qdq_integer_activations)
 
-__all__ = ["quantize_int8", "quantize_from_data", "convert_fp16", "head_nodes", "float_prefix", "int8_path",
+__all__ = ["quantize_int8", "quantize_from_data", "prepare_for_quantization", "quantized_op_types", "convert_fp16", "head_nodes", "float_prefix", "int8_path",
            "CALIBRATORS", "INT8_TARGETS"]
 
 CALIBRATORS = ("minmax", "entropy", "percentile")
@@ -218,20 +218,46 @@ def calibration_stride(model, n_batches: int, batch: int) -> int | None:
     return max(d for d in range(1, fit + 1) if n_batches % d == 0)
 
 
+def prepare_for_quantization(fp32_path: str, workdir: str, target: str = "cpu"):
+    """(path, ModelProto) of the graph ONNX Runtime's quantizer reads: shapes inferred and folded
+    (``quant_pre_process``), and for the tensorrt target the export's affine convolutions back to Mul/Add, left
+    float for TensorRT to fuse. Node names here are what ``float_nodes`` and ``only_nodes`` name."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre, src_path = os.path.join(workdir, "pre.onnx"), fp32_path
+    if target == "tensorrt":
+        src = onnx.load(fp32_path)
+        if conv_to_scalar_affine(src):
+            src_path = os.path.join(workdir, "affine.onnx")
+            onnx.save(src, src_path)
+    quant_pre_process(src_path, pre, skip_symbolic_shape=True)
+    return pre, onnx.load(pre)
+
+
+def quantized_op_types(target: str) -> list[str]:
+    """The op types each INT8 flavour quantizes: residual Adds too on CPUs (integer kernels), not for TensorRT."""
+    return ["Conv", "MatMul", "Gemm"] if target == "tensorrt" else ["Conv", "MatMul", "Gemm", "Add"]
+
+
 def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str = "minmax",
                   keep_head_float: bool = True, batch: int = 16, target: str = "cpu",
                   integer_activations: bool = True, float_convs: int = 0,
                   calib_conditions: Sequence[str] = (), finetune_steps: int = 0,
-                  finetune_x: np.ndarray | None = None) -> Path:
+                  finetune_x: np.ndarray | None = None, float_nodes: Sequence[str] = (),
+                  only_nodes: Sequence[str] | None = None, ranges_cache: str | os.PathLike | None = None) -> Path:
     """``integer_activations`` (cpu target): HardSwish, GELU, squeeze-excitation gates and means between INT8 layers
     run in ONNX Runtime's integer kernels instead of float islands (``graph_rewrites.qdq_integer_activations``).
     ``float_convs``: the first that many convolutions and everything before the next one stay float
     (``float_prefix``). ``calib_conditions``: how the LR calibration images were made, recorded in the metadata.
     ``finetune_steps``: then fine-tune the weights through the file's own quantization points on ``finetune_x``
-    (default ``calib``), distilled from the float model (``qdq_finetune``); 0: off."""
+    (default ``calib``), distilled from the float model (``qdq_finetune``); 0: off. ``float_nodes``: these nodes
+    (by name) stay float too, the islands a sensitivity scan chose (``compress.sensitivity``). ``only_nodes``:
+    quantize these nodes alone (the scan's one-layer files). ``ranges_cache``: a JSON file of calibrated ranges,
+    written by the first call and read by later ones on the same model, data and calibrator instead of
+    calibrating again (ONNX Runtime's ``calibration_cache_path``); the caller keys its name by all three."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in CALIBRATORS:
         raise ValueError(f"--calibrator: expected one of {CALIBRATORS}, got {method!r}")
@@ -244,32 +270,28 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
           "percentile": CalibrationMethod.Percentile}[method]
     out = Path(out_path)
     with tempfile.TemporaryDirectory() as td:
-        pre = os.path.join(td, "pre.onnx")
-        src_path = fp32_path
-        if trt:  # the export's affine convolutions go back to Mul/Add, left float for TensorRT to fuse
-            src = onnx.load(fp32_path)
-            if conv_to_scalar_affine(src):
-                src_path = os.path.join(td, "affine.onnx")
-                onnx.save(src, src_path)
-        quant_pre_process(src_path, pre, skip_symbolic_shape=True)
-        m = onnx.load(pre)
+        pre, m = prepare_for_quantization(fp32_path, td, target)
         reader = _Reader(m.graph.input[0].name, calib, batch)
         stride = None
         if method == "minmax":
             check_calibration_memory(m, len(calib))
         else:
             stride = calibration_stride(m, len(reader), batch)
-        exclude = (head_nodes(m) if keep_head_float else []) + float_kept_nodes(m)
+        exclude = (head_nodes(m) if keep_head_float else []) + float_kept_nodes(m) + list(float_nodes)
+        unknown = sorted(set(float_nodes) - {n.name for n in m.graph.node})
+        if unknown:
+            raise ValueError(f"--int8-float-nodes: no node named {', '.join(unknown[:5])} in {fp32_path}")
         if float_convs:
             exclude += float_prefix(m, float_convs)
             onnx.save(m, pre)  # float_prefix names unnamed nodes: exclusion goes by name
-        ops = ["Conv", "MatMul", "Gemm"] if trt else ["Conv", "MatMul", "Gemm", "Add"]
+        ops = quantized_op_types(target)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         quantize_static(pre, str(tmp), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                         per_channel=True, calibrate_method=cm,
                         op_types_to_quantize=ops,
-                        nodes_to_exclude=exclude,
+                        nodes_to_exclude=exclude, nodes_to_quantize=list(only_nodes) if only_nodes else None,
+                        calibration_cache_path=ranges_cache,
                         # QuantizeBias off: int32 bias Q/DQ is not something TensorRT builds; biases stay float.
                         extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True, "QuantizeBias": False,
                                        "CalibMovingAverage": method == "minmax",
@@ -295,6 +317,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     meta[PREFIX + "int8_head_float"] = str(keep_head_float).lower()
     if float_convs:
         meta[PREFIX + "int8_float_convs"] = str(float_convs)
+    if float_nodes:
+        meta[PREFIX + "int8_float_nodes"] = ",".join(float_nodes)
     if finetuned:
         meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps on {len(ft_x)} inputs, simulated frame KL to FP32 "
                                           f"{finetuned[0]:.4f} -> {finetuned[1]:.4f}")
@@ -315,7 +339,7 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
                        keep_head_float: bool = True, cache_dir: str | os.PathLike | None = None,
                        target: str = "cpu", integer_activations: bool = True,
                        float_convs: int = 0, conditions: Sequence[str] | None = None, finetune_steps: int = 0,
-                       finetune_n: int = 2048) -> tuple[Path, int]:
+                       finetune_n: int = 2048, float_nodes: Sequence[str] = ()) -> tuple[Path, int]:
     """Calibrate on ``calib`` with the model's own input size (from its metadata), then quantize.
     ``conditions``: the LR conditions HR crops go through (default ``calibration.CALIB_CONDITIONS``).
     ``finetune_steps``: fine-tune through the quantization points on the first ``finetune_n`` inputs of ``calib``.
@@ -331,7 +355,7 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
     return quantize_int8(fp32_path, out_path, x, method, keep_head_float, target=target,
                          integer_activations=integer_activations, float_convs=float_convs,
                          calib_conditions=conds if info.lr else (), finetune_steps=finetune_steps,
-                         finetune_x=ft), len(x)
+                         finetune_x=ft, float_nodes=float_nodes), len(x)
 
 
 def convert_fp16(fp32_path: str, out_path: str) -> Path:

@@ -159,6 +159,9 @@ class OnnxTeacherCfg:
     batch: int = 16  # teacher batch when building the target cache
     workers: int = 2  # teacher batches run in parallel
     threads: int = 0  # ONNX Runtime intra-op threads per session (0: its default)
+    # what runs the teacher over the training crops: onnxruntime (CPU) | torch (its graph as an OnnxNet on the
+    # training device; probabilities only, no feature tensors)
+    runner: str = "onnxruntime"
     cache_dir: str = ""  # where target caches go; default beside each source, <out_dir>/../teacher-cache if read-only
 
 
@@ -209,6 +212,9 @@ class TrainCfg:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
     compile: bool = False
+    # where a step's time goes: the loader's wait, forward (with the losses), backward and the optimizer step, in ms,
+    # logged among the parts (data_ms, forward_ms, backward_ms); synchronises the GPU twice a step, so a little slower
+    time_parts: bool = False
     channels_last: bool = True  # CNNs on GPU
     val_every: int = 500
     log_every: int = 20
@@ -305,6 +311,11 @@ class Config:
                               f"got {keep!r}")
         if self.onnx_teacher.prune_calib < 1:
             raise ConfigError(f"onnx_teacher.prune_calib: expected a crop count >= 1, got {self.onnx_teacher.prune_calib}")
+        if self.onnx_teacher.runner not in ("onnxruntime", "torch"):
+            raise ConfigError(f"onnx_teacher.runner: expected onnxruntime or torch, got {self.onnx_teacher.runner!r}")
+        if self.onnx_teacher.runner == "torch" and self.onnx_teacher.feature:
+            raise ConfigError("onnx_teacher.runner torch: gives the probabilities only; onnx_teacher.feature needs "
+                              "onnxruntime")
         if self.onnx_teacher.stride_init not in ("upsample", "copy"):
             raise ConfigError(f"onnx_teacher.stride_init: expected upsample or copy, got "
                               f"{self.onnx_teacher.stride_init!r}")

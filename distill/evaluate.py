@@ -35,15 +35,15 @@ def _bicubic_up(img: np.ndarray) -> np.ndarray:
 def evaluate_models(student_ckpt: str | None, data: list[str], teacher_ckpt: str | None = None,
                     lr_from_hr: bool = False, conditions: tuple[str, ...] = ("lr16", "lr16blur"),
                     max_samples: int = 0, batch: int = 64, extra_students: dict[str, str] | None = None,
-                    onnx_teachers: dict[str, str] | None = None) -> list[EvalReport]:
+                    onnx_teachers: dict[str, str] | None = None, device: str = "cpu") -> list[EvalReport]:
     """Reports for every model x input condition over every split (``runtime.evaluation``). ``extra_students``:
     name -> checkpoint, more LR models read the same inputs (kd_gain uses it for the baseline). ``onnx_teachers``:
     name -> ONNX recognizer (or a zoo name) read through its own preprocessing, on HR and on the LR inputs (its
-    resize upsamples them)."""
+    resize upsamples them). ``device``: where the checkpoints run."""
     readers: dict[str, Callable] = {}  # LR students
     for name, ck in ([("student", student_ckpt)] if student_ckpt else []) + list((extra_students or {}).items()):
-        readers[name] = _torch_reader(ck, batch)
-    teacher = _torch_reader(teacher_ckpt, batch) if teacher_ckpt else None
+        readers[name] = _torch_reader(ck, batch, device)
+    teacher = _torch_reader(teacher_ckpt, batch, device) if teacher_ckpt else None
     onnx = {}
     if onnx_teachers:
         from runtime.ppocr import LetterboxRecognizer
@@ -70,8 +70,8 @@ def evaluate_models(student_ckpt: str | None, data: list[str], teacher_ckpt: str
     return [r.finalize() for r in reports.values()]
 
 
-def _torch_reader(ckpt: str, batch: int) -> Callable:
-    model, tok = load_model(ckpt)[:2]
+def _torch_reader(ckpt: str, batch: int, device: str = "cpu") -> Callable:
+    model, tok = load_model(ckpt, device)[:2]
     return lambda imgs: predict_arrays(model, tok, imgs, batch)
 
 

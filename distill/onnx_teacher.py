@@ -41,7 +41,7 @@ import numpy as np
 
 from runtime.ppocr import PPOCR_INPUT, Letterbox, LetterboxRecognizer, resolve_recognizer
 
-__all__ = ["OnnxTeacher", "TeacherTargets", "TeacherCache", "charset_mapping", "resample_frames", "resample_peaks",
+__all__ = ["OnnxTeacher", "TorchSession", "TeacherTargets", "TeacherCache", "charset_mapping", "resample_frames", "resample_peaks",
            "frames_read"]
 
 
@@ -219,6 +219,26 @@ class OnnxTeacher(LetterboxRecognizer):
                 f = resample_frames(feats[i, : valid[i]], self.frames).astype(np.float16)
             out.append(TeacherTargets(r.astype(np.float16), self._tok.adapt(text), conf, float(dropped.mean()), f))
         return out
+
+
+class TorchSession:
+    """The teacher's graph as an ``OnnxNet`` on a torch device behind ONNX Runtime's ``run``: set as an
+    ``OnnxTeacher``'s ``session`` (``onnx_teacher.runner: torch``), the targets for the training crops come from the
+    GPU instead of ONNX Runtime on the CPU cores. Only the first output (the probabilities): no feature tensors."""
+
+    def __init__(self, path: str, classes: int, device: str = "cuda") -> None:
+        import torch
+
+        from .models.onnx_net import OnnxNet
+
+        self.torch, self.device = torch, torch.device(device)
+        self.net = OnnxNet(classes, img_size=(1, 1), lr=False, graph=Path(resolve_recognizer(path)).read_bytes())
+        self.net.to(self.device).eval()
+
+    def run(self, names, feeds: dict) -> list[np.ndarray]:
+        (x,) = feeds.values()
+        with self.torch.inference_mode():
+            return [self.net(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()]
 
 
 def _crop_columns(fmap: np.ndarray, share: float) -> np.ndarray:

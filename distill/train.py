@@ -165,6 +165,11 @@ def build_onnx_student(cfg: Config, master: bool):
     # One session: its class names shape the student, whose frame count it then needs for its targets.
     teacher = OnnxTeacher(path, charset, 1, pre, default_dictionary(cfg.train.teacher_ckpt, o.dictionary),
                           o.space_char, o.unmapped, o.threads, o.resample, o.feature)
+    if o.runner == "torch":  # the GPU reads the training crops for the cache (gpu_check measures which is faster)
+        from .onnx_teacher import TorchSession
+
+        cuda = torch.cuda.is_available() if cfg.train.device == "auto" else cfg.train.device == "cuda"
+        teacher.session = TorchSession(path, len(teacher.classes), "cuda" if cuda else "cpu")
     graph, classes = path, teacher.classes
     if o.student_graph:  # another network than the teacher's: its classifier is cut by its own dictionary
         from runtime.ppocr import LetterboxRecognizer
@@ -612,10 +617,32 @@ def evaluate_val(cfg: Config, system: TrainingSystem, tok, val_reader, dev: Devi
     return validate(system.student, tok, val_reader, cfg.train.stage, dev.device, 128, cfg.data.max_val_samples)
 
 
+class StepClock:
+    """Milliseconds between laps, summed per name until ``means`` reads them (the device synchronised at each lap,
+    so a GPU's queued work counts where it was queued)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda, self.t, self.sums, self.counts = cuda, time.perf_counter(), {}, {}
+
+    def lap(self, name: str | None) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        if name is not None:
+            self.sums[name] = self.sums.get(name, 0.0) + (t - self.t) * 1000
+            self.counts[name] = self.counts.get(name, 0) + 1
+        self.t = t
+
+    def means(self) -> dict[str, float]:
+        out = {k: v / self.counts[k] for k, v in self.sums.items()}
+        self.sums, self.counts = {}, {}
+        return out
+
+
 # -- the training loop -----------------------------------------------------------------------------------------------
 
 def train(cfg: Config, resume: str | None = None) -> dict:
-    # The whole loop on one screen (84 lines, nanoGPT's shape): setup calls, then the steps; each concern it touches
+    # The whole loop on one screen (about 90 lines, nanoGPT's shape): setup calls, then the steps; each concern it touches
     # is a named function above.
     check_resume(cfg, resume)
     dev = setup_devices(cfg)
@@ -642,13 +669,16 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     bar = tqdm(total=cfg.optim.steps, initial=p.step, disable=not (dev.master and cfg.train.progress),
                desc=cfg.train.stage, dynamic_ncols=True)
     t0, seen, val_acc = time.perf_counter(), 0, None
+    clock = StepClock(dev.use_cuda) if cfg.train.time_parts else None
     while p.step < cfg.optim.steps:
         for batch in data.loader(cfg, p.epoch, p.batch_in_epoch, dev.use_cuda):
+            clock and clock.lap("data_ms")
             for k, v in batch.items():  # images and whatever targets the dataset adds
                 if torch.is_tensor(v):
                     batch[k] = v.to(dev.device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 loss, parts = fwd(batch, p.step)
+            clock and clock.lap("forward_ms")
             if not torch.isfinite(loss):
                 bar.close()
                 raise FloatingPointError(
@@ -659,6 +689,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
             opt.step()
             sched.step()
+            clock and clock.lap("backward_ms")
             p.step += 1
             p.batch_in_epoch += 1
             seen += len(batch["label"]) * dev.world
@@ -667,7 +698,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             if p.step % cfg.train.log_every == 0 or last:
                 ips = seen / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{ips:.0f}")
-                log.train(p.step, p.epoch, loss.item(), sched.get_last_lr()[0], ips, parts)
+                log.train(p.step, p.epoch, loss.item(), sched.get_last_lr()[0], ips, {**parts, **(clock.means()
+                                                                                                  if clock else {})})
                 t0, seen = time.perf_counter(), 0
             if data.val is not None and (p.step % cfg.train.val_every == 0 or last):
                 val_acc = evaluate_val(cfg, system, tok, data.val, dev)
@@ -684,6 +716,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                     dist.broadcast(buf, 0)
             if dev.master and (p.step % cfg.train.ckpt_every == 0 or last):
                 save(out / "last.pt", cfg, m.spec, system, opt, sched, p, val_acc)
+            clock and clock.lap(None)  # validation and checkpoints are not the step's
             if p.step >= cfg.optim.steps:
                 break
         else:

@@ -1,27 +1,32 @@
-"""``python -m experiments.gpu_check --out DIR [--work DIR] [--budget-s S] [--real SVT] [--smoke]``
+"""``python -m experiments.gpu_check [--out DIR] [--work DIR] [--budget-s S] [--real DIR] [--smoke]``
 
-The KD-LTR and CLIP-OCR gain rows in one prepared run that fits a short GPU slot: synthesize TextZoom-style pairs on
-the host's cores, train the PARSeq teacher, the CLIP stage, then the KD-LTR student, the LR-only baseline, the
-CLIP-OCR and KD-LTR + CLIP-OCR students from it (one step count for all four), each stage for a fixed share of the
-training budget, and evaluate every row with ``experiments.kd_gain`` on the synthetic test splits and on the real
-``--real`` crops (lr16 / lr16blur). Writes ``DIR/gpu_check.md`` and ``DIR/gpu_check.json``: per stage the steps,
-wall seconds, training images/s and peak GPU memory, then the gain table, and ``DIR/teacher_log.csv``. They are
-rewritten after every stage, and a stage that fails is recorded with its error while the others go on, so a run cut
-short by its slot still returns what it finished.
+The default student's recipe (``configs/ppocrv6_student.yaml``) at GPU scale, in one prepared run that fits a short
+GPU slot. Stages, in order, each added to ``DIR/gpu_check.md`` and ``DIR/gpu_check.json`` as it ends (a run cut
+short by its slot still returns the stages it finished; a failed stage is recorded with its error):
 
-Step counts come from the teacher's speed measured on the device (a 12-step probe) and each stage's cost relative
-to the teacher (``COST``, measured on the CPU runs of configs/clipocr_cpu.yaml); before each stage the plan is
-shrunk if the time already spent leaves less than planned. ``--smoke`` runs the same code at toy size on the CPU
-(configs/clipocr_smoke.yaml) in well under two minutes: the test suite runs it.
-"""
+1. ``probe``: GPU, driver, torch and CUDA versions, bf16, CPU cores, what is importable;
+2. ``data``: ``ic15_train`` split as the recipe splits it (1,000 held out, seed 0), the synthetic words;
+3. ``teacher``: PP-OCRv6 small's targets for every training crop, by ONNX Runtime on the CPU cores or by its graph
+   on the GPU (``onnx_teacher.runner: torch``), whichever read a sample of crops faster (both rates reported);
+4. ``speed``: a few steps of the recipe at the GPU batch in bf16, eager and under ``torch.compile``; the faster
+   trains (compile time counted);
+5. ``train``: the recipe with all real crops (``iiit5k_train``, ``svt_train``, ``ic15_train`` less its held-out
+   part) and the synthetic words for as many steps as the budget leaves (at least 10x the CPU recipe's images
+   when the GPU allows): images/s, step time and where it goes (data, forward, backward), peak GPU memory;
+6. ``evaluate``: the trained student (``wise.pt``) beside the shipped one on ``svt_test``, ``vn_plates_valid`` and
+   the held-out ``ic15_train`` part, lr16 and lr16blur.
+
+``--smoke`` runs the same code at toy size on the CPU (a few crops per source, a few steps) in about a minute: the
+test suite runs it through ``scripts/gpu_check.sh``."""
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
+import importlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -29,72 +34,245 @@ from pathlib import Path
 
 import torch
 
-from distill.config import load_config
-from experiments.kd_gain import _contender_config, train_or_reuse
-from experiments.kd_gain import main as kd_gain_main
+from distill.config import Config, load_config
 from runtime.cli import InputError, positive
 from runtime.files import write_bytes_atomic, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-# Seconds per step relative to the teacher's (2-core CPU runs of configs/clipocr_cpu.yaml, s/step: teacher 1.1,
-# baseline 1.05, KD-LTR 1.4, CLIP 0.8, CLIP-OCR 1.8, KD-LTR + CLIP-OCR 2.4)
-COST = {"teacher": 1.0, "clip": 0.75, "baseline": 0.95, "kdltr": 1.3, "clipocr": 1.65, "kdltr+clipocr": 2.2}
-# Of the training budget. The teacher gets most: a PARSeq from scratch sits on its language-model plateau for its
-# first thousands of steps, and rows distilled from a teacher that does not read say nothing.
-SHARE = {"teacher": 0.6, "clip": 0.1, "students": 0.3}
-STUDENTS = ("kdltr", "baseline", "clipocr", "kdltr+clipocr")
+RECIPE = ROOT / "configs" / "ppocrv6_student.yaml"
+SHIPPED = ROOT / "weights" / "ppocrv6-student-lr.pt"
+CPU_RECIPE_IMAGES = 400 * 48  # the CPU recipe: 400 steps of 48
+GPU_BATCH = 512
+EVAL_S = 60.0  # kept back from the budget for the evaluation stage
+MODULES = ("numpy", "cv2", "onnx", "onnxruntime", "lmdb", "yaml", "PIL", "tqdm", "timm")
 
 
-def _peak_mb() -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+def compact_lmdb(src: str, dst: str, quality: int = 95) -> None:
+    """A copy of an STR lmdb for the payload: PNG crops re-encoded as JPEG at ``quality`` (ic15_train's 41 MB of PNG
+    become about a quarter), other images and every label as stored, the same keys and order (the same split)."""
+    import cv2
+    import lmdb
+    import numpy as np
+
+    from distill.lmdb_writer import LmdbWriter
+
+    env = lmdb.open(src, readonly=True, lock=False, readahead=False)
+    with env.begin() as txn, LmdbWriter(dst, overwrite=True) as w:
+        n = int(txn.get(b"num-samples"))
+        for i in range(1, n + 1):
+            img, label = txn.get(b"image-%09d" % i), txn.get(b"label-%09d" % i) or b""
+            if img[:4] == b"\x89PNG":
+                a = cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_COLOR)
+                if a is not None:
+                    img = cv2.imencode(".jpg", a, [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                                   cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])[1].tobytes()  # full chroma: tiny crops
+            w.put(b"image-%09d" % i, img)
+            w.put(b"label-%09d" % i, label)
+        w.finish(n)
+    env.close()
 
 
-def _images_per_s(run_dir: Path) -> float | None:
-    """Mean of the logged training throughput of a run (log.csv), the first row (warm-up) left out."""
-    path = run_dir / "log.csv"
-    if not path.exists():
-        return None
-    rows = [float(r["images_per_s"]) for r in csv.DictReader(path.open()) if r.get("images_per_s")]
+def probe() -> dict:
+    """What this machine is and has."""
+    info: dict = {"torch": torch.__version__, "cuda": torch.version.cuda, "cpu_cores": os.cpu_count(),
+                  "python": sys.version.split()[0]}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1),
+                    capability=f"{p.major}.{p.minor}", bf16=torch.cuda.is_bf16_supported())
+        try:
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=20).stdout.strip() or None
+        except (OSError, subprocess.TimeoutExpired):
+            info["driver"] = None
+    mods = {}
+    for name in MODULES:
+        try:
+            mods[name] = getattr(importlib.import_module(name), "__version__", "yes")
+        except Exception as e:  # noqa: BLE001 - a module that fails to import for any reason is reported as such
+            mods[name] = f"no ({type(e).__name__})"
+    info["modules"] = mods
+    if not mods["onnxruntime"].startswith("no"):
+        import onnxruntime as ort
+
+        info["onnxruntime_providers"] = ort.get_available_providers()
+    return info
+
+
+def prepare_data(real: Path, work: Path, smoke: bool) -> dict[str, str]:
+    """Paths of the recipe's data on this machine: the real sets under ``real``, ``ic15_train`` split in two."""
+    from distill.data import split_lmdb
+
+    names = ("iiit5k_train", "svt_train", "ic15_train", "svt_test", "vn_plates_valid")
+    missing = [n for n in names if not (real / n / "data.mdb").exists()]
+    if missing:
+        raise InputError(f"--real {real}: lacks {', '.join(missing)} (the payload carries them: --payload)")
+    paths = {n: str(real / n) for n in names}
+    split = work / "data" / "ic15"
+    if not (split / "heldout" / "data.mdb").exists():
+        split_lmdb(real / "ic15_train", split, 1000, seed=0, overwrite=True)  # the recipe's split
+    paths.update(ic15_train=str(split / "train"), ic15_heldout=str(split / "heldout"))
+    return paths
+
+
+def recipe_config(paths: dict[str, str], work: Path, smoke: bool, batch: int) -> Config:
+    """The recipe with this machine's paths, the GPU batch and every synthetic word (not the CPU recipe's 6,000)."""
+    lim = ", limit: 24" if smoke else ""
+    train = (f"[{{path: {paths['ic15_train']}, weight: 0.35, clean: 0.4{lim}}}, "
+             f"{{path: {paths['iiit5k_train']}, weight: 0.3, clean: 0.4{lim}}}, "
+             f"{{path: {paths['svt_train']}, weight: 0.1, clean: 0.4{lim}}}]")
+    sets = [f"data.train={train}", f"data.val={paths['ic15_heldout']}", f"data.batch_size={batch}",
+            f"data.synth.n={240 if smoke else 40000}", "data.synth.seed=1", f"data.synth.dir={work / 'synth'}",
+            "data.synth.weight=0.25", "data.synth.split_sizes=train=0.9,val=0.025,test=0.075",
+            f"onnx_teacher.cache_dir={work / 'teacher-cache'}", f"train.out_dir={work / 'student'}",
+            "train.progress=false", "train.time_parts=true", "train.log_every=5"]
+    if smoke:
+        sets += ["train.device=cpu", "data.workers=0", "data.max_val_samples=16", "data.epoch_size=96",
+                 "onnx_teacher.workers=1"]
+    else:
+        # workers: each loader process makes ~250 camera-chain LR crops a second; leave cores for the teacher
+        sets += [f"data.workers={max(2, (os.cpu_count() or 4) - 2)}", "data.max_val_samples=1000",
+                 f"data.epoch_size={batch * 50}", "onnx_teacher.batch=64", "onnx_teacher.workers=4"]
+    cfg = load_config(str(RECIPE), sets)
+    # the fine-tune's rate grows with the square root of the batch (48 -> 512: x3.3), not linearly: the recipe's
+    # notes found 1e-4 at batch 48 already trading blurred street words for plain ones
+    cfg.optim.lr *= (batch / 48) ** 0.5
+    return cfg
+
+
+def teacher_rates(cfg: Config, crops: list, smoke: bool) -> dict[str, float]:
+    """Crops a second for the teacher's targets: ONNX Runtime on the CPU cores, and the graph on the training device."""
+    from distill.onnx_teacher import OnnxTeacher, TorchSession
+    from runtime.ppocr import Letterbox, default_dictionary
+
+    o = cfg.onnx_teacher
+    pre = Letterbox(o.height, o.min_width, o.max_width, o.channel_order, o.mean, o.std, o.interp)
+    t = OnnxTeacher(cfg.train.teacher_ckpt, "abc", 16, pre, default_dictionary(cfg.train.teacher_ckpt, o.dictionary),
+                    o.space_char, o.unmapped, o.threads, o.resample)
+    rates = {}
+    for runner in ("onnxruntime", "torch"):
+        if runner == "torch":
+            t.session = TorchSession(t.path, len(t.classes), "cpu" if smoke else "cuda")
+        t.targets(crops[:o.batch])  # warm-up
+        s = time.perf_counter()
+        for i in range(0, len(crops), o.batch):
+            t.targets(crops[i:i + o.batch])
+        rates[runner] = len(crops) / (time.perf_counter() - s)
+    return rates
+
+
+def log_rows(run: Path) -> list[dict]:
+    path = run / "log.csv"
+    return [r for r in csv.DictReader(path.open()) if r.get("images_per_s")] if path.exists() else []
+
+
+def run_figures(run: Path) -> dict:
+    """images/s and the step's parts (ms) from a run's log, its first logged row (warm-up) left out."""
+    rows = log_rows(run)
     rows = rows[1:] or rows
-    return sum(rows) / len(rows) if rows else None
+    if not rows:
+        return {}
+    ips = sum(float(r["images_per_s"]) for r in rows) / len(rows)
+    parts: dict[str, list[float]] = {}
+    for r in rows:
+        for kv in (r.get("parts") or "").split():
+            k, v = kv.split("=")
+            if k.endswith("_ms"):
+                parts.setdefault(k, []).append(float(v))
+    return {"images_per_s": round(ips, 1), **{k: round(sum(v) / len(v), 1) for k, v in parts.items()}}
 
 
-def _failure(e: Exception) -> str:
-    traceback.print_exc()
-    return f"{type(e).__name__}: {e}"[:300]
+def train_stage(cfg: Config, steps: int, out_dir: Path, compile_: bool, val: bool = True) -> dict:
+    """One training run of ``steps``; its figures (wall s, images/s, step parts, peak GPU memory)."""
+    from distill.train import train
 
-
-def _stage(name: str, cfg, stats: list[dict], report) -> bool:
-    """Train one stage (or reuse its finished run) and log its figures. A failure is recorded, not raised: one broken
-    stage on a short GPU slot should still leave the others' figures (and the error) in the report."""
+    cfg.optim.steps, cfg.train.out_dir, cfg.train.compile = steps, str(out_dir), compile_
+    cfg.train.val_every = cfg.train.ckpt_every = max(1, steps // 4) if val else 10**9
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    row = {"stage": name, "steps": cfg.optim.steps, "batch": cfg.data.batch_size}
-    try:
-        train_or_reuse(cfg, name)
-    except Exception as e:  # noqa: BLE001 - reported with its traceback, then the run goes on without it
-        row["error"] = _failure(e)
-    row.update(wall_s=round(time.perf_counter() - t, 1), images_per_s=_images_per_s(Path(cfg.train.out_dir)),
-               peak_gpu_mb=_peak_mb())
-    stats.append(row)
-    print(f"gpu_check: {name}: {row}", flush=True)
-    report()
-    return "error" not in row
+    res = train(cfg)
+    wall = time.perf_counter() - t
+    fig = run_figures(out_dir)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"steps": steps, "batch": cfg.data.batch_size, "wall_s": round(wall, 1), "compile": compile_,
+            "best_val": res.get("best_acc"), "peak_gpu_mib": None if peak is None else round(peak), **fig}
 
 
-def _probe_teacher(base, work: Path, steps: int = 12) -> float:
-    """Seconds per teacher step on this device: a short run (its first steps include the warm-up, so the rate is
-    taken from the logged throughput of the later ones)."""
-    cfg = copy.deepcopy(base)
-    cfg.train.stage, cfg.train.out_dir, cfg.optim.steps = "teacher", str(work / "probe"), steps
-    cfg.train.log_every, cfg.train.val_every, cfg.train.ckpt_every = 4, steps, steps
-    cfg.data.max_val_samples = 32
-    from distill.train import train
+def evaluate_stage(paths: dict[str, str], student: Path, smoke: bool) -> list[dict]:
+    """Word accuracy of the trained and the shipped student, per set and condition."""
+    from distill.evaluate import evaluate_models
 
-    train(cfg)
-    ips = _images_per_s(work / "probe")
-    return cfg.data.batch_size / ips if ips else 1.0
+    sets = [paths["svt_test"], paths["vn_plates_valid"], paths["ic15_heldout"]]
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    reports = evaluate_models(str(student), sets, lr_from_hr=True, max_samples=16 if smoke else 0, batch=256,
+                              extra_students={"shipped": str(SHIPPED)}, device=dev)
+    names = {"heldout": "ic15_train held out"}  # the split's folder name says less than this
+    return [{"model": "trained on this GPU" if r.model == "student" else "shipped", "set": names.get(s.split, s.split),
+             "condition": r.condition, "n": s.n, "accuracy": round(s.accuracy, 2)}
+            for r in reports for s in r.splits]
+
+
+class Report:
+    """gpu_check.md / .json, rewritten after every stage."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.t0, self.data = out, time.perf_counter(), {"stages": []}
+
+    def stage(self, name: str, fn, *args, **kw):
+        """Run one stage; its result or its error goes in the report, which is then rewritten."""
+        t = time.perf_counter()
+        row: dict = {"stage": name}
+        try:
+            result = fn(*args, **kw)
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded with its traceback; later stages decide if they can go on
+            traceback.print_exc()
+            row["error"], result = f"{type(e).__name__}: {e}"[:300], None
+        row["wall_s"] = round(time.perf_counter() - t, 1)
+        if result is not None:
+            row["result"] = result
+        self.data["stages"].append(row)
+        self.write()
+        return result
+
+    def write(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data["total_s"] = round(time.perf_counter() - self.t0, 1)
+        write_json_atomic(self.data, self.out / "gpu_check.json")
+        write_bytes_atomic(self.markdown().encode(), self.out / "gpu_check.md")
+
+    def markdown(self) -> str:
+        st = {s["stage"]: s for s in self.data["stages"]}
+        p = (st.get("probe") or {}).get("result") or {}
+        lines = [f"# GPU check: the default student's recipe on {p.get('gpu', 'CPU (smoke)')} "
+                 f"({self.data['total_s']:.0f} s in all)", "",
+                 f"torch {p.get('torch')}, CUDA {p.get('cuda')}, driver {p.get('driver')}, bf16 {p.get('bf16')}, "
+                 f"{p.get('cpu_cores')} CPU cores; modules: "
+                 + ", ".join(f"{k} {v}" for k, v in (p.get("modules") or {}).items()), "",
+                 "| stage | wall s | result |", "|---|---:|---|"]
+        for s in self.data["stages"]:
+            r = s.get("result")
+            what = s.get("error") or ("" if r is None or s["stage"] in ("probe", "data", "evaluate") else
+                                      ", ".join(f"{k} {v}" for k, v in r.items()) if isinstance(r, dict) else str(r))
+            lines.append(f"| {s['stage']} | {s['wall_s']:.0f} | {what} |")
+        plan = self.data.get("plan")
+        if plan:
+            lines += ["", f"Training plan: {plan['steps']} steps of {plan['batch']} ({plan['images']:,} images, "
+                      f"{plan['x_cpu_recipe_images']}x the CPU recipe's), lr {plan['lr']:.2e}, "
+                      f"torch.compile {'on' if plan['compile'] else 'off'}."]
+        rows = (st.get("evaluate") or {}).get("result") or []
+        if rows:
+            conds = sorted({r["condition"] for r in rows})
+            lines += ["", "| model | set | " + " | ".join(conds) + " |", "|---|---|" + "---:|" * len(conds)]
+            for model in ("shipped", "trained on this GPU"):
+                for name in dict.fromkeys(r["set"] for r in rows):
+                    acc = {r["condition"]: r["accuracy"] for r in rows if r["model"] == model and r["set"] == name}
+                    lines.append(f"| {model} | {name} | " + " | ".join(f"{acc.get(c, '-')}" for c in conds) + " |")
+        return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,123 +280,63 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT") or "runs/gpu_check",
                    help="where gpu_check.md/json go (default: $OUT, else runs/gpu_check)")
-    p.add_argument("--work", default=None, help="data and runs (default: <out>/work; on the device use local disk)")
-    p.add_argument("--budget-s", type=float, default=420.0, help="seconds of training over all stages")
-    p.add_argument("--real", default=str(ROOT.parent / "shared" / "data" / "real" / "svt_test"),
-                   help="real HR crops for the lr16 / lr16blur rows (skipped when missing)")
-    p.add_argument("--max-samples", type=int, default=0, help="per evaluation split (0: all)")
+    p.add_argument("--work", default=None, help="data, caches and runs (default: <out>/work; on the device use "
+                   "local disk)")
+    p.add_argument("--budget-s", type=float, default=480.0, help="seconds for the whole run, all stages")
+    p.add_argument("--real", default=str(ROOT.parent / "shared" / "data" / "real"),
+                   help="folder of the real sets (iiit5k_train, svt_train, ic15_train, svt_test, vn_plates_valid)")
     p.add_argument("--smoke", action="store_true", help="toy size on the CPU (the test suite's run)")
     args = p.parse_args(argv)
     positive("--budget-s", args.budget_s)
+    if not args.smoke and not torch.cuda.is_available():
+        raise InputError("no CUDA device: run on a GPU, or give --smoke for the CPU-size check")
     out = Path(args.out)
     work = Path(args.work) if args.work else out / "work"
-    config = "configs/clipocr_smoke.yaml" if args.smoke else "configs/gpu_check.yaml"
-    sets = [f"data.synth.dir={work / 'data'}", "train.progress=false"]
-    if args.smoke:
-        sets += ["train.device=cpu", "data.synth.n=240", "data.workers=0", "data.max_val_samples=16"]
-        args.max_samples = args.max_samples or 16
-    elif not torch.cuda.is_available():
-        raise InputError("no CUDA device: run on a GPU, or give --smoke for the CPU-size check")
-    base = load_config(str(ROOT / config), sets)
-    t_start = time.perf_counter()
-    stats: list[dict] = []
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (smoke)"
-    steps: dict[str, int] = {}
-    gain_dir = work / "gain"
+    rep = Report(out)
+    rep.stage("probe", probe)
+    paths = rep.stage("data", prepare_data, Path(args.real), work, args.smoke)
+    batch = 8 if args.smoke else GPU_BATCH
+    cfg = recipe_config(paths, work, args.smoke, batch)
 
-    def report() -> None:
-        """gpu_check.md / .json from what has run so far: written after every stage, so that a run cut short by its
-        slot still returns the stages it finished."""
-        f = lambda v, d=0: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
-        lines = [f"# GPU check on {device} (torch {torch.__version__}, {time.perf_counter() - t_start:.0f} s in all)",
-                 "", "| stage | steps | batch | wall s | train images/s | peak GPU MiB |", "|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {s['stage']} | {s['steps']} | {s['batch'] or '-'} | {s['wall_s']:.0f} | "
-                  f"{f(s['images_per_s'])} | {f(s['peak_gpu_mb'])} |" for s in stats]
-        lines += [f"\n{s['stage']} failed: {s['error']}" for s in stats if s.get("error")]
-        gain_md, gain = gain_dir / "kd_gain.md", {}
-        text = "\n".join(lines) + "\n"
-        if gain_md.exists() and stats[-1]["stage"] == "evaluate":
-            text += "\n" + gain_md.read_text()
-            gain = json.loads((gain_dir / "kd_gain.json").read_text())
-        out.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(text.encode(), out / "gpu_check.md")
-        write_json_atomic({"device": device, "torch": torch.__version__, "stages": stats, "steps": steps,
-                           "gain": {k: gain[k] for k in ("rows", "ahead", "clipocr_ahead", "steps") if k in gain}},
-                          out / "gpu_check.json")
+    def teacher() -> dict:
+        from runtime.datasets import LabelPolicy, open_dataset
 
-    from distill.train import prepare_synth
+        r = open_dataset(paths["ic15_train"], LabelPolicy(max_len=0))
+        crops = [r[i].image for i in range(min(len(r), 32 if args.smoke else 1024))]
+        rates = teacher_rates(cfg, crops, args.smoke)
+        cfg.onnx_teacher.runner = max(rates, key=rates.get)
+        from distill.train import build_data, build_models, setup_devices
 
-    t = time.perf_counter()
-    prepare_synth(base)
-    stats.append({"stage": "synthesize", "steps": 0, "wall_s": round(time.perf_counter() - t, 1),
-                  "images_per_s": None, "peak_gpu_mb": None, "batch": None})
-    report()
+        t = time.perf_counter()
+        build_data(cfg, build_models(cfg, True), setup_devices(cfg))  # builds every source's cache, and the synth
+        return {"crops_per_s": {k: round(v) for k, v in rates.items()}, "runner": cfg.onnx_teacher.runner,
+                "caches_s": round(time.perf_counter() - t, 1)}
 
-    if args.smoke:
-        steps.update(teacher=6, clip=4, students=3)
-    else:
-        sec = _probe_teacher(base, work)
-        budget = args.budget_s
-        steps.update(teacher=int(SHARE["teacher"] * budget / sec),
-                     clip=int(SHARE["clip"] * budget / (sec * COST["clip"])),
-                     students=int(SHARE["students"] * budget / (sec * sum(COST[s] for s in STUDENTS))))
-        print(f"gpu_check: teacher {sec * 1000:.0f} ms/step at batch {base.data.batch_size} -> steps {steps}")
+    rep.stage("teacher", teacher)
 
-    def shrink(planned_s: float) -> float:
-        """A factor <= 1 for the steps of the next stage when the time left is short."""
-        left = args.budget_s * 1.15 - (time.perf_counter() - t_start)
-        return 1.0 if args.smoke or planned_s <= 0 else max(0.2, min(1.0, left / planned_s))
+    def speed() -> dict:
+        n = 3 if args.smoke else 12
+        modes = {"eager": train_stage(cfg, n, work / "speed-eager", False, val=False)}
+        if not args.smoke:  # torch.compile on the CPU smoke would only cost the test suite minutes
+            modes["compile"] = train_stage(cfg, n, work / "speed-compile", True, val=False)
+        return modes
 
-    tcfg = copy.deepcopy(base)
-    tcfg.train.stage, tcfg.train.out_dir, tcfg.optim.steps = "teacher", str(gain_dir / "teacher"), steps["teacher"]
-    ok = _stage("teacher", tcfg, stats, report)
-    if (gain_dir / "teacher" / "log.csv").exists():  # its loss curve: did it leave the plateau, and when
-        shutil.copyfile(gain_dir / "teacher" / "log.csv", out / "teacher_log.csv")
-    if not ok:
-        return 1
-    teacher = str(gain_dir / "teacher" / "best.pt")
-
-    ccfg = copy.deepcopy(base)
-    ccfg.train.stage, ccfg.train.out_dir = "clip", str(gain_dir / "clip")
-    ccfg.optim.steps = max(2, int(steps["clip"] * shrink(SHARE["clip"] * args.budget_s)))
-    ccfg.train.val_every = ccfg.train.ckpt_every = max(1, ccfg.optim.steps // 4)
-    # without a CLIP stage the two CLIP-OCR students are left out; KD-LTR and the baseline still run
-    students = list(STUDENTS) if _stage("clip", ccfg, stats, report) else ["kdltr", "baseline"]
-    clip = str(gain_dir / "clip" / "last.pt")
-
-    n = max(2, int(steps["students"] * shrink(SHARE["students"] * args.budget_s)))
-    for name in list(students):  # the configs kd_gain builds, so that its evaluation below reuses these runs
-        stage = "baseline" if name == "baseline" else "student"
-        cfg = _contender_config(base, stage, gain_dir / ("student" if name == "kdltr" else name), n)
-        cfg.train.teacher_ckpt = teacher
-        if stage == "student":
-            cfg.distill.method, cfg.train.clip_ckpt = name, clip
-        if not _stage(name, cfg, stats, report):
-            if name in ("kdltr", "baseline"):  # the gain table needs both
-                return 1
-            students.remove(name)
-
-    t = time.perf_counter()
-    kd = ["--config", str(ROOT / config), "--teacher", teacher, "--steps", str(n), "--contenders",
-          ",".join(students), "--out", str(gain_dir), "--real", args.real, "--max-samples", str(args.max_samples)]
-    if not args.smoke:
-        kd += ["--eval-batch", "512"]
-    if "clipocr" in students or "kdltr+clipocr" in students:
-        kd += ["--clip", clip]
-    for s in sets:
-        kd += ["--set", s]
-    row = {"stage": "evaluate", "steps": 0, "images_per_s": None, "batch": None}
-    try:
-        code = kd_gain_main(kd)
-    except Exception as e:  # noqa: BLE001 - the stages' figures are reported all the same
-        code, row["error"] = 1, _failure(e)
-    if code and "error" not in row:
-        row["error"] = f"experiments.kd_gain exited {code} (its error line is above)"
-    row.update(wall_s=round(time.perf_counter() - t, 1), peak_gpu_mb=_peak_mb())
-    stats.append(row)
-    report()
+    modes = rep.stage("speed", speed) or {}
+    use_compile = bool(modes.get("compile") and modes["compile"].get("images_per_s", 0)
+                       > 1.05 * modes["eager"].get("images_per_s", 0))
+    ips = (modes.get("compile" if use_compile else "eager") or {}).get("images_per_s") or 0
+    left = args.budget_s - (time.perf_counter() - rep.t0) - EVAL_S - (modes.get("compile", {}).get("wall_s", 0)
+                                                                       if use_compile else 0)
+    steps = 4 if args.smoke else max(20, int(0.85 * left * ips / batch))  # 15 % for start-up, val and checkpoints
+    rep.data["plan"] = {"steps": steps, "batch": batch, "lr": cfg.optim.lr, "images": steps * batch,
+                        "compile": use_compile,
+                        "x_cpu_recipe_images": round(steps * batch / CPU_RECIPE_IMAGES, 1)}
+    cfg.optim.warmup_pct = 0.05
+    trained = rep.stage("train", train_stage, cfg, steps, work / "student", use_compile)
+    if trained:
+        rep.stage("evaluate", evaluate_stage, paths, work / "student" / "wise.pt", args.smoke)
     print((out / "gpu_check.md").read_text())
-    return code
+    return 0 if all("error" not in s for s in rep.data["stages"]) else 1
 
 
 if __name__ == "__main__":
