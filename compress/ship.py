@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--student", required=True, help="LR student checkpoint")
     p.add_argument("--out", default=str(DEFAULT_DIR), help="weights directory")
     p.add_argument("--name", default="ctc", help="file name stem: <name>-teacher-hr.pt, <name>-student-lr.*")
-    p.add_argument("--calib", required=True, help="INT8 calibration data (synthetic root or lmdb)")
+    p.add_argument("--calib", required=True, help="INT8 calibration data (synthetic root or lmdb; comma-separated: "
+                   "an equal share of each)")
     p.add_argument("--calibrator", default="minmax", choices=CALIBRATORS, help="INT8 calibration method")
     add_conditions_arg(p)
     add_calib_n_arg(p)
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the tensorrt flavour's float convolutions, when they should differ from --int8-float-convs "
                         "(default: --int8-float-convs's N). On a GPU a float convolution runs in FP16 at little cost; "
                         "on a CPU it runs at half the integer rate")
+    p.add_argument("--int8-float-nodes", default="", metavar="NAMES",
+                   help="the cpu flavour: keep these nodes float too, comma-separated (the islands "
+                        "compress.sensitivity chose and prints; default: none)")
     add_finetune_args(p)
     p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val)")
     args = p.parse_args(argv)
@@ -51,18 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t = strip_checkpoint(args.teacher, out / f"{args.name}-teacher-hr.pt") if args.teacher else None
     s = strip_checkpoint(args.student, out / f"{args.name}-student-lr.pt")
-    onnx_path = export_onnx(str(s), str(out), parity_data=str(resolve_calib_path(args.calib)))
+    float_nodes = [n.strip() for n in args.int8_float_nodes.split(",") if n.strip()]
+    first_calib = args.calib.split(",")[0].strip()
+    onnx_path = export_onnx(str(s), str(out), parity_data=str(resolve_calib_path(first_calib)))
     # Both INT8 flavours: uint8 activations for ONNX Runtime on CPUs, symmetric int8 for TensorRT (Jetson).
     q, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "cpu")), args.calib, args.calib_n,
                               method=args.calibrator,
                               cache_dir=out / ".calib-cache", target="cpu", float_convs=args.int8_float_convs,
-                              conditions=args.calib_conditions, **finetune)
+                              conditions=args.calib_conditions, float_nodes=float_nodes, **finetune)
     qt, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "tensorrt")), args.calib, args.calib_n,
                                method=args.calibrator, cache_dir=out / ".calib-cache", target="tensorrt",
                                float_convs=trt_float_convs, conditions=args.calib_conditions, **finetune)
     shutil.rmtree(out / ".calib-cache", ignore_errors=True)  # a cache, not an artifact to commit
     print(check_trt_buildable(str(qt), require_qdq=True))
-    rows = [evaluate_onnx(str(m), args.gate_data or args.calib) for m in (onnx_path, q, qt)]
+    rows = [evaluate_onnx(str(m), args.gate_data or first_calib) for m in (onnx_path, q, qt)]
     print(gate_table(rows))
     for f in [f for f in (t, s, onnx_path, q, qt) if f is not None]:
         print(f"ship: {f} ({f.stat().st_size / 1e6:.2f} MB)")

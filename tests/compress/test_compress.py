@@ -1,4 +1,5 @@
 """compress: ONNX export with metadata and parity, INT8 Q/DQ with calibration cache, FP16, TensorRT paths."""
+import json
 import subprocess
 import sys
 import types
@@ -704,3 +705,62 @@ def test_qdq_points_simulate_the_fitted_integer_gelu_gates(tmp_path):
     assert err["gates"] < 1e-4 and err["gates"] < 0.1 * err["exact"], err
     with pytest.raises(ValueError, match=r"not quantized: \['nope'\]"):
         QdqPoints.from_models(island, fp, {"r1": ("nope", 1.7, 0)})
+
+
+def test_float_nodes_only_nodes_and_reused_ranges(tmp_path):
+    """float_nodes keep the named nodes float; only_nodes quantize those alone; a ranges cache calibrated once
+    serves later files (the same scales even when other calibration images are given); unknown names are refused."""
+    import onnxruntime as ort
+
+    from compress.quantize import quantize_int8
+
+    def qconvs(q):
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+        ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node].count("QLinearConv")
+
+    src = _activation_net(tmp_path / "act.onnx")
+    x = np.random.default_rng(1).normal(0, 1.5, (32, 3, 8, 16)).astype(np.float32)
+    ranges = tmp_path / "ranges.json"
+    full = quantize_int8(str(src), str(tmp_path / "full.onnx"), x, ranges_cache=str(ranges))
+    assert ranges.is_file() and qconvs(full) == 5
+    q = quantize_int8(str(src), str(tmp_path / "f.onnx"), x, float_nodes=["conv3", "depthwise"],
+                      ranges_cache=str(ranges))
+    assert qconvs(q) == 3
+    assert {p.key: p.value for p in onnx.load(str(q)).metadata_props}["tinytext.int8_float_nodes"] == "conv3,depthwise"
+    one = quantize_int8(str(src), str(tmp_path / "one.onnx"), x * 10, only_nodes=["conv2"], ranges_cache=str(ranges))
+    assert qconvs(one) == 1
+
+    def scales(path):  # the activation scales of the file's QuantizeLinear nodes, by their input
+        m = onnx.load(str(path))
+        init = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+        return {n.input[0]: float(init[n.input[1]]) for n in m.graph.node if n.op_type == "QuantizeLinear"}
+
+    ref, got = scales(full), scales(one)
+    assert got and all(got[k] == ref[k] for k in got)  # x * 10 would have given other scales had it calibrated
+    with pytest.raises(ValueError, match="--int8-float-nodes: no node named nope"):
+        quantize_int8(str(src), str(tmp_path / "bad.onnx"), x, float_nodes=["nope"])
+
+
+def test_sensitivity_scan_ranks_every_layer_and_chooses_the_fewest_float(trained, tmp_path, shared_real):
+    from compress.export import export_onnx
+    from compress.sensitivity import main, quantizable_layers
+
+    onnx_path = export_onnx(str(trained / "s" / "last.pt"), str(tmp_path))
+    out = tmp_path / "sens"
+    assert main([str(onnx_path), "--calib", f"{shared_real / 'svt_train'},{shared_real / 'iiit5k_train'}",
+                 "--calib-n", "32", "--eval", str(shared_real / "svt_test"), "--eval-n", "24", "--keep-float",
+                 "0,1,2,99", "--tolerance", "100", "--calibrator", "minmax", "--out", str(out)]) == 0
+    rep = json.loads((out / "sensitivity.json").read_text())
+    layers = quantizable_layers(str(onnx_path))
+    assert sorted(r["node"] for r in rep["layers"]) == sorted(n for n, _ in layers) and len(layers) >= 3
+    kls = [r["kl"] for r in rep["layers"]]
+    assert kls == sorted(kls, reverse=True) and all(k >= 0 for k in kls)
+    keep = {r["keep_float"]: r for r in rep["keep"]}
+    assert sorted(keep) == [0, 1, 2]  # 99 is more layers than there are: left out
+    assert keep[2]["nodes"] == [r["node"] for r in rep["layers"][:2]] and keep[0]["nodes"] == []
+    assert rep["chosen"] == 0  # any K is within a 100-point tolerance: the fewest float
+    assert set(rep["fp32"]) == {"lr16", "lr16blur"} and rep["n_eval"] == 24
+    md = (out / "sensitivity.md").read_text()
+    assert "| rank | node | op | frame KL |" in md and "| 0 (chosen) |" in md and "no float layers needed" in md
