@@ -216,30 +216,31 @@ def split_lmdb(src: str | Path, out: str | Path, held_out: int, seed: int = 0,
     """An STR lmdb into ``out/train`` and ``out/heldout`` (STR lmdbs, the encoded bytes and labels as stored):
     ``held_out`` samples drawn by ``seed`` are held out, the rest keep their order. The same source, count and seed
     give the same split on any machine, so a held-out set named in a recipe is reproducible. Returns the counts."""
-    import lmdb
+    from runtime.datasets import open_lmdb, release_lmdb
 
     src, out = Path(src), Path(out)
-    if not (src / "data.mdb").exists():
-        raise DataError(f"{src}: not an lmdb (no data.mdb)")
-    env = lmdb.open(str(src), readonly=True, lock=False, readahead=False, subdir=True)
-    with env.begin() as txn:
-        raw = txn.get(b"num-samples")
-        if raw is None or txn.get(b"image-000000001") is None:
-            env.close()
-            raise DataError(f"{src}: not an STR lmdb (needs num-samples and image-%09d keys)")
-        n = int(raw)
-        if not 0 < held_out < n:
-            env.close()
-            raise ValueError(f"--held-out: expected 1 to {n - 1} of the {n} samples in {src}, got {held_out}")
-        hold = set((np.random.default_rng(seed).permutation(n)[:held_out] + 1).tolist())
-        parts = {"train": [i for i in range(1, n + 1) if i not in hold], "heldout": sorted(hold)}
-        for name, idx in parts.items():
-            with LmdbWriter(out / name, overwrite=overwrite) as w:
-                for j, i in enumerate(idx, 1):
-                    w.put(b"image-%09d" % j, txn.get(b"image-%09d" % i))
-                    w.put(b"label-%09d" % j, txn.get(b"label-%09d" % i) or b"")
-                w.finish(len(idx))
-    env.close()
+    there = [str(out / n) for n in ("train", "heldout") if (out / n).exists()]
+    if there and not overwrite:  # before writing either: a split is whole or not there
+        raise FileExistsError(f"{there[0]}: already exists (pass --overwrite to replace it)")
+    env = open_lmdb(src)
+    try:
+        with env.begin() as txn:
+            raw = txn.get(b"num-samples")
+            if raw is None or txn.get(b"image-000000001") is None:
+                raise DataError(f"{src}: not an STR lmdb (needs num-samples and image-%09d keys)")
+            n = int(raw)
+            if not 0 < held_out < n:
+                raise ValueError(f"--held-out: expected 1 to {n - 1} of the {n} samples in {src}, got {held_out}")
+            hold = set((np.random.default_rng(seed).permutation(n)[:held_out] + 1).tolist())
+            parts = {"train": [i for i in range(1, n + 1) if i not in hold], "heldout": sorted(hold)}
+            for name, idx in parts.items():
+                with LmdbWriter(out / name, overwrite=overwrite) as w:
+                    for j, i in enumerate(idx, 1):
+                        w.put(b"image-%09d" % j, txn.get(b"image-%09d" % i))
+                        w.put(b"label-%09d" % j, txn.get(b"label-%09d" % i) or b"")
+                    w.finish(len(idx))
+    finally:
+        release_lmdb(env)
     return len(parts["train"]), len(parts["heldout"])
 
 

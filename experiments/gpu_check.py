@@ -51,12 +51,12 @@ def compact_lmdb(src: str, dst: str, quality: int = 95) -> None:
     """A copy of an STR lmdb for the payload: PNG crops re-encoded as JPEG at ``quality`` (ic15_train's 41 MB of PNG
     become about a quarter), other images and every label as stored, the same keys and order (the same split)."""
     import cv2
-    import lmdb
     import numpy as np
 
     from distill.lmdb_writer import LmdbWriter
+    from runtime.datasets import open_lmdb, release_lmdb
 
-    env = lmdb.open(src, readonly=True, lock=False, readahead=False)
+    env = open_lmdb(src)
     with env.begin() as txn, LmdbWriter(dst, overwrite=True) as w:
         n = int(txn.get(b"num-samples"))
         for i in range(1, n + 1):
@@ -69,7 +69,7 @@ def compact_lmdb(src: str, dst: str, quality: int = 95) -> None:
             w.put(b"image-%09d" % i, img)
             w.put(b"label-%09d" % i, label)
         w.finish(n)
-    env.close()
+    release_lmdb(env)
 
 
 def probe() -> dict:

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from conftest import jpeg_bytes, png_bytes, run_module, str_items, write_lmdb
 from distill.data import dataset_info, degrade_lmdb, main as data_main, pack_folder, views_lmdb
 from distill.datasets import PairDataset, WeightedConcat, collate
-from runtime.datasets import open_dataset
+from runtime.datasets import LabelPolicy, open_dataset
 
 
 def test_info_json_on_real_set(shared_real):
@@ -195,3 +195,19 @@ def test_weighted_concat(tmp_path):
     assert not np.array_equal(first, wc._which)
     with pytest.raises(ValueError, match="weights"):
         WeightedConcat([a, b], weights=[1])
+
+
+def test_split_holds_out_a_seeded_part_and_keeps_everything_else(tmp_path, shared_real):
+    from distill.data import main, split_lmdb
+
+    a = split_lmdb(shared_real / "svt_train", tmp_path / "a", 57, seed=3)
+    assert a == (200, 57)
+    src = open_dataset(shared_real / "svt_train", LabelPolicy(max_len=0))
+    tr = open_dataset(tmp_path / "a" / "train", LabelPolicy(max_len=0))
+    ho = open_dataset(tmp_path / "a" / "heldout", LabelPolicy(max_len=0))
+    assert sorted(tr.raw_labels + ho.raw_labels) == sorted(src.raw_labels)  # nothing lost, nothing twice
+    split_lmdb(shared_real / "svt_train", tmp_path / "b", 57, seed=3)
+    assert open_dataset(tmp_path / "b" / "heldout", LabelPolicy(max_len=0)).raw_labels == ho.raw_labels  # reproducible
+    assert main(["split", str(shared_real / "svt_train"), str(tmp_path / "a"), "--held-out", "5"]) == 2  # exists
+    assert main(["split", str(shared_real / "svt_train"), str(tmp_path / "c"), "--held-out", "257"]) == 2
+    assert not (tmp_path / "c").exists()

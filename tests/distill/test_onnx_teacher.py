@@ -403,3 +403,22 @@ def test_photometric_only_augmentation_keeps_characters_in_place():
         full = text_augment(img.copy(), np.random.default_rng(seed), p=1.0)
         moved += full.shape != img.shape or peak(full) != 37
     assert moved > 10
+
+
+def test_the_teacher_on_torch_gives_onnx_runtimes_targets(tmp_path):
+    """onnx_teacher.runner torch: the graph as an OnnxNet behind the session's run gives the same targets."""
+    from distill.onnx_teacher import TorchSession
+
+    p = tiny_ctc_onnx(tmp_path / "t.onnx")
+    crops = [np.random.default_rng(i).integers(0, 255, (20 + 5 * i, 60, 3), dtype=np.uint8) for i in range(4)]
+    t = OnnxTeacher(str(p), "abc", 12, dictionary=str(_dict_file(tmp_path)), threads=1)
+    ref = t.targets(crops)
+    t.session = TorchSession(str(p), len(t.classes), "cpu")
+    got = t.targets(crops)
+    assert [g.text for g in got] == [r.text for r in ref]
+    assert max(float(np.abs(g.probs.astype(np.float32) - r.probs.astype(np.float32)).max())
+               for g, r in zip(got, ref)) < 2e-3
+    with pytest.raises(ConfigError, match="onnx_teacher.runner"):
+        load_config(None, ["data.synth.n=10", "onnx_teacher.runner=gpu"])
+    with pytest.raises(ConfigError, match="feature needs onnxruntime"):
+        load_config(None, ["data.synth.n=10", "onnx_teacher.runner=torch", "onnx_teacher.feature=head"])
