@@ -269,6 +269,7 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
           "percentile": CalibrationMethod.Percentile}[method]
     out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)  # before minutes of calibration, not after
     with tempfile.TemporaryDirectory() as td:
         pre, m = prepare_for_quantization(fp32_path, td, target)
         reader = _Reader(m.graph.input[0].name, calib, batch)

@@ -8,8 +8,8 @@ Which layers cost the INT8 file its accuracy, and the fewest to keep float. Thre
    separates layers that one crop more or less cannot);
 2. the whole model in INT8 with the K most sensitive layers kept float, for each K of ``--keep-float``:
    accuracy per condition and milliseconds per crop at batch 32 (what each float island costs);
-3. the smallest K within ``--tolerance`` points of FP32 on every condition, printed as the
-   ``--int8-float-nodes`` option of ``compress.export`` / ``compress.ship`` that builds it.
+3. the smallest K within ``--tolerance`` points of FP32 on every condition (else the K that comes closest, said
+   so), printed as the ``--int8-float-nodes`` option of ``compress.ship`` that builds it.
 
 Writes ``DIR/sensitivity.md`` and ``DIR/sensitivity.json`` (rewritten after each pass)."""
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Sensitivity:
     layers: list[LayerRow] = field(default_factory=list)
     keep: list[KeepRow] = field(default_factory=list)
     chosen: int | None = None
+    within_tolerance: bool = False  # False: no K reached the tolerance; chosen is the K that came closest
 
     def to_markdown(self, top: int = 15) -> str:
         conds = list(self.fp32)
@@ -95,6 +96,9 @@ class Sensitivity:
                              + f" | {worst:+.2f} | {r.ms_per_crop:.3f} |")
             lines.append("")
         if self.chosen is not None:
+            if not self.within_tolerance:
+                lines += [f"No K is within the tolerance of FP32 on every condition; K = {self.chosen} comes "
+                          "closest.", ""]
             nodes = next(r.nodes for r in self.keep if r.keep_float == self.chosen)
             lines += [f"Build it: `--int8-float-nodes {','.join(nodes) or ''}`" if nodes else
                       "Build it: no float layers needed.", ""]
@@ -203,9 +207,13 @@ def scan(fp32_path: str, calib: np.ndarray, calib_name: str, eval_data: str, con
         rep.keep.append(KeepRow(k, acc, ms_per_crop(path, x32), nodes))
         if on_pass:
             on_pass(rep)
-    ok = [r.keep_float for r in rep.keep
-          if all(r.accuracy[c] >= scorer.fp32[c] - tolerance for c in scorer.fp32)]
-    rep.chosen = min(ok) if ok else None
+    def worst(r: KeepRow) -> float:
+        return min(r.accuracy[c] - scorer.fp32[c] for c in scorer.fp32)
+
+    ok = [r.keep_float for r in rep.keep if worst(r) >= -tolerance]
+    rep.within_tolerance = bool(ok)
+    # none close enough: the K whose worst condition came closest (the fewer float layers on a tie)
+    rep.chosen = min(ok) if ok else max(rep.keep, key=lambda r: (worst(r), -r.keep_float)).keep_float
     return rep
 
 

@@ -1,7 +1,7 @@
 """``python -m experiments.gpu_check [--out DIR] [--work DIR] [--budget-s S] [--real DIR] [--smoke]``
 
-The default student's recipe (``configs/ppocrv6_student.yaml``) at GPU scale, in one prepared run that fits a short
-GPU slot. Stages, in order, each added to ``DIR/gpu_check.md`` and ``DIR/gpu_check.json`` as it ends (a run cut
+The default student's recipe with every real crop (``configs/ppocrv6_student_ic15.yaml``) at GPU scale, in one
+prepared run that fits a short GPU slot. Stages, in order, each added to ``DIR/gpu_check.md`` and ``DIR/gpu_check.json`` as it ends (a run cut
 short by its slot still returns the stages it finished; a failed stage is recorded with its error):
 
 1. ``probe``: GPU, driver, torch and CUDA versions, bf16, CPU cores, what is importable;
@@ -39,7 +39,7 @@ from runtime.cli import InputError, positive
 from runtime.files import write_bytes_atomic, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "configs" / "ppocrv6_student.yaml"
+RECIPE = ROOT / "configs" / "ppocrv6_student_ic15.yaml"  # its data paths replaced by this machine's
 SHIPPED = ROOT / "weights" / "ppocrv6-student-lr.pt"
 CPU_RECIPE_IMAGES = 400 * 48  # the CPU recipe: 400 steps of 48
 GPU_BATCH = 512
