@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
-import json
 import os
 import shutil
 import subprocess
