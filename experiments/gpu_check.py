@@ -317,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         n = 3 if args.smoke else 12
         modes = {"eager": train_stage(cfg, n, work / "speed-eager", False, val=False)}
         if not args.smoke:  # torch.compile on the CPU smoke would only cost the test suite minutes
-            modes["compile"] = train_stage(cfg, n, work / "speed-compile", True, val=False)
+            try:
+                modes["compile"] = train_stage(cfg, n, work / "speed-compile", True, val=False)
+            except Exception as e:  # noqa: BLE001 - a graph compile cannot take is a finding; eager trains
+                traceback.print_exc()
+                modes["compile"] = {"error": f"{type(e).__name__}: {e}"[:200]}
         return modes
 
     modes = rep.stage("speed", speed) or {}
