@@ -168,8 +168,7 @@ def build_onnx_student(cfg: Config, master: bool):
     if o.runner == "torch":  # the GPU reads the training crops for the cache (gpu_check measures which is faster)
         from .onnx_teacher import TorchSession
 
-        cuda = torch.cuda.is_available() if cfg.train.device == "auto" else cfg.train.device == "cuda"
-        teacher.session = TorchSession(path, len(teacher.classes), "cuda" if cuda else "cpu")
+        teacher.session = TorchSession(path, len(teacher.classes), "cuda" if use_cuda(cfg) else "cpu")
     graph, classes = path, teacher.classes
     if o.student_graph:  # another network than the teacher's: its classifier is cut by its own dictionary
         from runtime.ppocr import LetterboxRecognizer
@@ -360,19 +359,24 @@ class Devices:
         return self.rank == 0
 
 
+def use_cuda(cfg: Config) -> bool:
+    """Whether this run trains on CUDA (``train.device``: auto takes a GPU when there is one)."""
+    return torch.cuda.is_available() if cfg.train.device == "auto" else cfg.train.device == "cuda"
+
+
 def setup_devices(cfg: Config) -> Devices:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if cfg.train.device == "auto" else cfg.train.device == "cuda"
+    cuda = use_cuda(cfg)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    if cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True  # Ampere+: TF32 matmuls where bf16 autocast does not reach
         torch.backends.cudnn.allow_tf32 = True
-    return Devices(world, rank, local_rank, use_cuda, device)
+    return Devices(world, rank, local_rank, cuda, device)
 
 
 def seed_everything(seed: int) -> None:

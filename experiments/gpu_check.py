@@ -139,24 +139,21 @@ def recipe_config(paths: dict[str, str], work: Path, smoke: bool, batch: int) ->
     return cfg
 
 
-def teacher_rates(cfg: Config, crops: list, smoke: bool) -> dict[str, float]:
-    """Crops a second for the teacher's targets: ONNX Runtime on the CPU cores, and the graph on the training device."""
-    from distill.onnx_teacher import OnnxTeacher, TorchSession
-    from runtime.ppocr import Letterbox, default_dictionary
+def teacher_rates(teacher, crops: list, batch: int, device: str) -> dict[str, float]:
+    """Crops a second for the targets of ``teacher`` (the recipe's ``OnnxTeacher``): through its ONNX Runtime
+    session on the CPU cores, then through its graph on ``device``. It is left with the faster."""
+    from distill.onnx_teacher import TorchSession
 
-    o = cfg.onnx_teacher
-    pre = Letterbox(o.height, o.min_width, o.max_width, o.channel_order, o.mean, o.std, o.interp)
-    t = OnnxTeacher(cfg.train.teacher_ckpt, "abc", 16, pre, default_dictionary(cfg.train.teacher_ckpt, o.dictionary),
-                    o.space_char, o.unmapped, o.threads, o.resample)
+    sessions = {"onnxruntime": teacher.session, "torch": TorchSession(teacher.path, len(teacher.classes), device)}
     rates = {}
-    for runner in ("onnxruntime", "torch"):
-        if runner == "torch":
-            t.session = TorchSession(t.path, len(t.classes), "cpu" if smoke else "cuda")
-        t.targets(crops[:o.batch])  # warm-up
+    for runner, session in sessions.items():
+        teacher.session = session
+        teacher.targets(crops[:batch])  # warm-up
         s = time.perf_counter()
-        for i in range(0, len(crops), o.batch):
-            t.targets(crops[i:i + o.batch])
+        for i in range(0, len(crops), batch):
+            teacher.targets(crops[i:i + batch])
         rates[runner] = len(crops) / (time.perf_counter() - s)
+    teacher.session = sessions[max(rates, key=rates.get)]
     return rates
 
 
@@ -302,12 +299,13 @@ def main(argv: list[str] | None = None) -> int:
 
         r = open_dataset(paths["ic15_train"], LabelPolicy(max_len=0))
         crops = [r[i].image for i in range(min(len(r), 32 if args.smoke else 1024))]
-        rates = teacher_rates(cfg, crops, args.smoke)
-        cfg.onnx_teacher.runner = max(rates, key=rates.get)
         from distill.train import build_data, build_models, setup_devices
 
+        m = build_models(cfg, True)  # the recipe's student and teacher, the teacher on ONNX Runtime
+        rates = teacher_rates(m.onnx_teacher, crops, cfg.onnx_teacher.batch, "cpu" if args.smoke else "cuda")
+        cfg.onnx_teacher.runner = max(rates, key=rates.get)  # the training runs' own teacher reads the same way
         t = time.perf_counter()
-        build_data(cfg, build_models(cfg, True), setup_devices(cfg))  # builds every source's cache, and the synth
+        build_data(cfg, m, setup_devices(cfg))  # builds every source's cache with it, and the synthetic words
         return {"crops_per_s": {k: round(v) for k, v in rates.items()}, "runner": cfg.onnx_teacher.runner,
                 "caches_s": round(time.perf_counter() - t, 1)}
 
