@@ -21,7 +21,7 @@ from runtime.datasets import LabelPolicy, content_fingerprint, open_dataset
 from runtime.preprocess import MEAN, STD, prepare
 from runtime.cli import InputError
 
-__all__ = ["CalibrationError", "calibration_tensors", "resolve_calib_path", "add_calibration_args",
+__all__ = ["CalibrationError", "calibration_tensors", "data_paths", "resolve_calib_path", "add_calibration_args",
            "add_conditions_arg", "add_finetune_args", "finetune_options", "conditions_arg", "lr_conditions", "CALIB_CONDITIONS"]
 
 PREPROC_VERSION = 2  # 2: runtime.preprocess.prepare (fastpath resampler) instead of PIL
@@ -33,6 +33,11 @@ CALIB_CONDITIONS = ("lr16", "lr16blur")
 
 class CalibrationError(InputError, ValueError):
     pass
+
+
+def data_paths(text: str) -> list[str]:
+    """The datasets of a comma-separated ``--calib`` / ``--eval`` value, in order."""
+    return [d.strip() for d in text.split(",") if d.strip()]
 
 
 def resolve_calib_path(data: str) -> Path:
@@ -49,7 +54,7 @@ def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512
     datasets, comma-separated, give an equal share each, interleaved (ranges that see every kind of crop in every
     pass of a strided calibrator)."""
     if "," in data:
-        parts = [d.strip() for d in data.split(",") if d.strip()]
+        parts = data_paths(data)
         shares = [n // len(parts) + (i < n % len(parts)) for i in range(len(parts))]
         xs = [calibration_tensors(d, size, lr, k, 1, cache_dir, conditions) for d, k in zip(parts, shares)]
         order = sorted(((j / len(x), i, j) for i, x in enumerate(xs) for j in range(len(x))))

@@ -30,9 +30,10 @@ from runtime.cli import InputError, positive
 from runtime.evaluation import input_sets
 from runtime.files import write_bytes_atomic, write_json_atomic
 from runtime.metrics import score_split
+from runtime.onnxfile import ort_session
 from runtime.recognizer import OnnxRecognizer
 
-from .calibration import add_calib_n_arg, add_conditions_arg, calibration_tensors, resolve_calib_path
+from .calibration import add_calib_n_arg, add_conditions_arg, calibration_tensors, data_paths, resolve_calib_path
 from .quantize import (CALIBRATORS, INT8_TARGETS, float_kept_nodes, head_nodes, prepare_for_quantization,
                        quantize_int8, quantized_op_types)
 
@@ -120,8 +121,7 @@ class _Scorer:
 
     def __init__(self, fp32_path: str, eval_data: str, conditions: Sequence[str], n: int) -> None:
         self.rec = OnnxRecognizer(fp32_path)
-        paths = [p.strip() for p in eval_data.split(",") if p.strip()]
-        sets = input_sets(paths, conditions, hr=False, lr_from_hr=True, max_samples=n, who="sensitivity")
+        sets = input_sets(data_paths(eval_data), conditions, hr=False, lr_from_hr=True, max_samples=n, who="sensitivity")
         self.x: dict[str, np.ndarray] = {}
         self.labels: dict[str, list[str]] = {}
         for s in sets:  # one input per crop and condition, all eval datasets together
@@ -140,24 +140,18 @@ class _Scorer:
         preds = [d.text for d in self.rec.tokenizer.decode(probs.astype(np.float32))]
         return score_split(cond, preds, self.labels[cond]).accuracy
 
-    def score(self, path: str) -> tuple[dict[str, float], float]:
-        import onnxruntime as ort
-
-        s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    def score(self, session) -> tuple[dict[str, float], float]:
         acc, kls = {}, []
         for c, x in self.x.items():
-            p = self._probs(s, x)
+            p = self._probs(session, x)
             acc[c] = self._accuracy(c, p)
             ref = np.clip(self.ref[c], 1e-8, 1.0)
             kls.append(float(np.mean(np.sum(ref * (np.log(ref) - np.log(np.clip(p, 1e-8, 1.0))), axis=-1))))
         return acc, float(np.mean(kls))
 
 
-def ms_per_crop(path: str, x: np.ndarray, runs: int = 10) -> float:
-    """Median milliseconds a crop at batch 32 (one warm-up run first)."""
-    import onnxruntime as ort
-
-    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+def ms_per_crop(s, x: np.ndarray, runs: int = 10) -> float:
+    """Median milliseconds a crop at batch 32 through session ``s`` (one warm-up run first)."""
     name, b = s.get_inputs()[0].name, x[:32]
     s.run(None, {name: b})
     times = []
@@ -176,7 +170,7 @@ def scan(fp32_path: str, calib: np.ndarray, calib_name: str, eval_data: str, con
     scorer = _Scorer(fp32_path, eval_data, conditions, n_eval)
     x32 = next(iter(scorer.x.values()))
     rep = Sensitivity(fp32_path, target, method, calib_name, eval_data, scorer.n, scorer.fp32,
-                      ms_per_crop(fp32_path, x32))
+                      ms_per_crop(ort_session(fp32_path), x32))  # on the CPU, as every INT8 file
     tmp_dir = out / "work"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     # calibrated once: the key names the model, the calibration inputs, the calibrator and the flavour
@@ -192,7 +186,7 @@ def scan(fp32_path: str, calib: np.ndarray, calib_name: str, eval_data: str, con
     rows = []
     for node, op in tqdm(quantizable_layers(fp32_path, target), desc="layers alone in INT8", leave=False,
                          disable=not sys.stderr.isatty()):
-        acc, kl = scorer.score(build("layer", only_nodes=[node]))
+        acc, kl = scorer.score(ort_session(build("layer", only_nodes=[node])))
         rows.append(LayerRow(node, op, kl, {c: scorer.fp32[c] - a for c, a in acc.items()}))
     rep.layers = sorted(rows, key=lambda r: (-r.kl, -sum(r.loss.values())))
     order = [r.node for r in rep.layers]
@@ -202,9 +196,9 @@ def scan(fp32_path: str, calib: np.ndarray, calib_name: str, eval_data: str, con
         if k > len(order):
             continue
         nodes = order[:k]
-        path = full if not nodes else build(f"keep-{k}", float_nodes=nodes)
-        acc, _ = scorer.score(path)
-        rep.keep.append(KeepRow(k, acc, ms_per_crop(path, x32), nodes))
+        session = ort_session(full if not nodes else build(f"keep-{k}", float_nodes=nodes))  # scored and timed
+        acc, _ = scorer.score(session)
+        rep.keep.append(KeepRow(k, acc, ms_per_crop(session, x32), nodes))
         if on_pass:
             on_pass(rep)
     def worst(r: KeepRow) -> float:
@@ -243,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"--keep-float: expected comma-separated counts, got {args.keep_float!r}") from None
     if not Path(args.model).is_file():
         raise InputError(f"{args.model}: no such file")
-    for d in [d for d in args.eval.split(",") if d.strip()]:
-        if not resolve_calib_path(d.strip()).exists():
+    for d in data_paths(args.eval):
+        if not resolve_calib_path(d).exists():
             raise InputError(f"--eval {d}: no such dataset")
     rec = OnnxRecognizer(args.model)
     out = Path(args.out)

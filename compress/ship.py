@@ -13,7 +13,8 @@ from pathlib import Path
 from distill.checkpoint import strip_checkpoint
 from runtime.cli import non_negative, positive
 
-from .calibration import add_calib_n_arg, add_conditions_arg, add_finetune_args, finetune_options, resolve_calib_path
+from .calibration import (add_calib_n_arg, add_conditions_arg, add_finetune_args, data_paths, finetune_options,
+                          resolve_calib_path)
 from .export import export_onnx
 from .gate import evaluate_onnx, gate_table
 from .quantize import CALIBRATORS, int8_path, quantize_from_data
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     t = strip_checkpoint(args.teacher, out / f"{args.name}-teacher-hr.pt") if args.teacher else None
     s = strip_checkpoint(args.student, out / f"{args.name}-student-lr.pt")
     float_nodes = [n.strip() for n in args.int8_float_nodes.split(",") if n.strip()]
-    first_calib = args.calib.split(",")[0].strip()
+    first_calib = data_paths(args.calib)[0]
     onnx_path = export_onnx(str(s), str(out), parity_data=str(resolve_calib_path(first_calib)))
     # Both INT8 flavours: uint8 activations for ONNX Runtime on CPUs, symmetric int8 for TensorRT (Jetson).
     q, _ = quantize_from_data(str(onnx_path), str(int8_path(onnx_path, "cpu")), args.calib, args.calib_n,
