@@ -12,8 +12,10 @@ import argparse
 import json
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -31,7 +33,8 @@ from .augment import text_view
 from .degrade import LEVELS, degrade, strength_for
 from .lmdb_writer import LmdbWriter
 
-__all__ = ["DatasetInfo", "dataset_info", "pack_folder", "degrade_lmdb", "views_lmdb", "split_lmdb", "main"]
+__all__ = ["DatasetInfo", "dataset_info", "pack_folder", "degrade_lmdb", "views_lmdb", "split_lmdb", "str_samples", "copy_samples",
+           "main"]
 
 
 def _stats(values: list[float]) -> dict:
@@ -211,37 +214,51 @@ def views_lmdb(srcs: list[str | Path], out: str | Path, copies: int, seed: int, 
     return n, skipped
 
 
-def split_lmdb(src: str | Path, out: str | Path, held_out: int, seed: int = 0,
-               overwrite: bool = False) -> tuple[int, int]:
-    """An STR lmdb into ``out/train`` and ``out/heldout`` (STR lmdbs, the encoded bytes and labels as stored):
-    ``held_out`` samples drawn by ``seed`` are held out, the rest keep their order. The same source, count and seed
-    give the same split on any machine, so a held-out set named in a recipe is reproducible. Returns the counts."""
+@contextmanager
+def str_samples(src: str | Path):
+    """(read transaction, sample count) of an STR lmdb, checked to be one; the shared handle released after."""
     from runtime.datasets import open_lmdb, release_lmdb
 
-    src, out = Path(src), Path(out)
-    there = [str(out / n) for n in ("train", "heldout") if (out / n).exists()]
-    if there and not overwrite:  # before writing either: a split is whole or not there
-        raise FileExistsError(f"{there[0]}: already exists (pass --overwrite to replace it)")
     env = open_lmdb(src)
     try:
         with env.begin() as txn:
             raw = txn.get(b"num-samples")
             if raw is None or txn.get(b"image-000000001") is None:
                 raise DataError(f"{src}: not an STR lmdb (needs num-samples and image-%09d keys)")
-            n = int(raw)
-            if not 0 < held_out < n:
-                raise ValueError(f"--held-out: expected 1 to {n - 1} of the {n} samples in {src}, got {held_out}")
-            hold = set((np.random.default_rng(seed).permutation(n)[:held_out] + 1).tolist())
-            parts = {"train": [i for i in range(1, n + 1) if i not in hold], "heldout": sorted(hold)}
-            for name, idx in parts.items():
-                with LmdbWriter(out / name, overwrite=overwrite) as w:
-                    for j, i in enumerate(idx, 1):
-                        w.put(b"image-%09d" % j, txn.get(b"image-%09d" % i))
-                        w.put(b"label-%09d" % j, txn.get(b"label-%09d" % i) or b"")
-                    w.finish(len(idx))
+            yield txn, int(raw)
     finally:
         release_lmdb(env)
-    return len(parts["train"]), len(parts["heldout"])
+
+
+def copy_samples(txn, indices: Sequence[int], out: str | Path, overwrite: bool = False,
+                 recode: Callable[[bytes], bytes] | None = None) -> int:
+    """Samples ``indices`` (1-based) of an open STR lmdb into the new STR lmdb ``out``, numbered from 1: each encoded
+    image as stored (or through ``recode``) and its label as stored. Returns the count."""
+    with LmdbWriter(out, overwrite=overwrite) as w:
+        for j, i in enumerate(indices, 1):
+            img = txn.get(b"image-%09d" % i)
+            w.put(b"image-%09d" % j, recode(img) if recode else img)
+            w.put(b"label-%09d" % j, txn.get(b"label-%09d" % i) or b"")
+        w.finish(len(indices))
+    return len(indices)
+
+
+def split_lmdb(src: str | Path, out: str | Path, held_out: int, seed: int = 0,
+               overwrite: bool = False) -> tuple[int, int]:
+    """An STR lmdb into ``out/train`` and ``out/heldout`` (STR lmdbs, the encoded bytes and labels as stored):
+    ``held_out`` samples drawn by ``seed`` are held out, the rest keep their order. The same source, count and seed
+    give the same split on any machine, so a held-out set named in a recipe is reproducible. Returns the counts."""
+    src, out = Path(src), Path(out)
+    there = [str(out / n) for n in ("train", "heldout") if (out / n).exists()]
+    if there and not overwrite:  # before writing either: a split is whole or not there
+        raise FileExistsError(f"{there[0]}: already exists (pass --overwrite to replace it)")
+    with str_samples(src) as (txn, n):
+        if not 0 < held_out < n:
+            raise ValueError(f"--held-out: expected 1 to {n - 1} of the {n} samples in {src}, got {held_out}")
+        hold = set((np.random.default_rng(seed).permutation(n)[:held_out] + 1).tolist())
+        n_train = copy_samples(txn, [i for i in range(1, n + 1) if i not in hold], out / "train", overwrite)
+        n_held = copy_samples(txn, sorted(hold), out / "heldout", overwrite)
+    return n_train, n_held
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,23 +52,17 @@ def compact_lmdb(src: str, dst: str, quality: int = 95) -> None:
     import cv2
     import numpy as np
 
-    from distill.lmdb_writer import LmdbWriter
-    from runtime.datasets import open_lmdb, release_lmdb
+    from distill.data import copy_samples, str_samples
 
-    env = open_lmdb(src)
-    with env.begin() as txn, LmdbWriter(dst, overwrite=True) as w:
-        n = int(txn.get(b"num-samples"))
-        for i in range(1, n + 1):
-            img, label = txn.get(b"image-%09d" % i), txn.get(b"label-%09d" % i) or b""
-            if img[:4] == b"\x89PNG":
-                a = cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_COLOR)
-                if a is not None:
-                    img = cv2.imencode(".jpg", a, [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                                                   cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])[1].tobytes()  # full chroma: tiny crops
-            w.put(b"image-%09d" % i, img)
-            w.put(b"label-%09d" % i, label)
-        w.finish(n)
-    release_lmdb(env)
+    def recode(img: bytes) -> bytes:
+        a = cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_COLOR) if img[:4] == b"\x89PNG" else None
+        if a is None:
+            return img
+        return cv2.imencode(".jpg", a, [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                        cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])[1].tobytes()  # full chroma: tiny crops
+
+    with str_samples(src) as (txn, n):
+        copy_samples(txn, range(1, n + 1), dst, overwrite=True, recode=recode)
 
 
 def probe() -> dict:
