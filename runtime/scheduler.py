@@ -104,6 +104,7 @@ class _State:
     changed: bool = False  # whether that difference counts as a change (above both thresholds)
     cut: bool = False  # whether the box is cut by the frame's edge on this frame (set by choose())
     read_cut: bool = False  # whether the last read was of a cut box
+    pending: str = ""  # a confident reading of a changed crop that disagreed with the vote, awaiting a second
 
 
 class ReadScheduler:
@@ -168,14 +169,16 @@ class ReadScheduler:
 
     def observe(self, frame: int, track, sig: np.ndarray, text: str, confidence: float = 1.0) -> None:
         """Track ``track`` was read as ``text`` (at ``confidence``) on ``frame`` with signature ``sig``; call before
-        its vote adds the reading. Forgets old evidence when the reading is confident, neither the fused text nor
-        part of it, and the crop changed since the last read (as choose() measured it on this frame)."""
+        its vote adds the reading. A confident reading that is neither the fused text nor part of it, of a crop that
+        changed since the last read (as choose() measured it on this frame), is a candidate new text; old evidence
+        is forgotten when the next confident reading says the same."""
         st = self._state.setdefault(track.id, _State())
+        sure = bool(text) and confidence >= self.cfg.forget_confidence and text not in track.vote.best[0]
         if text and st.read_cut and not st.cut:
             track.vote.forget(0.0)  # the earlier reads saw part of the word
-        elif (st.sig is not None and text and st.changed and confidence >= self.cfg.forget_confidence
-              and text not in track.vote.best[0]):
+        elif sure and st.pending == text:
             track.vote.forget(self.cfg.forget)
+        st.pending = text if sure and st.sig is not None and st.changed and st.pending != text else ""
         st.sig, st.last_read, st.change, st.changed, st.read_cut = sig, frame, 0.0, False, st.cut
 
     def record(self, ms: float, crops: int) -> None:

@@ -95,6 +95,8 @@ def test_noise_and_shake_are_not_change_but_a_new_text_is():
     x = _x(4, noise=0.5, rng=rng)
     x[2] = _x(1, seed=7, noise=0.5, rng=rng)[0]  # the sign's content changes
     assert _read(s, 80, tracks, x, {2: "CLOSED"}) == [2]
+    assert tracks[2].vote.totals["OPEN"] == pytest.approx(totals)  # one reading is a candidate, not yet a change
+    assert _read(s, 81, tracks, x, {2: "CLOSED"}) == [2]  # unsettled by the dissent: read again at once
     assert tracks[2].vote.totals["OPEN"] == pytest.approx(totals * ScheduleCfg.forget)
 
 
@@ -109,8 +111,10 @@ def test_a_changed_crop_is_read_and_its_old_vote_forgotten():
     x2[2] = _x(1, seed=5)[0]  # the sign's content changes
     pick = _read(s, 9, tracks, x2, "CLOSED")
     assert pick == [2]
+    assert tracks[2].vote.totals["OPEN"] == pytest.approx(totals["OPEN"])
+    assert _read(s, 10, tracks, x2, "CLOSED") == [2]  # the second confident reading confirms the change
     assert tracks[2].vote.totals["OPEN"] == pytest.approx(totals["OPEN"] * ScheduleCfg.forget)
-    for f in range(10, 15):  # still uncertain: read again until the new text holds the vote
+    for f in range(11, 15):  # still uncertain: read again until the new text holds the vote
         _read(s, f, tracks, x2, "CLOSED")
     assert tracks[2].vote.best[0] == "CLOSED"
     # a changed crop that reads the same keeps its evidence
@@ -135,9 +139,26 @@ def test_a_changed_crop_that_reads_part_of_the_word_forgets_nothing():
     x2 = _x(1, seed=5)
     assert _read(s, 1, tracks, x2, "seve", conf=0.992) == [0]
     assert tracks[0].vote.totals["seven"] == pytest.approx(0.998) and tracks[0].vote.best[0] == "seven"
-    x3 = _x(1, seed=6)  # a reading that is not part of it still forgets
+    x3 = _x(1, seed=6)  # a reading that is not part of it, confirmed by the next one, forgets
     _read(s, 2, tracks, x3, "eleven", conf=0.99)
+    assert tracks[0].vote.totals["seven"] == pytest.approx(0.998)
+    _read(s, 3, tracks, x3, "eleven", conf=0.99)
     assert tracks[0].vote.totals["seven"] == pytest.approx(0.998 * ScheduleCfg.forget)
+
+
+def test_one_stray_confident_reading_forgets_nothing():
+    # a box that slid onto the next word for one read: the word's evidence stays, whatever the reads after it say
+    s = ReadScheduler(ScheduleCfg(max_reads=1, max_age=100))
+    tracks, x = _tracks(1), _x(1)
+    for f in range(3):
+        _read(s, f, tracks, x, "POLICE", conf=0.99)
+    totals = tracks[0].vote.totals["POLICE"]
+    _read(s, 3, tracks, _x(1, seed=5), "OLL", conf=0.95)  # changed crop, confident, not part of the word
+    _read(s, 4, tracks, x, "POLICE", conf=0.99)  # back on its word
+    _read(s, 5, tracks, _x(1, seed=6), "SALE", conf=0.95)  # another stray reading, of another text
+    _read(s, 6, tracks, _x(1, seed=7), "OLL", conf=0.95)  # not the reading just before it: no confirmation
+    assert tracks[0].vote.totals["POLICE"] == pytest.approx(totals + 0.99)
+    assert tracks[0].vote.best[0] == "POLICE"
 
 
 def test_uncertain_tracks_stay_due_most_uncertain_first():
