@@ -27,11 +27,12 @@ first read. Urgency is ``frames since the last read x (1 - fused confidence + ch
 track gains urgency while it waits, in proportion to how uncertain it is, so a word that stays unreadable gets a
 larger share of the reads but never all of them; a new track comes before every other.
 
-When a confident read (``forget_confidence``) disagrees with the track's fused text and the crop changed since the
-previous read, the vote's old evidence is scaled by ``forget`` before the new reading is added: a sign that turns
-from OPEN to CLOSED is then read as CLOSED after a few reads instead of having to outvote every earlier frame. A
-read that is part of the fused text ("seve" for "seven") forgets nothing: it is a box that slid off the word
-between two detections, not a new text, and it only adds its vote.
+When a confident read (``forget_confidence``) of a crop that changed since the previous read disagrees with the
+track's fused text, and the next confident read says the same, the vote's old evidence is scaled by ``forget``
+before that reading is added: a sign that turns from OPEN to CLOSED is then read as CLOSED after a few reads
+instead of having to outvote every earlier frame. One such read alone forgets nothing: on a moving scene it is
+most often a box that slid onto the next word for a frame. Nor does a read that is part of the fused text ("seve"
+for "seven"): a box that slid off the word between two detections, not a new text; it only adds its vote.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class ScheduleCfg:
     fps: float = HEADROOM * 30.0  # frame rate to keep: 30 FPS cameras + headroom (0 with budget_ms 0: max_reads only)
     change: float = 0.25  # least signature difference that makes a crop due (normalised signature units)
     noise: float = 3.0  # ... and at least this many times the track's frame-to-frame jitter
-    forget: float = 0.25  # factor on the old vote totals when a changed crop reads differently
+    forget: float = 0.25  # factor on the old vote totals when a changed crop reads differently, twice in a row
     forget_confidence: float = 0.5  # least confidence of a read that may forget old evidence
     confidence: float = 0.8  # fused confidence below which a track stays due (two agreeing reads at 0.95 settle)
     max_age: int = 30  # frames without a read before a track is due anyway
