@@ -105,7 +105,7 @@ class _State:
     changed: bool = False  # whether that difference counts as a change (above both thresholds)
     cut: bool = False  # whether the box is cut by the frame's edge on this frame (set by choose())
     read_cut: bool = False  # whether the last read was of a cut box
-    pending: str = ""  # a confident reading of a changed crop that disagreed with the vote, awaiting a second
+    pending: str = ""  # a confident reading of a changed crop that disagreed with the vote, until the next read
 
 
 class ReadScheduler:
