@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,6 +31,7 @@ from runtime.files import write_bytes_atomic, write_json_atomic
 from runtime.metrics import score_split
 from runtime.onnxfile import ort_session
 from runtime.recognizer import OnnxRecognizer
+from runtime.timing import sigma_clipped_times
 
 from .calibration import add_calib_n_arg, add_conditions_arg, calibration_tensors, data_paths, resolve_calib_path
 from .quantize import (CALIBRATORS, INT8_TARGETS, float_kept_nodes, head_nodes, prepare_for_quantization,
@@ -71,6 +71,10 @@ class Sensitivity:
     chosen: int | None = None
     within_tolerance: bool = False  # False: no K reached the tolerance; chosen is the K that came closest
 
+    def worst(self, row: KeepRow) -> float:
+        """The row's accuracy minus FP32's on its worst condition, points."""
+        return min(row.accuracy[c] - self.fp32[c] for c in self.fp32)
+
     def to_markdown(self, top: int = 15) -> str:
         conds = list(self.fp32)
         lines = [f"# INT8 sensitivity of `{Path(self.model).name}` ({self.target}, {self.calibrator})", "",
@@ -91,10 +95,9 @@ class Sensitivity:
                       "| K float | " + " | ".join(f"{c}" for c in conds) + " | worst vs FP32 | ms a crop (b32) |",
                       "|---:|" + "---:|" * len(conds) + "---:|---:|"]
             for r in self.keep:
-                worst = min(r.accuracy[c] - self.fp32[c] for c in conds)
                 mark = " (chosen)" if r.keep_float == self.chosen else ""
                 lines.append(f"| {r.keep_float}{mark} | " + " | ".join(f"{r.accuracy[c]:.2f}" for c in conds)
-                             + f" | {worst:+.2f} | {r.ms_per_crop:.3f} |")
+                             + f" | {self.worst(r):+.2f} | {r.ms_per_crop:.3f} |")
             lines.append("")
         if self.chosen is not None:
             if not self.within_tolerance:
@@ -151,15 +154,10 @@ class _Scorer:
 
 
 def ms_per_crop(s, x: np.ndarray, runs: int = 10) -> float:
-    """Median milliseconds a crop at batch 32 through session ``s`` (one warm-up run first)."""
+    """Median milliseconds a crop at batch 32 through session ``s`` (``runtime.timing.sigma_clipped_times``)."""
     name, b = s.get_inputs()[0].name, x[:32]
-    s.run(None, {name: b})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        s.run(None, {name: b})
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1000 / len(b)
+    return float(np.median(sigma_clipped_times(lambda: s.run(None, {name: b}), warmup=1, runs=runs,
+                                                min_seconds=0.0))) / len(b)
 
 
 def scan(fp32_path: str, calib: np.ndarray, calib_name: str, eval_data: str, conditions: Sequence[str],
@@ -201,13 +199,10 @@ def scan(fp32_path: str, calib: np.ndarray, calib_name: str, eval_data: str, con
         rep.keep.append(KeepRow(k, acc, ms_per_crop(session, x32), nodes))
         if on_pass:
             on_pass(rep)
-    def worst(r: KeepRow) -> float:
-        return min(r.accuracy[c] - scorer.fp32[c] for c in scorer.fp32)
-
-    ok = [r.keep_float for r in rep.keep if worst(r) >= -tolerance]
+    ok = [r.keep_float for r in rep.keep if rep.worst(r) >= -tolerance]
     rep.within_tolerance = bool(ok)
     # none close enough: the K whose worst condition came closest (the fewer float layers on a tie)
-    rep.chosen = min(ok) if ok else max(rep.keep, key=lambda r: (worst(r), -r.keep_float)).keep_float
+    rep.chosen = min(ok) if ok else max(rep.keep, key=lambda r: (rep.worst(r), -r.keep_float)).keep_float
     return rep
 
 
