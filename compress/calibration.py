@@ -21,7 +21,7 @@ from runtime.datasets import LabelPolicy, content_fingerprint, open_dataset
 from runtime.preprocess import MEAN, STD, prepare
 from runtime.cli import InputError
 
-__all__ = ["CalibrationError", "calibration_tensors", "data_paths", "resolve_calib_path", "add_calibration_args",
+__all__ = ["CalibrationError", "calibration_tensors", "finetune_tensors", "data_paths", "resolve_calib_path", "add_calibration_args",
            "add_conditions_arg", "add_finetune_args", "finetune_options", "conditions_arg", "lr_conditions", "CALIB_CONDITIONS"]
 
 PREPROC_VERSION = 2  # 2: runtime.preprocess.prepare (fastpath resampler) instead of PIL
@@ -102,6 +102,50 @@ def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512
     return x
 
 
+def finetune_tensors(data: str, size: tuple[int, int], n: int, cache_dir: str | os.PathLike | None = None,
+                     conditions: Sequence[str] = CALIB_CONDITIONS) -> tuple[np.ndarray, list[str]]:
+    """Up to ``n`` LR network inputs from the HR crops of ``data`` with their labels, for fine-tuning an INT8 file:
+    every crop under every condition in turn (a crop's views side by side), so a label comes with each input.
+    Several datasets, comma-separated, give up to an equal share each. Cached beside the calibration tensors."""
+    parts = data_paths(data)
+    if len(parts) > 1:
+        got = [finetune_tensors(d, size, n // len(parts) + (i < n % len(parts)), cache_dir, conditions)
+               for i, d in enumerate(parts)]
+        return np.concatenate([x for x, _ in got]), [lb for _, y in got for lb in y]
+    path = resolve_calib_path(data)
+    if not path.exists():
+        raise CalibrationError(f"--int8-finetune-data {data}: no such dataset")
+    try:
+        conditions = lr_conditions(conditions)
+    except ValueError as e:
+        raise CalibrationError(f"--calib-conditions: {e}") from None
+    key = hashlib.sha1(f"{content_fingerprint(path)}|{n}|{size}|{MEAN}|{STD}|{PREPROC_VERSION}|{conditions}|"
+                       f"labelled".encode()).hexdigest()[:12]
+    cache = Path(cache_dir) / f"finetune-{key}.npz" if cache_dir else None
+    if cache is not None and cache.exists():
+        z = np.load(cache)
+        return z["x"], [str(s) for s in z["labels"]]
+    reader = open_dataset(path, LabelPolicy(max_len=0))
+    xs, labels = [], []
+    for s in reader.iter_valid():
+        for c in conditions:
+            if len(xs) < n:
+                xs.append(prepare(apply_condition(c, s.image), size))
+                labels.append(s.label)
+        if len(xs) >= n:
+            break
+    reader.close()
+    if not xs:
+        raise CalibrationError(f"--int8-finetune-data {data}: no usable labelled crops")
+    x = np.stack(xs).astype(np.float32)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}.npz")
+        np.savez(tmp, x=x, labels=np.array(labels, dtype=str))
+        os.replace(tmp, cache)
+    return x, labels
+
+
 def lr_conditions(names: Sequence[str]) -> tuple[str, ...]:
     """``names`` as a tuple when each is a condition that makes LR (any of runtime.conditions but ``hr``)."""
     names = tuple(names)
@@ -137,7 +181,14 @@ def add_finetune_args(p) -> None:
                    help="INT8: fine-tune the weights N steps through the file's own quantization points, distilled "
                         "from the FP32 model (compress.qdq_finetune; about 2.3 s a step on 2 cores; 0: off)")
     p.add_argument("--int8-finetune-n", type=int, default=2048, metavar="N",
-                   help="INT8 fine-tuning: LR inputs made from the first N crops of --calib (no labels used)")
+                   help="INT8 fine-tuning: up to N LR inputs, each crop of --int8-finetune-data under every "
+                        "--calib-conditions (default: 2048)")
+    p.add_argument("--int8-finetune-data", default=None, metavar="DATA",
+                   help="INT8 fine-tuning: labelled crops (comma-separated: up to an equal share of each; default: "
+                        "--calib)")
+    p.add_argument("--int8-finetune-ctc", type=float, default=0.0, metavar="W",
+                   help="INT8 fine-tuning: weight of CTC on the labels beside KL to the FP32 model's frames (0: the "
+                        "labels are not used; default: 0)")
 
 
 def finetune_options(args) -> dict:
@@ -146,7 +197,9 @@ def finetune_options(args) -> dict:
 
     non_negative("--int8-finetune-steps", args.int8_finetune_steps)
     positive("--int8-finetune-n", args.int8_finetune_n)
-    return {"finetune_steps": args.int8_finetune_steps, "finetune_n": args.int8_finetune_n}
+    non_negative("--int8-finetune-ctc", args.int8_finetune_ctc)
+    return {"finetune_steps": args.int8_finetune_steps, "finetune_n": args.int8_finetune_n,
+            "finetune_data": args.int8_finetune_data, "finetune_ctc": args.int8_finetune_ctc}
 
 
 def add_calibration_args(p, calib_help: str) -> None:

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from runtime.charset import make_tokenizer
 from runtime.modelfile import PREFIX, model_info, path_for, read_metadata
 
 from .calibration import CalibrationError
@@ -245,13 +246,16 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
                   integer_activations: bool = True, float_convs: int = 0,
                   calib_conditions: Sequence[str] = (), finetune_steps: int = 0,
                   finetune_x: np.ndarray | None = None, float_nodes: Sequence[str] = (),
-                  only_nodes: Sequence[str] | None = None, ranges_cache: str | os.PathLike | None = None) -> Path:
+                  only_nodes: Sequence[str] | None = None, ranges_cache: str | os.PathLike | None = None,
+                  finetune_labels: Sequence[str] | None = None, finetune_ctc: float = 0.0) -> Path:
     """``integer_activations`` (cpu target): HardSwish, GELU, squeeze-excitation gates and means between INT8 layers
     run in ONNX Runtime's integer kernels instead of float islands (``graph_rewrites.qdq_integer_activations``).
     ``float_convs``: the first that many convolutions and everything before the next one stay float
     (``float_prefix``). ``calib_conditions``: how the LR calibration images were made, recorded in the metadata.
     ``finetune_steps``: then fine-tune the weights through the file's own quantization points on ``finetune_x``
-    (default ``calib``), distilled from the float model (``qdq_finetune``); 0: off. ``float_nodes``: these nodes
+    (default ``calib``), distilled from the float model (``qdq_finetune``); 0: off. ``finetune_ctc`` > 0: CTC on
+    ``finetune_labels`` (one string per ``finetune_x`` input, mapped by the model's charset) weighs in too.
+    ``float_nodes``: these nodes
     (by name) stay float too, the islands a sensitivity scan chose (``compress.sensitivity``). ``only_nodes``:
     quantize these nodes alone (the scan's one-layer files). ``ranges_cache``: a JSON file of calibrated ranges,
     written by the first call and read by later ones on the same model, data and calibrator instead of
@@ -305,7 +309,9 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
         if finetune_steps:  # on the graph quantize_static read (pre.onnx: the same tensor names), before it goes
             from .qdq_finetune import finetune_qdq
 
-            finetuned = finetune_qdq(m, q, ft_x, finetune_steps, gates=fitted_gelu_gates(q, hist))
+            targets = ctc_targets(fp32_path, finetune_labels, len(ft_x)) if finetune_ctc else None
+            finetuned = finetune_qdq(m, q, ft_x, finetune_steps, gates=fitted_gelu_gates(q, hist),
+                                     targets=targets, ctc_weight=finetune_ctc)
             if integer:  # the weights moved: the gates are fitted to the codes the fine-tuned file gives
                 hist = _code_histograms(q, list(hist), calib[:GELU_FIT_IMAGES], batch)
     n_int = qdq_integer_activations(q, hist) if integer else {}
@@ -321,8 +327,9 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     if float_nodes:
         meta[PREFIX + "int8_float_nodes"] = ",".join(float_nodes)
     if finetuned:
-        meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps on {len(ft_x)} inputs, simulated frame KL to FP32 "
-                                          f"{finetuned[0]:.4f} -> {finetuned[1]:.4f}")
+        labels = f" with CTC on their labels at weight {finetune_ctc:g}" if finetune_ctc else ""
+        meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps on {len(ft_x)} inputs{labels}, simulated frame KL "
+                                          f"to FP32 {finetuned[0]:.4f} -> {finetuned[1]:.4f}")
     if n_gelu:
         meta[PREFIX + "int8_fused_gelu"] = str(n_gelu)
     if any(n_int.values()):
@@ -340,23 +347,40 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
                        keep_head_float: bool = True, cache_dir: str | os.PathLike | None = None,
                        target: str = "cpu", integer_activations: bool = True,
                        float_convs: int = 0, conditions: Sequence[str] | None = None, finetune_steps: int = 0,
-                       finetune_n: int = 2048, float_nodes: Sequence[str] = ()) -> tuple[Path, int]:
+                       finetune_n: int = 2048, float_nodes: Sequence[str] = (), finetune_data: str | None = None,
+                       finetune_ctc: float = 0.0) -> tuple[Path, int]:
     """Calibrate on ``calib`` with the model's own input size (from its metadata), then quantize.
     ``conditions``: the LR conditions HR crops go through (default ``calibration.CALIB_CONDITIONS``).
-    ``finetune_steps``: fine-tune through the quantization points on the first ``finetune_n`` inputs of ``calib``.
-    Returns (Q/DQ path, number of calibration images)."""
-    from .calibration import CALIB_CONDITIONS, calibration_tensors
+    ``finetune_steps``: fine-tune through the quantization points on up to ``finetune_n`` inputs made from
+    ``finetune_data`` (default ``calib``), every crop under every condition; ``finetune_ctc`` > 0 adds CTC on their
+    labels. Returns (Q/DQ path, number of calibration images)."""
+    from .calibration import CALIB_CONDITIONS, calibration_tensors, finetune_tensors
 
     info = model_info(fp32_path)
     conds = tuple(conditions or CALIB_CONDITIONS)
     cache = cache_dir if cache_dir is not None else Path(fp32_path).parent
     x = calibration_tensors(calib, (info.height, info.width), info.lr, n, 16, cache, conds)
-    ft = calibration_tensors(calib, (info.height, info.width), info.lr, finetune_n, 16, cache, conds) \
-        if finetune_steps else None
+    ft, labels = finetune_tensors(finetune_data or calib, (info.height, info.width), finetune_n, cache, conds) \
+        if finetune_steps else (None, None)
     return quantize_int8(fp32_path, out_path, x, method, keep_head_float, target=target,
                          integer_activations=integer_activations, float_convs=float_convs,
                          calib_conditions=conds if info.lr else (), finetune_steps=finetune_steps,
-                         finetune_x=ft, float_nodes=float_nodes), len(x)
+                         finetune_x=ft, float_nodes=float_nodes, finetune_labels=labels,
+                         finetune_ctc=finetune_ctc), len(x)
+
+
+def ctc_targets(fp32_path: str, labels: Sequence[str] | None, n: int) -> list[list[int]]:
+    """``labels`` as CTC class indices by the model's own tokenizer (case adapted to its charset, other characters
+    dropped). Refused
+    by option name for a model that does not decode CTC or labels that do not match the inputs one to one."""
+    info = model_info(fp32_path)
+    if info.decoder != "ctc":
+        raise ValueError(f"--int8-finetune-ctc: {fp32_path} decodes {info.decoder!r}, not CTC")
+    if labels is None or len(labels) != n:
+        raise ValueError(f"--int8-finetune-ctc: {n} fine-tuning inputs but {0 if labels is None else len(labels)} "
+                         "labels")
+    tok = make_tokenizer("ctc", info.charset)
+    return [tok.char_ids(label) for label in labels]
 
 
 def convert_fp16(fp32_path: str, out_path: str) -> Path:

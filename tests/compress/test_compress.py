@@ -68,7 +68,8 @@ def test_parity_gate_fails_on_a_different_model(trained, tmp_path):
 def test_calibration_conditions_make_lr_from_hr_crops_in_turn(tmp_path):
     """HR crops of an STR lmdb become LR calibration inputs by the named conditions in turn (default: plain and
     blurred-and-compressed 16x64), each choice cached under its own key; unknown names are refused by name."""
-    from compress.calibration import CALIB_CONDITIONS, CalibrationError, calibration_tensors, conditions_arg
+    from compress.calibration import (CALIB_CONDITIONS, CalibrationError, calibration_tensors, conditions_arg,
+                                      finetune_tensors)
     from runtime.conditions import apply_condition
     from runtime.datasets import open_dataset
     from runtime.preprocess import prepare
@@ -84,6 +85,14 @@ def test_calibration_conditions_make_lr_from_hr_crops_in_turn(tmp_path):
     plain = calibration_tensors(str(data), (16, 64), True, 8, 1, tmp_path / "c", ("lr16",))
     assert np.array_equal(plain[0], x[0]) and not np.array_equal(plain[1], x[1])  # odd crops: blurred by default
     assert len(list((tmp_path / "c").glob("calib-*.npy"))) == 2
+    xf, labels = finetune_tensors(str(data), (16, 64), 5, tmp_path / "c")  # each crop under every condition
+    assert labels == ["w0", "w0", "w1", "w1", "w2"] and len(xf) == 5
+    assert np.array_equal(xf[0], want[0]) and np.array_equal(xf[1], prepare(apply_condition("lr16blur", crops[0]),
+                                                                            (16, 64)))
+    again, labels2 = finetune_tensors(str(data), (16, 64), 5, tmp_path / "c")
+    assert np.array_equal(again, xf) and labels2 == labels and len(list((tmp_path / "c").glob("finetune-*"))) == 1
+    both, _ = finetune_tensors(f"{data},{data}", (16, 64), 100, tmp_path / "c")  # up to an equal share of each
+    assert len(both) == 32
     with pytest.raises(CalibrationError, match=r"--calib-conditions: expected LR conditions .* got \['hr'\]"):
         calibration_tensors(str(data), (16, 64), True, 8, 1, None, ("hr",))
     assert conditions_arg("lr16blur, lr16") == ("lr16blur", "lr16")
@@ -674,6 +683,51 @@ def test_int8_finetune_through_the_files_own_points_reads_closer_to_fp32(tmp_pat
     q = quantize_int8(str(src), str(tmp_path / "ft.onnx"), x[:64], finetune_steps=5, finetune_x=x)
     meta = {p.key: p.value for p in onnx.load(str(q)).metadata_props}
     assert meta["tinytext.int8_finetune"].startswith("5 steps on 256 inputs, simulated frame KL to FP32 ")
+
+
+def test_int8_finetune_with_ctc_learns_labels_the_float_model_does_not_read(tmp_path):
+    """CTC on labels beside the KL steers the fine-tuning towards the labels: with a string the float model never
+    reads as every input's label, the CTC-tuned file reads it on most inputs and the KL-only one on none. Labels
+    reach the loss through the model's own tokenizer (case adapted, unknown characters dropped) and are recorded in
+    the metadata; targets that do not match the inputs one to one are refused."""
+    from compress.qdq_finetune import finetune_qdq
+    from compress.quantize import ctc_targets, quantize_int8
+    from runtime.modelfile import ModelInfo
+
+    src = _deep_ctc_onnx(tmp_path / "deep.onnx")
+    m = onnx.load(str(src))
+    for k, v in ModelInfo("deep", "ctc", "abcdef", 16, 64, lr=True).to_metadata().items():
+        e = m.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(m, str(src))
+    fp = onnx.load(str(src))
+    x = np.random.default_rng(3).normal(0, 1, (128, 3, 16, 64)).astype(np.float32)
+    base = quantize_int8(str(src), str(tmp_path / "base.onnx"), x[:64])
+
+    def reads(model) -> list[list[int]]:
+        out = []
+        for row in _ort_output(model, x, True).argmax(-1):
+            ids = [int(c) for i, c in enumerate(row) if c and (i == 0 or c != row[i - 1])]
+            out.append(ids)
+        return out
+
+    target = [2, 4]
+    assert sum(r == target for r in reads(fp)) == 0
+    q_kl, q_ctc = onnx.load(str(base)), onnx.load(str(base))
+    finetune_qdq(fp, q_kl, x, steps=40, lr=3e-3, progress=False)
+    finetune_qdq(fp, q_ctc, x, steps=40, lr=3e-3, progress=False, targets=[target] * len(x), ctc_weight=5.0)
+    assert sum(r == target for r in reads(q_kl)) == 0
+    assert sum(r == target for r in reads(q_ctc)) > len(x) // 2
+    with pytest.raises(ValueError, match="128 inputs but 3 targets"):
+        finetune_qdq(fp, onnx.load(str(base)), x, steps=1, progress=False, targets=[target] * 3, ctc_weight=1.0)
+
+    assert ctc_targets(str(src), ["BD", "bzd!"], 2) == [[2, 4], [2, 4]]
+    with pytest.raises(ValueError, match="--int8-finetune-ctc: 2 fine-tuning inputs but 1 labels"):
+        ctc_targets(str(src), ["bd"], 2)
+    q = quantize_int8(str(src), str(tmp_path / "ft.onnx"), x[:64], finetune_steps=2, finetune_x=x,
+                      finetune_labels=["bd"] * len(x), finetune_ctc=0.5)
+    meta = {p.key: p.value for p in onnx.load(str(q)).metadata_props}
+    assert meta["tinytext.int8_finetune"].startswith("2 steps on 128 inputs with CTC on their labels at weight 0.5,")
 
 
 def test_qdq_points_simulate_the_fitted_integer_gelu_gates(tmp_path):
