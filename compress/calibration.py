@@ -47,6 +47,21 @@ def resolve_calib_path(data: str) -> Path:
     return p
 
 
+def _source(data: str, option: str, conditions: Sequence[str], key: str, cache_dir: str | os.PathLike | None,
+            prefix: str, suffix: str) -> tuple[Path, tuple[str, ...], Path | None]:
+    """One dataset of ``option``: its path, the checked LR conditions, and its cache file, keyed by the data's content,
+    the preprocessing, the conditions and the caller's ``key`` (None without ``cache_dir``)."""
+    path = resolve_calib_path(data)
+    if not path.exists():
+        raise CalibrationError(f"{option} {data}: no such dataset")
+    try:
+        conditions = lr_conditions(conditions)
+    except ValueError as e:
+        raise CalibrationError(f"--calib-conditions: {e}") from None
+    digest = hashlib.sha1(f"{content_fingerprint(path)}|{MEAN}|{STD}|{PREPROC_VERSION}|{conditions}|{key}".encode())
+    return path, conditions, Path(cache_dir) / f"{prefix}-{digest.hexdigest()[:12]}{suffix}" if cache_dir else None
+
+
 def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512, batch: int = 1,
                         cache_dir: str | os.PathLike | None = None,
                         conditions: Sequence[str] = CALIB_CONDITIONS) -> np.ndarray:
@@ -62,16 +77,7 @@ def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512
         if len(x) < max(1, batch):
             raise CalibrationError(f"--calib {data}: {len(x)} usable images, fewer than the batch size {batch}")
         return x
-    path = resolve_calib_path(data)
-    if not path.exists():
-        raise CalibrationError(f"--calib {data}: no such dataset")
-    try:
-        conditions = lr_conditions(conditions)
-    except ValueError as e:
-        raise CalibrationError(f"--calib-conditions: {e}") from None
-    key = hashlib.sha1(f"{content_fingerprint(path)}|{n}|{size}|{lr}|{MEAN}|{STD}|{PREPROC_VERSION}|"
-                       f"{conditions if lr else ''}".encode()).hexdigest()[:12]
-    cache = Path(cache_dir) / f"calib-{key}.npy" if cache_dir else None
+    path, conditions, cache = _source(data, "--calib", conditions, f"{n}|{size}|{lr}", cache_dir, "calib", ".npy")
     if cache is not None and cache.exists():
         x = np.load(cache)
     else:
@@ -112,16 +118,8 @@ def finetune_tensors(data: str, size: tuple[int, int], n: int, cache_dir: str | 
         got = [finetune_tensors(d, size, n // len(parts) + (i < n % len(parts)), cache_dir, conditions)
                for i, d in enumerate(parts)]
         return np.concatenate([x for x, _ in got]), [lb for _, y in got for lb in y]
-    path = resolve_calib_path(data)
-    if not path.exists():
-        raise CalibrationError(f"--int8-finetune-data {data}: no such dataset")
-    try:
-        conditions = lr_conditions(conditions)
-    except ValueError as e:
-        raise CalibrationError(f"--calib-conditions: {e}") from None
-    key = hashlib.sha1(f"{content_fingerprint(path)}|{n}|{size}|{MEAN}|{STD}|{PREPROC_VERSION}|{conditions}|"
-                       f"labelled".encode()).hexdigest()[:12]
-    cache = Path(cache_dir) / f"finetune-{key}.npz" if cache_dir else None
+    path, conditions, cache = _source(data, "--int8-finetune-data", conditions, f"{n}|{size}", cache_dir, "finetune",
+                                      ".npz")
     if cache is not None and cache.exists():
         z = np.load(cache)
         return z["x"], [str(s) for s in z["labels"]]
