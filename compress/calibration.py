@@ -109,27 +109,31 @@ def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512
 
 
 def finetune_tensors(data: str, size: tuple[int, int], n: int, cache_dir: str | os.PathLike | None = None,
-                     conditions: Sequence[str] = CALIB_CONDITIONS) -> tuple[np.ndarray, list[str]]:
-    """Up to ``n`` LR network inputs from the HR crops of ``data`` with their labels, for fine-tuning an INT8 file:
-    every crop under every condition in turn (a crop's views side by side), so a label comes with each input.
-    Several datasets, comma-separated, give up to an equal share each. Cached beside the calibration tensors."""
+                     conditions: Sequence[str] = CALIB_CONDITIONS, lr: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Up to ``n`` network inputs from the crops of ``data`` with their labels, for fine-tuning an INT8 file: for LR
+    models every HR crop under every condition in turn (a crop's views side by side), so a label comes with each
+    input; for HR models each crop once. Several datasets, comma-separated, give up to an equal share each. Cached
+    beside the calibration tensors."""
     parts = data_paths(data)
     if len(parts) > 1:
-        got = [finetune_tensors(d, size, n // len(parts) + (i < n % len(parts)), cache_dir, conditions)
+        got = [finetune_tensors(d, size, n // len(parts) + (i < n % len(parts)), cache_dir, conditions, lr)
                for i, d in enumerate(parts)]
         return np.concatenate([x for x, _ in got]), [lb for _, y in got for lb in y]
-    path, conditions, cache = _source(data, "--int8-finetune-data", conditions, f"{n}|{size}", cache_dir, "finetune",
-                                      ".npz")
+    path, conditions, cache = _source(data, "--int8-finetune-data", conditions, f"{n}|{size}|{lr}", cache_dir,
+                                      "finetune", ".npz")
     if cache is not None and cache.exists():
         z = np.load(cache)
         return z["x"], [str(s) for s in z["labels"]]
     reader = open_dataset(path, LabelPolicy(max_len=0))
     xs, labels = [], []
     for s in reader.iter_valid():
-        for c in conditions:
-            if len(xs) < n:
-                xs.append(prepare(apply_condition(c, s.image), size))
-                labels.append(s.label)
+        if lr and s.lr is not None:  # a TextZoom pair: its own LR image
+            views = [s.lr]
+        else:
+            views = [apply_condition(c, s.image) for c in conditions] if lr else [s.image]
+        for img in views[:n - len(xs)]:
+            xs.append(prepare(img, size))
+            labels.append(s.label)
         if len(xs) >= n:
             break
     reader.close()

@@ -163,11 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.int8:  # the calibration data is checked (and cached) before anything is written
         from runtime.preprocess import HR_SIZE, LR_SIZE
 
-        from .calibration import calibration_tensors
+        from .calibration import calibration_tensors, finetune_tensors
 
         lr = load_checkpoint(args.ckpt)["model_spec"]["lr"]
-        calibration_tensors(args.calib, LR_SIZE if lr else HR_SIZE, lr, args.calib_n, 16, args.out,
-                            args.calib_conditions)
+        size = LR_SIZE if lr else HR_SIZE
+        calibration_tensors(args.calib, size, lr, args.calib_n, 16, args.out, args.calib_conditions)
+        if args.int8_finetune_steps:
+            finetune_tensors(args.int8_finetune_data or args.calib, size, args.int8_finetune_n, args.out,
+                             args.calib_conditions, lr)
     try:
         parity = args.parity_data or (str(resolve_calib_path(args.calib)) if args.calib else None)
         path = export_onnx(args.ckpt, args.out, args.opset, not args.no_simplify, parity, args.parity_n, args.atol)

@@ -247,14 +247,14 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
                   calib_conditions: Sequence[str] = (), finetune_steps: int = 0,
                   finetune_x: np.ndarray | None = None, float_nodes: Sequence[str] = (),
                   only_nodes: Sequence[str] | None = None, ranges_cache: str | os.PathLike | None = None,
-                  finetune_labels: Sequence[str] | None = None, finetune_ctc: float = 0.0) -> Path:
+                  finetune_targets: Sequence[Sequence[int]] | None = None, finetune_ctc: float = 0.0) -> Path:
     """``integer_activations`` (cpu target): HardSwish, GELU, squeeze-excitation gates and means between INT8 layers
     run in ONNX Runtime's integer kernels instead of float islands (``graph_rewrites.qdq_integer_activations``).
     ``float_convs``: the first that many convolutions and everything before the next one stay float
     (``float_prefix``). ``calib_conditions``: how the LR calibration images were made, recorded in the metadata.
     ``finetune_steps``: then fine-tune the weights through the file's own quantization points on ``finetune_x``
     (default ``calib``), distilled from the float model (``qdq_finetune``); 0: off. ``finetune_ctc`` > 0: CTC on
-    ``finetune_labels`` (one string per ``finetune_x`` input, mapped by the model's charset) weighs in too.
+    ``finetune_targets`` (class indices per ``finetune_x`` input, ``ctc_targets``) weighs in too.
     ``float_nodes``: these nodes
     (by name) stay float too, the islands a sensitivity scan chose (``compress.sensitivity``). ``only_nodes``:
     quantize these nodes alone (the scan's one-layer files). ``ranges_cache``: a JSON file of calibrated ranges,
@@ -309,9 +309,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
         if finetune_steps:  # on the graph quantize_static read (pre.onnx: the same tensor names), before it goes
             from .qdq_finetune import finetune_qdq
 
-            targets = ctc_targets(fp32_path, finetune_labels, len(ft_x)) if finetune_ctc else None
             finetuned = finetune_qdq(m, q, ft_x, finetune_steps, gates=fitted_gelu_gates(q, hist),
-                                     targets=targets, ctc_weight=finetune_ctc)
+                                     targets=finetune_targets, ctc_weight=finetune_ctc)
             if integer:  # the weights moved: the gates are fitted to the codes the fine-tuned file gives
                 hist = _code_histograms(q, list(hist), calib[:GELU_FIT_IMAGES], batch)
     n_int = qdq_integer_activations(q, hist) if integer else {}
@@ -360,12 +359,14 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
     conds = tuple(conditions or CALIB_CONDITIONS)
     cache = cache_dir if cache_dir is not None else Path(fp32_path).parent
     x = calibration_tensors(calib, (info.height, info.width), info.lr, n, 16, cache, conds)
-    ft, labels = finetune_tensors(finetune_data or calib, (info.height, info.width), finetune_n, cache, conds) \
+    ft, labels = finetune_tensors(finetune_data or calib, (info.height, info.width), finetune_n, cache, conds,
+                                  info.lr) \
         if finetune_steps else (None, None)
+    targets = ctc_targets(fp32_path, labels, len(ft)) if finetune_steps and finetune_ctc else None  # before calibrating
     return quantize_int8(fp32_path, out_path, x, method, keep_head_float, target=target,
                          integer_activations=integer_activations, float_convs=float_convs,
                          calib_conditions=conds if info.lr else (), finetune_steps=finetune_steps,
-                         finetune_x=ft, float_nodes=float_nodes, finetune_labels=labels,
+                         finetune_x=ft, float_nodes=float_nodes, finetune_targets=targets,
                          finetune_ctc=finetune_ctc), len(x)
 
 
@@ -375,9 +376,9 @@ def ctc_targets(fp32_path: str, labels: Sequence[str] | None, n: int) -> list[li
     by option name for a model that does not decode CTC or labels that do not match the inputs one to one."""
     info = model_info(fp32_path)
     if info.decoder != "ctc":
-        raise ValueError(f"--int8-finetune-ctc: {fp32_path} decodes {info.decoder!r}, not CTC")
+        raise CalibrationError(f"--int8-finetune-ctc: {fp32_path} decodes {info.decoder!r}, not CTC")
     if labels is None or len(labels) != n:
-        raise ValueError(f"--int8-finetune-ctc: {n} fine-tuning inputs but {0 if labels is None else len(labels)} "
+        raise CalibrationError(f"--int8-finetune-ctc: {n} fine-tuning inputs but {0 if labels is None else len(labels)} "
                          "labels")
     tok = make_tokenizer("ctc", info.charset)
     return [tok.char_ids(label) for label in labels]

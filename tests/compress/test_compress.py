@@ -93,6 +93,10 @@ def test_calibration_conditions_make_lr_from_hr_crops_in_turn(tmp_path):
     assert np.array_equal(again, xf) and labels2 == labels and len(list((tmp_path / "c").glob("finetune-*"))) == 1
     both, _ = finetune_tensors(f"{data},{data}", (16, 64), 100, tmp_path / "c")  # up to an equal share of each
     assert len(both) == 32
+    hr, hr_labels = finetune_tensors(str(data), (16, 64), 100, None, lr=False)  # HR models: each crop once
+    assert len(hr) == 8 and hr_labels[:2] == ["w0", "w1"] and np.array_equal(hr[1], prepare(crops[1], (16, 64)))
+    with pytest.raises(CalibrationError, match="--int8-finetune-data /nope: no such dataset"):
+        finetune_tensors("/nope", (16, 64), 8)
     with pytest.raises(CalibrationError, match=r"--calib-conditions: expected LR conditions .* got \['hr'\]"):
         calibration_tensors(str(data), (16, 64), True, 8, 1, None, ("hr",))
     assert conditions_arg("lr16blur, lr16") == ("lr16blur", "lr16")
@@ -725,7 +729,7 @@ def test_int8_finetune_with_ctc_learns_labels_the_float_model_does_not_read(tmp_
     with pytest.raises(ValueError, match="--int8-finetune-ctc: 2 fine-tuning inputs but 1 labels"):
         ctc_targets(str(src), ["bd"], 2)
     q = quantize_int8(str(src), str(tmp_path / "ft.onnx"), x[:64], finetune_steps=2, finetune_x=x,
-                      finetune_labels=["bd"] * len(x), finetune_ctc=0.5)
+                      finetune_targets=ctc_targets(str(src), ["bd"] * len(x), len(x)), finetune_ctc=0.5)
     meta = {p.key: p.value for p in onnx.load(str(q)).metadata_props}
     assert meta["tinytext.int8_finetune"].startswith("2 steps on 128 inputs with CTC on their labels at weight 0.5,")
 
