@@ -188,6 +188,8 @@ def add_finetune_args(p) -> None:
     p.add_argument("--int8-finetune-data", default=None, metavar="DATA",
                    help="INT8 fine-tuning: labelled crops (comma-separated: up to an equal share of each; default: "
                         "--calib)")
+    p.add_argument("--int8-finetune-lr", type=float, default=1e-5, metavar="LR",
+                   help="INT8 fine-tuning: peak learning rate of AdamW, cosine to zero (default: 1e-5)")
     p.add_argument("--int8-finetune-ctc", type=float, default=0.0, metavar="W",
                    help="INT8 fine-tuning: weight of CTC on the labels beside KL to the FP32 model's frames (0: the "
                         "labels are not used; default: 0)")
@@ -200,8 +202,10 @@ def finetune_options(args) -> dict:
     non_negative("--int8-finetune-steps", args.int8_finetune_steps)
     positive("--int8-finetune-n", args.int8_finetune_n)
     non_negative("--int8-finetune-ctc", args.int8_finetune_ctc)
+    positive("--int8-finetune-lr", args.int8_finetune_lr)
     return {"finetune_steps": args.int8_finetune_steps, "finetune_n": args.int8_finetune_n,
-            "finetune_data": args.int8_finetune_data, "finetune_ctc": args.int8_finetune_ctc}
+            "finetune_data": args.int8_finetune_data, "finetune_ctc": args.int8_finetune_ctc,
+            "finetune_lr": args.int8_finetune_lr}
 
 
 def add_calibration_args(p, calib_help: str) -> None:

@@ -247,7 +247,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
                   calib_conditions: Sequence[str] = (), finetune_steps: int = 0,
                   finetune_x: np.ndarray | None = None, float_nodes: Sequence[str] = (),
                   only_nodes: Sequence[str] | None = None, ranges_cache: str | os.PathLike | None = None,
-                  finetune_targets: Sequence[Sequence[int]] | None = None, finetune_ctc: float = 0.0) -> Path:
+                  finetune_targets: Sequence[Sequence[int]] | None = None, finetune_ctc: float = 0.0,
+                  finetune_lr: float = 1e-5) -> Path:
     """``integer_activations`` (cpu target): HardSwish, GELU, squeeze-excitation gates and means between INT8 layers
     run in ONNX Runtime's integer kernels instead of float islands (``graph_rewrites.qdq_integer_activations``).
     ``float_convs``: the first that many convolutions and everything before the next one stay float
@@ -309,7 +310,7 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
         if finetune_steps:  # on the graph quantize_static read (pre.onnx: the same tensor names), before it goes
             from .qdq_finetune import finetune_qdq
 
-            finetuned = finetune_qdq(m, q, ft_x, finetune_steps, gates=fitted_gelu_gates(q, hist),
+            finetuned = finetune_qdq(m, q, ft_x, finetune_steps, lr=finetune_lr, gates=fitted_gelu_gates(q, hist),
                                      targets=finetune_targets, ctc_weight=finetune_ctc)
             if integer:  # the weights moved: the gates are fitted to the codes the fine-tuned file gives
                 hist = _code_histograms(q, list(hist), calib[:GELU_FIT_IMAGES], batch)
@@ -327,8 +328,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
         meta[PREFIX + "int8_float_nodes"] = ",".join(float_nodes)
     if finetuned:
         labels = f" with CTC on their labels at weight {finetune_ctc:g}" if finetune_ctc else ""
-        meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps on {len(ft_x)} inputs{labels}, simulated frame KL "
-                                          f"to FP32 {finetuned[0]:.4f} -> {finetuned[1]:.4f}")
+        meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps at lr {finetune_lr:g} on {len(ft_x)} inputs{labels}, "
+                                          f"simulated frame KL to FP32 {finetuned[0]:.4f} -> {finetuned[1]:.4f}")
     if n_gelu:
         meta[PREFIX + "int8_fused_gelu"] = str(n_gelu)
     if any(n_int.values()):
@@ -347,7 +348,7 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
                        target: str = "cpu", integer_activations: bool = True,
                        float_convs: int = 0, conditions: Sequence[str] | None = None, finetune_steps: int = 0,
                        finetune_n: int = 2048, float_nodes: Sequence[str] = (), finetune_data: str | None = None,
-                       finetune_ctc: float = 0.0) -> tuple[Path, int]:
+                       finetune_ctc: float = 0.0, finetune_lr: float = 1e-5) -> tuple[Path, int]:
     """Calibrate on ``calib`` with the model's own input size (from its metadata), then quantize.
     ``conditions``: the LR conditions HR crops go through (default ``calibration.CALIB_CONDITIONS``).
     ``finetune_steps``: fine-tune through the quantization points on up to ``finetune_n`` inputs made from
@@ -367,7 +368,7 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
                          integer_activations=integer_activations, float_convs=float_convs,
                          calib_conditions=conds if info.lr else (), finetune_steps=finetune_steps,
                          finetune_x=ft, float_nodes=float_nodes, finetune_targets=targets,
-                         finetune_ctc=finetune_ctc), len(x)
+                         finetune_ctc=finetune_ctc, finetune_lr=finetune_lr), len(x)
 
 
 def ctc_targets(fp32_path: str, labels: Sequence[str] | None, n: int) -> list[list[int]]:
