@@ -68,7 +68,7 @@ def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, 
     ``float_model`` (the graph it was quantized from, same names). ``gates``: the integer GELU gates the file will
     get (``graph_rewrites.fitted_gelu_gates``), simulated instead of exact GELU. ``ctc_weight`` > 0: CTC on
     ``targets`` (class indices per input, blank 0) is added to the KL, so the file also learns the labels where the
-    float model misreads (on the PP-OCRv6 student KL alone kept svt_test lr16blur 2.5 points under FP32). Returns
+    float model misreads (on the PP-OCRv6 student KL alone left most of the INT8 loss: docs/compression.md). Returns
     the simulated frame KL to the float model on the first 256 inputs before and after."""
     import torch
     from tqdm import tqdm

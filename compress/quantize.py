@@ -255,9 +255,9 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     (``float_prefix``). ``calib_conditions``: how the LR calibration images were made, recorded in the metadata.
     ``finetune_steps``: then fine-tune the weights through the file's own quantization points on ``finetune_x``
     (default ``calib``), distilled from the float model (``qdq_finetune``); 0: off. ``finetune_ctc`` > 0: CTC on
-    ``finetune_targets`` (class indices per ``finetune_x`` input, ``ctc_targets``) weighs in too.
-    ``float_nodes``: these nodes
-    (by name) stay float too, the islands a sensitivity scan chose (``compress.sensitivity``). ``only_nodes``:
+    ``finetune_targets`` (class indices per ``finetune_x`` input, ``ctc_targets``) weighs in too; ``finetune_lr``:
+    the peak rate. ``float_nodes``: these nodes (by name) stay float too, the islands a sensitivity scan chose
+    (``compress.sensitivity``). ``only_nodes``:
     quantize these nodes alone (the scan's one-layer files). ``ranges_cache``: a JSON file of calibrated ranges,
     written by the first call and read by later ones on the same model, data and calibrator instead of
     calibrating again (ONNX Runtime's ``calibration_cache_path``); the caller keys its name by all three."""
@@ -360,10 +360,12 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
     conds = tuple(conditions or CALIB_CONDITIONS)
     cache = cache_dir if cache_dir is not None else Path(fp32_path).parent
     x = calibration_tensors(calib, (info.height, info.width), info.lr, n, 16, cache, conds)
-    ft, labels = finetune_tensors(finetune_data or calib, (info.height, info.width), finetune_n, cache, conds,
-                                  info.lr) \
-        if finetune_steps else (None, None)
-    targets = ctc_targets(fp32_path, labels, len(ft)) if finetune_steps and finetune_ctc else None  # before calibrating
+    ft, targets = None, None
+    if finetune_steps:
+        ft, labels = finetune_tensors(finetune_data or calib, (info.height, info.width), finetune_n, cache, conds,
+                                      info.lr)
+        if finetune_ctc:  # refused here, before minutes of calibration, when the model cannot take them
+            targets = ctc_targets(fp32_path, labels, len(ft))
     return quantize_int8(fp32_path, out_path, x, method, keep_head_float, target=target,
                          integer_activations=integer_activations, float_convs=float_convs,
                          calib_conditions=conds if info.lr else (), finetune_steps=finetune_steps,
@@ -373,8 +375,8 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
 
 def ctc_targets(fp32_path: str, labels: Sequence[str] | None, n: int) -> list[list[int]]:
     """``labels`` as CTC class indices by the model's own tokenizer (case adapted to its charset, other characters
-    dropped). Refused
-    by option name for a model that does not decode CTC or labels that do not match the inputs one to one."""
+    dropped). Refused by option name for a model that does not decode CTC or labels that do not match the inputs
+    one to one."""
     info = model_info(fp32_path)
     if info.decoder != "ctc":
         raise CalibrationError(f"--int8-finetune-ctc: {fp32_path} decodes {info.decoder!r}, not CTC")
