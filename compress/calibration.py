@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -20,9 +21,11 @@ from runtime.conditions import CONDITIONS, apply_condition
 from runtime.datasets import LabelPolicy, content_fingerprint, open_dataset
 from runtime.preprocess import MEAN, STD, prepare
 from runtime.cli import InputError
+from runtime.files import write_bytes_atomic
 
-__all__ = ["CalibrationError", "calibration_tensors", "finetune_tensors", "data_paths", "resolve_calib_path", "add_calibration_args",
-           "add_conditions_arg", "add_finetune_args", "finetune_options", "conditions_arg", "lr_conditions", "CALIB_CONDITIONS"]
+__all__ = ["CalibrationError", "calibration_tensors", "finetune_tensors", "data_paths", "resolve_calib_path",
+           "add_calibration_args", "add_conditions_arg", "add_finetune_args", "finetune_options", "conditions_arg",
+           "lr_conditions", "CALIB_CONDITIONS"]
 
 PREPROC_VERSION = 2  # 2: runtime.preprocess.prepare (fastpath resampler) instead of PIL
 # LR made from HR crops alternates between plain and blurred-and-compressed 16x64: the INT8 ranges then cover both
@@ -45,6 +48,18 @@ def resolve_calib_path(data: str) -> Path:
     if (p / "train" / "data.mdb").exists():  # a synthetic / TextZoom root: its train split
         return p / "train"
     return p
+
+
+def _shares(n: int, parts: int) -> list[int]:
+    """``n`` split into ``parts`` counts as equal as they come, the first ones larger by one."""
+    return [n // parts + (i < n % parts) for i in range(parts)]
+
+
+def _write_cache(cache: Path, save, *args, **kwargs) -> None:
+    """``save`` (``np.save`` or ``np.savez``) of the arrays into ``cache``, atomically."""
+    buf = io.BytesIO()
+    save(buf, *args, **kwargs)
+    write_bytes_atomic(buf.getvalue(), cache)
 
 
 def _source(data: str, option: str, conditions: Sequence[str], key: str, cache_dir: str | os.PathLike | None,
@@ -70,8 +85,8 @@ def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512
     pass of a strided calibrator)."""
     if "," in data:
         parts = data_paths(data)
-        shares = [n // len(parts) + (i < n % len(parts)) for i in range(len(parts))]
-        xs = [calibration_tensors(d, size, lr, k, 1, cache_dir, conditions) for d, k in zip(parts, shares)]
+        xs = [calibration_tensors(d, size, lr, k, 1, cache_dir, conditions)
+              for d, k in zip(parts, _shares(n, len(parts)))]
         order = sorted(((j / len(x), i, j) for i, x in enumerate(xs) for j in range(len(x))))
         x = np.stack([xs[i][j] for _, i, j in order]) if order else np.zeros((0, 3, *size), np.float32)
         if len(x) < max(1, batch):
@@ -96,10 +111,7 @@ def calibration_tensors(data: str, size: tuple[int, int], lr: bool, n: int = 512
         reader.close()
         x = np.stack(out).astype(np.float32) if out else np.zeros((0, 3, *size), np.float32)
         if cache is not None and len(x) >= max(1, batch):
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}.npy")
-            np.save(tmp, x)
-            os.replace(tmp, cache)
+            _write_cache(cache, np.save, x)
     if len(x) < max(1, batch):
         raise CalibrationError(f"--calib {data}: {len(x)} usable images, fewer than the batch size {batch}")
     if len(x) < 300:
@@ -116,8 +128,7 @@ def finetune_tensors(data: str, size: tuple[int, int], n: int, cache_dir: str | 
     beside the calibration tensors."""
     parts = data_paths(data)
     if len(parts) > 1:
-        got = [finetune_tensors(d, size, n // len(parts) + (i < n % len(parts)), cache_dir, conditions, lr)
-               for i, d in enumerate(parts)]
+        got = [finetune_tensors(d, size, k, cache_dir, conditions, lr) for d, k in zip(parts, _shares(n, len(parts)))]
         return np.concatenate([x for x, _ in got]), [lb for _, y in got for lb in y]
     path, conditions, cache = _source(data, "--int8-finetune-data", conditions, f"{n}|{size}|{lr}", cache_dir,
                                       "finetune", ".npz")
@@ -141,10 +152,7 @@ def finetune_tensors(data: str, size: tuple[int, int], n: int, cache_dir: str | 
         raise CalibrationError(f"--int8-finetune-data {data}: no usable labelled crops")
     x = np.stack(xs).astype(np.float32)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}.npz")
-        np.savez(tmp, x=x, labels=np.array(labels, dtype=str))
-        os.replace(tmp, cache)
+        _write_cache(cache, np.savez, x=x, labels=np.array(labels, dtype=str))
     return x, labels
 
 
@@ -181,7 +189,7 @@ def add_finetune_args(p) -> None:
     """--int8-finetune-steps / --int8-finetune-n, for every command that writes INT8 files (export, ship)."""
     p.add_argument("--int8-finetune-steps", type=int, default=0, metavar="N",
                    help="INT8: fine-tune the weights N steps through the file's own quantization points, distilled "
-                        "from the FP32 model (compress.qdq_finetune; about 2.3 s a step on 2 cores; 0: off)")
+                        "from the FP32 model (compress.qdq_finetune; 0: off; default: 0)")
     p.add_argument("--int8-finetune-n", type=int, default=2048, metavar="N",
                    help="INT8 fine-tuning: up to N LR inputs, each crop of --int8-finetune-data under every "
                         "--calib-conditions (default: 2048)")

@@ -327,8 +327,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     if float_nodes:
         meta[PREFIX + "int8_float_nodes"] = ",".join(float_nodes)
     if finetuned:
-        labels = f" with CTC on their labels at weight {finetune_ctc:g}" if finetune_ctc else ""
-        meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps at lr {finetune_lr:g} on {len(ft_x)} inputs{labels}, "
+        ctc = f" with CTC on their labels at weight {finetune_ctc:g}" if finetune_ctc else ""
+        meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps at lr {finetune_lr:g} on {len(ft_x)} inputs{ctc}, "
                                           f"simulated frame KL to FP32 {finetuned[0]:.4f} -> {finetuned[1]:.4f}")
     if n_gelu:
         meta[PREFIX + "int8_fused_gelu"] = str(n_gelu)
@@ -381,8 +381,8 @@ def ctc_targets(fp32_path: str, labels: Sequence[str] | None, n: int) -> list[li
     if info.decoder != "ctc":
         raise CalibrationError(f"--int8-finetune-ctc: {fp32_path} decodes {info.decoder!r}, not CTC")
     if labels is None or len(labels) != n:
-        raise CalibrationError(f"--int8-finetune-ctc: {n} fine-tuning inputs but {0 if labels is None else len(labels)} "
-                         "labels")
+        got = 0 if labels is None else len(labels)
+        raise CalibrationError(f"--int8-finetune-ctc: {n} fine-tuning inputs but {got} labels")
     tok = make_tokenizer("ctc", info.charset)
     return [tok.char_ids(label) for label in labels]
 

@@ -124,7 +124,8 @@ class _Scorer:
 
     def __init__(self, fp32_path: str, eval_data: str, conditions: Sequence[str], n: int) -> None:
         self.rec = OnnxRecognizer(fp32_path)
-        sets = input_sets(data_paths(eval_data), conditions, hr=False, lr_from_hr=True, max_samples=n, who="sensitivity")
+        sets = input_sets(data_paths(eval_data), conditions, hr=False, lr_from_hr=True, max_samples=n,
+                          who="sensitivity")
         self.x: dict[str, np.ndarray] = {}
         self.labels: dict[str, list[str]] = {}
         for s in sets:  # one input per crop and condition, all eval datasets together

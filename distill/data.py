@@ -33,8 +33,8 @@ from .augment import text_view
 from .degrade import LEVELS, degrade, strength_for
 from .lmdb_writer import LmdbWriter
 
-__all__ = ["DatasetInfo", "dataset_info", "pack_folder", "degrade_lmdb", "views_lmdb", "split_lmdb", "str_samples", "copy_samples",
-           "main"]
+__all__ = ["DatasetInfo", "dataset_info", "pack_folder", "degrade_lmdb", "views_lmdb", "split_lmdb", "str_samples",
+           "copy_samples", "main"]
 
 
 def _stats(values: list[float]) -> dict:

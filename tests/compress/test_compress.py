@@ -731,7 +731,8 @@ def test_int8_finetune_with_ctc_learns_labels_the_float_model_does_not_read(tmp_
     q = quantize_int8(str(src), str(tmp_path / "ft.onnx"), x[:64], finetune_steps=2, finetune_x=x,
                       finetune_targets=ctc_targets(str(src), ["bd"] * len(x), len(x)), finetune_ctc=0.5)
     meta = {p.key: p.value for p in onnx.load(str(q)).metadata_props}
-    assert meta["tinytext.int8_finetune"].startswith("2 steps at lr 1e-05 on 128 inputs with CTC on their labels at weight 0.5,")
+    assert meta["tinytext.int8_finetune"].startswith(
+        "2 steps at lr 1e-05 on 128 inputs with CTC on their labels at weight 0.5,")
 
 
 def test_qdq_points_simulate_the_fitted_integer_gelu_gates(tmp_path):
