@@ -202,6 +202,11 @@ class TrainCfg:
     # student) or random ones (a teacher trained further on a new schedule)
     init_ckpt: str = ""
     qat: bool = False  # simulate the INT8 export while training (onnx-ctc students): quantization-aware fine-tuning
+    # An exported LR recognizer (e.g. weights/ppocrv6-student-lr.onnx) that reads the student's own LR batch: its
+    # frames on each augmented view, computed online, are the soft targets (distill.logits) instead of an HR
+    # teacher's cached ones. A teacher that sees what the student sees can be asked about any view, so geometric
+    # augmentation stays on ("consistent teaching", Beyer et al. 2022). "": off.
+    lr_teacher: str = ""
     # Weight-space ensemble with the starting weights (WiSE-FT, Wortsman et al. 2022): at the end, wise.pt holds
     # alpha * start + (1 - alpha) * best.pt. A fine-tune that learns degraded text forgets some of what its start
     # read; the average keeps both (PP-OCRv4 student, svt_test lr16 / lr16blur: start 83.5 / 56.9, best.pt
@@ -281,7 +286,13 @@ class Config:
             if s.lr_mode not in ("auto", "stored", "degrade"):
                 raise ConfigError(f"data.train[{i}].lr_mode: expected auto, stored or degrade, got {s.lr_mode!r}")
         onnx = is_onnx_teacher(t.teacher_ckpt)
+        if t.lr_teacher and (t.stage != "student" or self.model.name != "onnx-ctc"):
+            raise ConfigError(f"train.lr_teacher: teaches an onnx-ctc student (train.stage student), got stage "
+                              f"{t.stage!r} and model {self.model.name!r}")
         for i, s in enumerate(self.data.train):
+            if s.unlabeled and t.lr_teacher:
+                raise ConfigError(f"data.train[{i}].unlabeled: pseudo-labels come from the HR teacher's cache, which "
+                                  "train.lr_teacher replaces; give labelled sources")
             if s.unlabeled and not (onnx and t.stage == "student"):
                 raise ConfigError(f"data.train[{i}].unlabeled: unlabeled data learns from an ONNX teacher's targets "
                                   "(train.stage student with train.teacher_ckpt X.onnx or a model name such as ppocrv6)")

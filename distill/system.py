@@ -30,8 +30,10 @@ __all__ = ["TrainingSystem"]
 class TrainingSystem(nn.Module):
     def __init__(self, student: nn.Module, tokenizer: Tokenizer | None, stage: str, distill: DistillCfg,
                  teacher: nn.Module | None = None, seed: int = 0, clip: nn.Module | None = None,
-                 clip_norm: str = "ours", total_steps: int = 0, onnx_targets: bool = False) -> None:
-        """``onnx_targets``: the batches carry an ONNX teacher's targets (``t_probs``, maybe ``t_feats``)."""
+                 clip_norm: str = "ours", total_steps: int = 0, onnx_targets: bool = False,
+                 lr_teacher=None) -> None:
+        """``onnx_targets``: the batches carry an ONNX teacher's targets (``t_probs``, maybe ``t_feats``).
+        ``lr_teacher``: a ``runtime`` recognizer that reads the student's own LR batch (``train.lr_teacher``)."""
         super().__init__()
         self.total_steps = total_steps  # the length of distill.kd_schedule's decay
         self.student = student
@@ -55,8 +57,10 @@ class TrainingSystem(nn.Module):
         if stage == "student" and "clipocr" in distill.method:
             self.clip_heads = self._make_clip_heads(student, clip, distill)
         self.onnx_targets = stage == "student" and onnx_targets
+        object.__setattr__(self, "lr_teacher", lr_teacher if stage == "student" else None)  # an ONNX Runtime session
         # the training signals of this stage, in the order their parts are reported
         self.methods = [Labels()] + ([OnnxTargets()] if self.onnx_targets else []) + \
+            ([LrTeacher()] if self.lr_teacher is not None else []) + \
             ([ClipOcr()] if self.clip_heads is not None else []) + ([KdLtr()] if self.kdltr else [])
 
     @staticmethod
@@ -138,7 +142,8 @@ class TrainingSystem(nn.Module):
         """Each part's weight at ``step`` (the KD terms follow ``distill.kd_schedule``)."""
         if self.stage == "student":
             # KD-LTR weighs CE lightly (0.025) against its KL term; CLIP-OCR alone trains on CE + word + LCLs.
-            ce_w = (self.cfg.ce.weight if self.cfg.ce.enabled else 0.0) if self.kdltr or self.onnx_targets else 1.0
+            ce_w = (self.cfg.ce.weight if self.cfg.ce.enabled else 0.0) \
+                if self.kdltr or self.onnx_targets or self.lr_teacher is not None else 1.0
             weights = {"ce": ce_w, "visual": self.cfg.visual.weight, "semantic": self.cfg.semantic.weight,
                        "logits": self.cfg.logits.weight, "word": self.cfg.clipocr.word_weight}
             weights.update({k: self.cfg.clipocr.weight for k in parts if k.startswith("sds_")})
@@ -192,6 +197,16 @@ class OnnxTargets:
             # KD-LTR's visual focus form (z-scored per channel over frames, 1 - cosine), no attention mask.
             parts["visual"] = L.visual_focus_loss(out.char_feats[0], st.batch["t_feats"].to(dev))
         return parts
+
+
+class LrTeacher:
+    """An exported LR recognizer reading the very batch the student reads (its augmentations included): its frame
+    distributions as soft targets, same classes and frames as the student's (checked when it is opened)."""
+
+    def loss(self, sys: TrainingSystem, st: Step) -> dict[str, Tensor]:
+        x, dev = st.batch["lr"], st.out.logits[0].device
+        probs = sys.lr_teacher.run(x.detach().float().cpu().numpy())
+        return {"logits": L.frame_kl_from_probs(st.out.logits[0], torch.from_numpy(probs).to(dev), sys.cfg.temperature)}
 
 
 class ClipOcr:

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from runtime.charset import make_tokenizer, resolve_charset
+from runtime.cli import InputError
 from runtime.datasets import LabelPolicy, open_dataset
 from runtime.evaluation import InputSet, evaluate, input_sets
 from runtime.preprocess import LR_SIZE
@@ -243,6 +244,38 @@ def check_feature_grid(teacher: OnnxTeacher, model: torch.nn.Module) -> None:
                          ", student_overrides)")
 
 
+def open_lr_teacher(cfg: Config, spec: dict, model: torch.nn.Module, master: bool):
+    """The exported LR recognizer of ``train.lr_teacher`` (ONNX Runtime), checked to read the student's input
+    tensor and to give the student's frames over the student's classes."""
+    from runtime.backends import open_recognizer
+    from runtime.preprocess import MEAN, STD
+
+    path = cfg.train.lr_teacher
+    try:
+        rec = open_recognizer(path, threads=cfg.onnx_teacher.threads)
+    except (InputError, OSError, ValueError) as e:
+        raise ConfigError(f"train.lr_teacher {path}: {str(e).removeprefix(str(path) + ': ')}") from None
+    info, want = rec.info, {"decoder": "ctc", "charset": spec["charset"], "size": tuple(model.img_size),
+                            "normalisation": (MEAN, STD)}
+    got = {"decoder": info.decoder, "charset": info.charset, "size": (info.height, info.width),
+           "normalisation": (info.mean, info.std)}
+    for key in want:
+        if got[key] != want[key]:
+            raise ConfigError(f"train.lr_teacher {path}: its {key} is {got[key]!r}, the student's {want[key]!r}; "
+                              "the teacher must read the student's own input tensor and classes")
+    x = torch.zeros(1, 3, *model.img_size)
+    with torch.no_grad():
+        frames = model.eval().decode_logits(x).shape[1]
+    model.train()
+    t_frames = rec.run(x.numpy()).shape[1]
+    if t_frames != frames:
+        raise ConfigError(f"train.lr_teacher {path}: gives {t_frames} frames, the student {frames}")
+    if master:
+        print(f"train: LR teacher {path} ({info.precision}, {info.height}x{info.width}, {frames} frames) reads each "
+              f"LR batch; the HR teacher's cached targets are not used")
+    return rec
+
+
 def init_weights(model: torch.nn.Module, spec: dict, path: str, master: bool) -> None:
     """Fine-tuning: the student's weights from checkpoint ``path``, whose model spec must be the one this config
     builds (same model, charset and, for ONNX students, the same graph and overrides)."""
@@ -397,6 +430,7 @@ class Models:
     clip: torch.nn.Module | None = None
     clip_norm: str = "ours"
     onnx_teacher: object | None = None
+    lr_teacher: object | None = None  # a runtime recognizer reading the student's own LR batch (train.lr_teacher)
 
 
 def build_models(cfg: Config, master: bool) -> Models:
@@ -409,6 +443,8 @@ def build_models(cfg: Config, master: bool) -> Models:
         return Models(spec, build_model(spec))
     if is_onnx_teacher(cfg.train.teacher_ckpt):
         spec, model, onnx_teacher = build_onnx_student(cfg, master)
+        if cfg.train.lr_teacher:  # it replaces the HR teacher's targets; the HR file still shaped the student
+            return Models(spec, model, lr_teacher=open_lr_teacher(cfg, spec, model, master))
         return Models(spec, model, onnx_teacher=onnx_teacher)
     tck = load_checkpoint(cfg.train.teacher_ckpt)
     tspec = tck["model_spec"]
@@ -453,7 +489,8 @@ def build_system(cfg: Config, m: Models, dev: Devices) -> tuple[TrainingSystem, 
     tok = make_tokenizer(spec["tokenizer"], spec["charset"]) if spec["tokenizer"] in ("attn", "ctc") else None
     try:
         system = TrainingSystem(m.model, tok, cfg.train.stage, cfg.distill, m.teacher, cfg.train.seed, m.clip,
-                                m.clip_norm, cfg.optim.steps, onnx_targets=m.onnx_teacher is not None)
+                                m.clip_norm, cfg.optim.steps, onnx_targets=m.onnx_teacher is not None,
+                                lr_teacher=m.lr_teacher)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     system.to(dev.device)
@@ -495,8 +532,12 @@ def build_optimizer(cfg: Config, system: TrainingSystem):
     """AdamW + one-cycle, as PARSeq trains. Returns (trainable parameters, optimizer, scheduler)."""
     params = [p for p in system.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    # OneCycleLR divides by (warm-up steps - 1): a warm-up of exactly one step (5 % of 20) would divide by zero
+    n, pct = cfg.optim.steps, cfg.optim.warmup_pct
+    if abs(pct * n - 1) < 1e-9:
+        pct = 2.0 / n if n > 2 else 0.0
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.optim.lr, total_steps=cfg.optim.steps,
-                                                pct_start=cfg.optim.warmup_pct, cycle_momentum=False)
+                                                pct_start=pct, cycle_momentum=False)
     return params, opt, sched
 
 
@@ -605,8 +646,8 @@ class TrainLog:
 
 
 def describe(cfg: Config, m: Models, system: TrainingSystem, dev: Devices, n_train: int) -> str:
-    method = ("onnx teacher" if m.onnx_teacher is not None else cfg.distill.method) \
-        if cfg.train.stage == "student" else "-"
+    method = ("lr teacher" if m.lr_teacher is not None else "onnx teacher" if m.onnx_teacher is not None
+              else cfg.distill.method) if cfg.train.stage == "student" else "-"
     return (f"train: stage={cfg.train.stage} method={method} model={m.spec['name']}{' (LR)' if m.spec['lr'] else ''} "
             f"params={sum(p.numel() for p in system.student.parameters()) / 1e6:.2f}M device={dev.device} "
             f"world={dev.world} steps={cfg.optim.steps} batch={cfg.data.batch_size}x{dev.world} "

@@ -383,6 +383,12 @@ def test_onnx_teacher_config_errors(tmp_path):
     res = run_module(["distill.train", "--set", "train.stage=student", "--set", "train.teacher_ckpt=t.pt",
                       "--set", "model.name=cnn-ctc", "--set", "train.qat=true", "--set", "data.synth.n=10"])
     assert res.returncode == 2 and "train.qat: simulated INT8 is implemented for onnx-ctc students" in res.stderr
+    with pytest.raises(ConfigError, match="train.lr_teacher: teaches an onnx-ctc student .* got stage 'baseline'"):
+        load_config(None, ["train.stage=baseline", "train.teacher_ckpt=ppocr", "model.name=onnx-ctc",
+                           "data.synth.n=10", "train.lr_teacher=weights/ppocrv6-student-lr.onnx"])
+    with pytest.raises(ConfigError, match=r"data.train\[0\].unlabeled: pseudo-labels come from the HR teacher"):
+        load_config(None, ["train.stage=student", "train.teacher_ckpt=ppocr", "model.name=onnx-ctc",
+                           "train.lr_teacher=weights/ppocrv6-student-lr.onnx", "data.train=[{path: x, unlabeled: true}]"])
 
 
 def test_photometric_only_augmentation_keeps_characters_in_place():
