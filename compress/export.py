@@ -24,7 +24,7 @@ from runtime.cli import InputError, positive
 from runtime.modelfile import PREFIX, ModelInfo, path_for
 from runtime.preprocess import MEAN, STD
 
-from .calibration import add_calibration_args, add_finetune_args, finetune_options, resolve_calib_path
+from .calibration import add_calibration_args, add_finetune_args, data_paths, finetune_options, resolve_calib_path
 from .fusion import fuse_for_inference
 from .graph_rewrites import scalar_affine_to_conv
 from .parity import ParityError, parity_check, parity_images
@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu flavour: leave HardSwish, GELU, gates and means between INT8 layers as float islands "
                         "(default: off, they run in ONNX Runtime's integer kernels)")
     add_finetune_args(p)
-    p.add_argument("--gate-data", default=None, help="validation data for the accuracy gate (default: --calib's val split)")
+    p.add_argument("--gate-data", default=None,
+                   help="validation data for the accuracy gate (default: the first --calib dataset's val split)")
     p.add_argument("--gate-n", type=int, default=1000, help="validation samples in the accuracy gate")
     p.add_argument("--budget", type=float, default=1.0, help="max accuracy points INT8/FP16 may lose vs FP32")
     return p
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             finetune_tensors(args.int8_finetune_data or args.calib, size, args.int8_finetune_n, args.out,
                              args.calib_conditions, lr)
     try:
-        parity = args.parity_data or (str(resolve_calib_path(args.calib)) if args.calib else None)
+        parity = args.parity_data or (str(resolve_calib_path(data_paths(args.calib)[0])) if args.calib else None)
         path = export_onnx(args.ckpt, args.out, args.opset, not args.no_simplify, parity, args.parity_n, args.atol)
     except ParityError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{n} calibration images)")
         if args.int8_target == "tensorrt":
             print(check_trt_buildable(str(q), require_qdq=True))
-    gate_data = args.gate_data or args.calib
+    gate_data = args.gate_data or (data_paths(args.calib)[0] if args.calib else None)  # one dataset of several
     if gate_data and len(made) > 1:
         rows = [evaluate_onnx(str(m), gate_data, args.gate_n) for m in made]
         print(gate_table(rows))

@@ -280,8 +280,9 @@ def test_tensorrt_real_build_when_available(trained, tmp_path):
 
 def test_export_cli_gate(trained, tmp_path):
     r = subprocess.run([sys.executable, "-m", "compress.export", "--ckpt", str(trained / "s" / "last.pt"), "--out",
-                        str(tmp_path), "--int8", "--fp16", "--calib", str(trained / "synth"), "--calib-n", "32",
-                        "--budget", "100", "--int8-target", "tensorrt"], capture_output=True, text=True, cwd=ROOT)
+                        str(tmp_path), "--int8", "--fp16", "--calib", f"{trained / 'synth'},{trained / 'synth'}",
+                        "--calib-n", "32", "--budget", "100", "--int8-target", "tensorrt"], capture_output=True,
+                       text=True, cwd=ROOT)  # two calibration datasets: the gate and parity read the first
     assert r.returncode == 0, r.stderr
     assert "| artifact | precision |" in r.stdout and "int8" in r.stdout and "TensorRT static check: OK" in r.stdout
     assert (tmp_path / "last.int8-trt.onnx").is_file() and not (tmp_path / "last.int8.onnx").exists()

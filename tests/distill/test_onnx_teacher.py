@@ -388,7 +388,8 @@ def test_onnx_teacher_config_errors(tmp_path):
                            "data.synth.n=10", "train.lr_teacher=weights/ppocrv6-student-lr.onnx"])
     with pytest.raises(ConfigError, match=r"data.train\[0\].unlabeled: pseudo-labels come from the HR teacher"):
         load_config(None, ["train.stage=student", "train.teacher_ckpt=ppocr", "model.name=onnx-ctc",
-                           "train.lr_teacher=weights/ppocrv6-student-lr.onnx", "data.train=[{path: x, unlabeled: true}]"])
+                           "train.lr_teacher=weights/ppocrv6-student-lr.onnx",
+                           "data.train=[{path: x, unlabeled: true}]"])
 
 
 def test_photometric_only_augmentation_keeps_characters_in_place():
