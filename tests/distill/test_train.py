@@ -196,3 +196,18 @@ def test_recipe_stage_files_differ_from_their_base_only_where_they_say(stage, ba
     diff = {f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]} if all(isinstance(v, dict) for v in a.values()) \
         else None
     assert diff and diff <= {"train.stage", "train.out_dir", "train.teacher_ckpt"}, diff
+
+
+def test_a_one_step_warm_up_builds_its_schedule():
+    """5 % of 20 steps is one warm-up step, where OneCycleLR divides by zero: the schedule takes two instead and
+    still rises to optim.lr (at the second step), then decays."""
+    from distill.train import build_optimizer
+
+    cfg = load_config(None, ["optim.steps=20", "optim.warmup_pct=0.05", "optim.lr=0.01", "data.synth.n=10"])
+    _, opt, sched = build_optimizer(cfg, torch.nn.Linear(2, 2))
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step() if len(lrs) < 20 else None
+    assert max(lrs) == pytest.approx(0.01) and lrs.index(max(lrs)) == 1 and lrs[-1] < 1e-4
