@@ -286,9 +286,10 @@ class Config:
             if s.lr_mode not in ("auto", "stored", "degrade"):
                 raise ConfigError(f"data.train[{i}].lr_mode: expected auto, stored or degrade, got {s.lr_mode!r}")
         onnx = is_onnx_teacher(t.teacher_ckpt)
-        if t.lr_teacher and (t.stage != "student" or self.model.name != "onnx-ctc"):
-            raise ConfigError(f"train.lr_teacher: teaches an onnx-ctc student (train.stage student), got stage "
-                              f"{t.stage!r} and model {self.model.name!r}")
+        if t.lr_teacher and (t.stage != "student" or self.model.name != "onnx-ctc" or not onnx):
+            raise ConfigError(f"train.lr_teacher: teaches an onnx-ctc student (train.stage student) whose graph "
+                              f"train.teacher_ckpt names (X.onnx or a model name such as ppocrv6), got stage "
+                              f"{t.stage!r}, model {self.model.name!r} and teacher {t.teacher_ckpt or 'none'!r}")
         for i, s in enumerate(self.data.train):
             if s.unlabeled and t.lr_teacher:
                 raise ConfigError(f"data.train[{i}].unlabeled: pseudo-labels come from the HR teacher's cache, which "

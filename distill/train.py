@@ -47,6 +47,7 @@ from .system import TrainingSystem
 
 if TYPE_CHECKING:
     from .onnx_teacher import OnnxTeacher
+    from runtime.recognizer import Recognizer
 
 __all__ = ["main", "train", "ResumableSampler", "prepare_synth"]
 
@@ -244,7 +245,7 @@ def check_feature_grid(teacher: OnnxTeacher, model: torch.nn.Module) -> None:
                          ", student_overrides)")
 
 
-def open_lr_teacher(cfg: Config, spec: dict, model: torch.nn.Module, master: bool):
+def open_lr_teacher(cfg: Config, spec: dict, model: torch.nn.Module, master: bool) -> "Recognizer":
     """The exported LR recognizer of ``train.lr_teacher`` (ONNX Runtime), checked to read the student's input
     tensor and to give the student's frames over the student's classes."""
     from runtime.backends import open_recognizer

@@ -386,6 +386,9 @@ def test_onnx_teacher_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="train.lr_teacher: teaches an onnx-ctc student .* got stage 'baseline'"):
         load_config(None, ["train.stage=baseline", "train.teacher_ckpt=ppocr", "model.name=onnx-ctc",
                            "data.synth.n=10", "train.lr_teacher=weights/ppocrv6-student-lr.onnx"])
+    with pytest.raises(ConfigError, match="train.lr_teacher: .* and teacher 't.pt'"):  # it would be ignored
+        load_config(None, ["train.stage=student", "train.teacher_ckpt=t.pt", "model.name=onnx-ctc",
+                           "data.synth.n=10", "train.lr_teacher=weights/ppocrv6-student-lr.onnx"])
     with pytest.raises(ConfigError, match=r"data.train\[0\].unlabeled: pseudo-labels come from the HR teacher"):
         load_config(None, ["train.stage=student", "train.teacher_ckpt=ppocr", "model.name=onnx-ctc",
                            "train.lr_teacher=weights/ppocrv6-student-lr.onnx",
