@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.int8_finetune_steps:
             finetune_tensors(args.int8_finetune_data or args.calib, size, args.int8_finetune_n, args.out,
                              args.calib_conditions, lr)
+    first_calib = data_paths(args.calib)[0] if args.calib else None  # parity and the gate read one dataset
     try:
-        parity = args.parity_data or (str(resolve_calib_path(data_paths(args.calib)[0])) if args.calib else None)
+        parity = args.parity_data or (str(resolve_calib_path(first_calib)) if first_calib else None)
         path = export_onnx(args.ckpt, args.out, args.opset, not args.no_simplify, parity, args.parity_n, args.atol)
     except ParityError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{n} calibration images)")
         if args.int8_target == "tensorrt":
             print(check_trt_buildable(str(q), require_qdq=True))
-    gate_data = args.gate_data or (data_paths(args.calib)[0] if args.calib else None)  # one dataset of several
+    gate_data = args.gate_data or first_calib
     if gate_data and len(made) > 1:
         rows = [evaluate_onnx(str(m), gate_data, args.gate_n) for m in made]
         print(gate_table(rows))

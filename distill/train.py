@@ -245,9 +245,9 @@ def check_feature_grid(teacher: OnnxTeacher, model: torch.nn.Module) -> None:
                          ", student_overrides)")
 
 
-def open_lr_teacher(cfg: Config, spec: dict, model: torch.nn.Module, master: bool) -> "Recognizer":
+def open_lr_teacher(cfg: Config, spec: dict, model: torch.nn.Module, frames: int, master: bool) -> "Recognizer":
     """The exported LR recognizer of ``train.lr_teacher`` (ONNX Runtime), checked to read the student's input
-    tensor and to give the student's frames over the student's classes."""
+    tensor and to give the student's ``frames`` over the student's classes."""
     from runtime.backends import open_recognizer
     from runtime.preprocess import MEAN, STD
 
@@ -264,11 +264,7 @@ def open_lr_teacher(cfg: Config, spec: dict, model: torch.nn.Module, master: boo
         if got[key] != want[key]:
             raise ConfigError(f"train.lr_teacher {path}: its {key} is {got[key]!r}, the student's {want[key]!r}; "
                               "the teacher must read the student's own input tensor and classes")
-    x = torch.zeros(1, 3, *model.img_size)
-    with torch.no_grad():
-        frames = model.eval().decode_logits(x).shape[1]
-    model.train()
-    t_frames = rec.run(x.numpy()).shape[1]
+    t_frames = rec.run(np.zeros((1, 3, *model.img_size), np.float32)).shape[1]
     if t_frames != frames:
         raise ConfigError(f"train.lr_teacher {path}: gives {t_frames} frames, the student {frames}")
     if master:
@@ -445,7 +441,7 @@ def build_models(cfg: Config, master: bool) -> Models:
     if is_onnx_teacher(cfg.train.teacher_ckpt):
         spec, model, onnx_teacher = build_onnx_student(cfg, master)
         if cfg.train.lr_teacher:  # it replaces the HR teacher's targets; the HR file still shaped the student
-            return Models(spec, model, lr_teacher=open_lr_teacher(cfg, spec, model, master))
+            return Models(spec, model, lr_teacher=open_lr_teacher(cfg, spec, model, onnx_teacher.frames, master))
         return Models(spec, model, onnx_teacher=onnx_teacher)
     tck = load_checkpoint(cfg.train.teacher_ckpt)
     tspec = tck["model_spec"]

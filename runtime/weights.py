@@ -12,10 +12,10 @@ from pathlib import Path
 
 __all__ = ["DEFAULT_MODELS", "weight_dirs", "find_weight", "default_model", "model_or_default"]
 
-# The default recognizer, most accurate first (weights/MODEL_CARD.md): the PP-OCRv6 student in FP32 (its INT8 file is
-# 2.1x faster on x86 CPUs but reads blurred svt_test words 1.4 points worse), its INT8 flavour, the student of PP-OCRv6
-# tiny's graph (about as fast as the CNN student, 30 points more accurate), the CNN student (the smallest file, the
-# last fallback).
+# The default recognizer, most accurate first (the figures: the README table and weights/MODEL_CARD.md): the PP-OCRv6
+# student in FP32 (its INT8 file is about twice as fast on x86 CPUs but reads blurred words a little worse), its INT8
+# flavour, the student of PP-OCRv6 tiny's graph (about as fast as the CNN student, far more accurate), the CNN student
+# (the smallest file, the last fallback).
 DEFAULT_MODELS = ("ppocrv6-student-lr.onnx", "ppocrv6-student-lr.int8.onnx", "ppocrv6-tiny-student-lr.int8.onnx",
                   "ctc-student-lr.int8.onnx")
 

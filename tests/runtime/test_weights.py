@@ -14,5 +14,5 @@ def test_the_default_falls_back_most_accurate_first(tmp_path, monkeypatch):
         assert weights.default_model() == str(tmp_path / name)
     assert weights.DEFAULT_MODELS[0] == "ppocrv6-student-lr.onnx"
     assert weights.DEFAULT_MODELS.index("ppocrv6-tiny-student-lr.int8.onnx") < \
-        weights.DEFAULT_MODELS.index("ctc-student-lr.int8.onnx")  # 77.3 % on svt_test lr16 before 47.1 %
+        weights.DEFAULT_MODELS.index("ctc-student-lr.int8.onnx")  # the README table: more accurate
     assert weights.model_or_default("mine.onnx") == "mine.onnx"
