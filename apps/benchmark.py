@@ -65,6 +65,7 @@ class Row:
     throughput: float = float("nan")  # images/s at the largest batch
     peak_mem_mb: float = float("nan")
     error: str = ""
+    hits: dict[str, str] = field(default_factory=dict)  # per split / condition: SplitResult.hits, for --against
 
 
 def load_crops(data: str, lr_from_hr: bool, max_samples: int) -> dict[str, tuple[list[np.ndarray], list[str]]]:
@@ -106,7 +107,7 @@ def _run_row(spec: str, data: str, lr_from_hr: bool, max_samples: int, batches: 
             if bar is not None:
                 bar.close()
             results.append(res)
-            row.accuracy[name] = res.accuracy
+            row.accuracy[name], row.hits[name] = res.accuracy, res.hits
         avg = weighted_average(results)
         row.weighted_accuracy, row.ned = avg.accuracy, avg.ned
         # latency on the last split's crops (the hardest condition): batch 1 per image, then the largest batch
@@ -161,6 +162,24 @@ def rows_markdown(rows: list[Row], machine: str) -> str:
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     out += [f"- {r.model}: {r.how}" for r in rows if r.how]
+    return "\n".join(out)
+
+
+def paired_markdown(rows: list[Row], reference: int) -> str:
+    """Each other row against ``rows[reference]`` on the same crops: points of difference, 95 % half-width, and
+    the crops only it reads (+) and only the reference reads (-) (``runtime.metrics.paired_difference``)."""
+    from runtime.metrics import paired_difference
+
+    ref = rows[reference]
+    splits = list(ref.hits)
+    out = [f"Against {ref.model} on the same crops: accuracy points of difference ±95 % interval (crops only the "
+           "row's model reads / only the reference reads)", "",
+           "| model | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+    for i, r in enumerate(rows):
+        if i == reference or r.error:
+            continue
+        out.append("| " + " | ".join([r.model] + [str(paired_difference(ref.hits[s], r.hits[s])) if s in r.hits
+                                                  else "-" for s in splits]) + " |")
     return "\n".join(out)
 
 
@@ -229,12 +248,17 @@ def cmd_run(args) -> int:
             raise InputError(f"--data {path}: no such dataset")
     for opt, path, suf in (("--json", args.json, ()), ("--csv", args.csv, (".csv",)), ("--plot", args.plot, (".png",))):
         check_writable(path, opt, suf)
+    if args.against is not None and args.against not in args.models:
+        raise InputError(f"--against {args.against}: not one of --models")
     rows = [_row_subprocess(m, args) for m in args.models]
     for r, spec, name in zip(rows, args.models, distinct_names(args.models)):
         if r.model == Path(spec).name:  # a file's row; peers (ppocr, tesseract) keep their own names
             r.model = name
     machine = machine_name()
     print(rows_markdown(rows, machine))
+    if args.against is not None and not rows[args.models.index(args.against)].error:
+        print()
+        print(paired_markdown(rows, args.models.index(args.against)))
     if args.json:
         write_json_atomic({"machine": machine, "data": args.data, "lr_from_hr": args.lr_from_hr,
                            "rows": [asdict(r) for r in rows]}, args.json)
@@ -643,6 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--csv", default=None, help="write rows as CSV here; unset: not written")
     r.add_argument("--plot", default=None, help="write an accuracy-vs-latency PNG here; unset: not written")
     r.add_argument("--min-acc", type=float, default=None, help="exit 3 when a row's average is below; unset: no gate")
+    r.add_argument("--against", default=None, metavar="MODEL",
+                   help="one of --models: also print every other model's difference from it on the same crops, "
+                        "with its 95 %% interval and the crops each reads that the other misses; unset: not printed")
     r.add_argument("--quiet", action="store_true",
                    help="no progress bars (default: a bar per model x input set when stderr is a terminal)")
 

@@ -25,7 +25,7 @@ def test_run_table_json_csv_plot_and_gate(tmp_path):
         models += ["ppocr", "ppocr@32x128", "ppocr@32"]
     cmd = [sys.executable, "-m", "apps.benchmark", "run", "--models", *models, "--data", str(data), "--lr-from-hr",
            "--max-samples", "24", "--batch", "1,8", "--runs", "5", "--json", str(tmp_path / "b.json"),
-           "--csv", str(tmp_path / "b.csv"), "--plot", str(tmp_path / "b.png")]
+           "--csv", str(tmp_path / "b.csv"), "--plot", str(tmp_path / "b.png"), "--against", models[0]]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     # the table and its files are written, and the failed rows make the run fail, named
     assert r.returncode == 1 and "rows failed: broken.onnx:" in r.stderr, r.stderr
@@ -39,6 +39,17 @@ def test_run_table_json_csv_plot_and_gate(tmp_path):
         assert row["p95_ms"] >= row["p50_ms"] and row["throughput"] > 0 and row["peak_mem_mb"] > 10
     assert rows["ctc-student-lr.int8.onnx"]["precision"] == "int8" and rows["ctc-student-lr.pt"]["format"] == "PyTorch"
     assert rows["broken.onnx"]["error"]  # a model that fails is a row, not a crash
+    # --against: the INT8 file against the checkpoint, crop by crop, agreeing with the two rows' own accuracies
+    ref, q = rows["ctc-student-lr.pt"], rows["ctc-student-lr.int8.onnx"]
+    paired = r.stdout.split("Against ctc-student-lr.pt on the same crops")[1]
+    for split in ("svt_test hr", "svt_test lr16", "svt_test lr16blur"):
+        a, b = ref["hits"][split], q["hits"][split]
+        assert len(a) == len(b) == 24 and 100 * a.count("1") / 24 == pytest.approx(ref["accuracy"][split])
+        gained = sum(x == "0" and y == "1" for x, y in zip(a, b))
+        lost = sum(x == "1" and y == "0" for x, y in zip(a, b))
+        assert f"(+{gained}/-{lost})" in paired
+        assert f"{q['accuracy'][split] - ref['accuracy'][split]:+.2f} ±" in paired
+    assert "| broken.onnx |" not in paired
     if "ppocr" in models:
         peer = rows["PP-OCRv4 mobile rec (rapidocr_onnxruntime)"]
         assert peer["accuracy"]["svt_test hr"] > 50, peer  # the strong peer really reads
@@ -52,6 +63,8 @@ def test_run_table_json_csv_plot_and_gate(tmp_path):
     good = [m for m in models if m not in (str(tmp_path / "broken.onnx"), "ppocr@32", "ppocr", "ppocr@32x128")]
     gate = [sys.executable, "-m", "apps.benchmark", "run", "--models", *good, "--data", str(data), "--max-samples",
             "16", "--batch", "1,8", "--runs", "3"]
+    r = subprocess.run(gate + ["--against", "other.onnx"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --against other.onnx: not one of --models", r.stderr
     r = subprocess.run(gate + ["--min-acc", "101"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 3 and "below --min-acc" in r.stderr, r.stderr
     r = subprocess.run(gate + ["--min-acc", "1"], capture_output=True, text=True, cwd=ROOT, timeout=600)
