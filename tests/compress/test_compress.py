@@ -688,6 +688,15 @@ def test_int8_finetune_through_the_files_own_points_reads_closer_to_fp32(tmp_pat
     q = quantize_int8(str(src), str(tmp_path / "ft.onnx"), x[:64], finetune_steps=5, finetune_x=x)
     meta = {p.key: p.value for p in onnx.load(str(q)).metadata_props}
     assert meta["tinytext.int8_finetune"].startswith("5 steps at lr 1e-05 on 256 inputs, simulated frame KL to FP32 ")
+    # --int8-finetune-seed: the same run with another batch order ends on other int8 weights, and says so
+    runs = [quantize_int8(str(src), str(tmp_path / f"seed{k}.onnx"), x[:64], finetune_steps=5, finetune_x=x,
+                          finetune_lr=3e-4, finetune_seed=k) for k in (0, 0, 1)]
+    w = [{t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(r)).graph.initializer} for r in runs]
+    codes = [k for k, v in w[0].items() if v.dtype == np.int8]
+    assert all(np.array_equal(w[0][k], w[1][k]) for k in codes)  # a seed repeats exactly
+    assert not all(np.array_equal(w[0][k], w[2][k]) for k in codes)
+    meta = [{p.key: p.value for p in onnx.load(str(r)).metadata_props}["tinytext.int8_finetune"] for r in runs]
+    assert "seed" not in meta[0] and meta[2].startswith("5 steps at lr 0.0003 on 256 inputs, seed 1, simulated")
 
 
 def test_int8_finetune_with_ctc_learns_labels_the_float_model_does_not_read(tmp_path):
