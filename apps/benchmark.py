@@ -256,9 +256,10 @@ def cmd_run(args) -> int:
             r.model = name
     machine = machine_name()
     print(rows_markdown(rows, machine))
-    if args.against is not None and not rows[args.models.index(args.against)].error:
+    ref = None if args.against is None else args.models.index(args.against)
+    if ref is not None and not rows[ref].error:
         print()
-        print(paired_markdown(rows, args.models.index(args.against)))
+        print(paired_markdown(rows, ref))
     if args.json:
         write_json_atomic({"machine": machine, "data": args.data, "lr_from_hr": args.lr_from_hr,
                            "rows": [asdict(r) for r in rows]}, args.json)

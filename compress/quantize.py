@@ -256,11 +256,11 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     ``finetune_steps``: then fine-tune the weights through the file's own quantization points on ``finetune_x``
     (default ``calib``), distilled from the float model (``qdq_finetune``); 0: off. ``finetune_ctc`` > 0: CTC on
     ``finetune_targets`` (class indices per ``finetune_x`` input, ``ctc_targets``) weighs in too; ``finetune_lr``:
-    the peak rate; ``finetune_seed``: the batch order. ``float_nodes``: these nodes (by name) stay float too, the islands a sensitivity scan chose
-    (``compress.sensitivity``). ``only_nodes``:
-    quantize these nodes alone (the scan's one-layer files). ``ranges_cache``: a JSON file of calibrated ranges,
-    written by the first call and read by later ones on the same model, data and calibrator instead of
-    calibrating again (ONNX Runtime's ``calibration_cache_path``); the caller keys its name by all three."""
+    the peak rate; ``finetune_seed``: the batch order. ``float_nodes``: these nodes (by name) stay float too, the
+    islands a sensitivity scan chose (``compress.sensitivity``). ``only_nodes``: quantize these nodes alone (the
+    scan's one-layer files). ``ranges_cache``: a JSON file of calibrated ranges, written by the first call and read
+    by later ones on the same model, data and calibrator instead of calibrating again (ONNX Runtime's
+    ``calibration_cache_path``); the caller keys its name by all three."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -329,8 +329,9 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     if finetuned:
         ctc = f" with CTC on their labels at weight {finetune_ctc:g}" if finetune_ctc else ""
         seed = f", seed {finetune_seed}" if finetune_seed else ""
-        meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps at lr {finetune_lr:g} on {len(ft_x)} inputs{ctc}{seed}, "
-                                          f"simulated frame KL to FP32 {finetuned[0]:.4f} -> {finetuned[1]:.4f}")
+        meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps at lr {finetune_lr:g} on {len(ft_x)} inputs"
+                                          f"{ctc}{seed}, simulated frame KL to FP32 "
+                                          f"{finetuned[0]:.4f} -> {finetuned[1]:.4f}")
     if n_gelu:
         meta[PREFIX + "int8_fused_gelu"] = str(n_gelu)
     if any(n_int.values()):

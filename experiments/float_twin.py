@@ -29,31 +29,25 @@ def float_twin(fp32_path: str, int8_path: str):
     from onnx import numpy_helper
 
     from compress.quantize import prepare_for_quantization
-    from runtime.onnxfile import graph_links
+    from distill.models.fake_quant import int8_weights
 
     with tempfile.TemporaryDirectory() as td:
         _, twin = prepare_for_quantization(fp32_path, td, "cpu")
     q = onnx.load(int8_path)
     qi = {t.name: t for t in q.graph.initializer}
     ti = {t.name: t for t in twin.graph.initializer}
-    producer, _ = graph_links(q.graph)
-    floats = {n.name: n for n in twin.graph.node if n.name}
     n_int8 = 0
-    for node in q.graph.node:
-        same = floats.get(node.name)
-        for k, x in enumerate(node.input if same is not None else ()):
-            dq = producer.get(x)
-            if (dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in qi
-                    or qi[dq.input[0]].data_type != onnx.TensorProto.INT8 or same.input[k] not in ti):
-                continue
-            w = numpy_helper.to_array(qi[dq.input[0]]).astype(np.float32)
-            s = numpy_helper.to_array(qi[dq.input[1]]).astype(np.float32)
-            if s.ndim:  # per channel along the node's axis
-                shape = [1] * w.ndim
-                shape[next((a.i for a in dq.attribute if a.name == "axis"), 1) % w.ndim] = -1
-                s = s.reshape(shape)
-            ti[same.input[k]].CopyFrom(numpy_helper.from_array(w * s, same.input[k]))
-            n_int8 += 1
+    for name, (q_name, s_name, axis) in int8_weights(q, twin).items():
+        if name not in ti:
+            continue
+        w = numpy_helper.to_array(qi[q_name]).astype(np.float32)
+        s = numpy_helper.to_array(qi[s_name]).astype(np.float32)
+        if s.ndim:  # per channel along the node's axis
+            shape = [1] * w.ndim
+            shape[axis % w.ndim] = -1
+            s = s.reshape(shape)
+        ti[name].CopyFrom(numpy_helper.from_array(w * s, name))
+        n_int8 += 1
     if not n_int8:
         raise InputError(f"{int8_path}: no int8 weight of {fp32_path}'s nodes (not an INT8 file made from it)")
     n_float = 0

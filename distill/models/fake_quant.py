@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["FakeQuant", "QdqPoints", "fake_quant_weight", "weight_scale"]
+__all__ = ["FakeQuant", "QdqPoints", "fake_quant_weight", "int8_weights", "weight_scale"]
 
 
 def weight_scale(w: Tensor, axis: int = 0) -> Tensor:
@@ -33,6 +33,26 @@ def fake_quant_weight(w: Tensor, axis: int = 0) -> Tensor:
     scale = weight_scale(w, axis)
     zero = torch.zeros_like(scale, dtype=torch.int32)
     return torch.fake_quantize_per_channel_affine(w, scale, zero, axis % w.dim(), -127, 127)
+
+
+def int8_weights(qdq, float_model) -> dict[str, tuple[str, str, int]]:
+    """Every weight the Q/DQ model ``qdq`` stores as int8, by the tensor name ``float_model`` (the graph it was
+    quantized from; nodes pair by name) gives it: (int8 initializer, scale initializer, channel axis) in ``qdq``."""
+    from runtime.onnxfile import graph_links
+
+    init = {t.name: t for t in qdq.graph.initializer}
+    producer, _ = graph_links(qdq.graph)
+    floats = {n.name: n for n in float_model.graph.node if n.name}
+    found: dict[str, tuple[str, str, int]] = {}
+    for n in qdq.graph.node:
+        twin = floats.get(n.name)
+        for k, x in enumerate(n.input):
+            dq = producer.get(x)
+            if (twin is None or dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in init
+                    or init[dq.input[0]].data_type != 3):  # 3: int8, the quantizer's weights
+                continue
+            found[twin.input[k]] = (dq.input[0], dq.input[1], next((a.i for a in dq.attribute if a.name == "axis"), 1))
+    return found
 
 
 class FakeQuant:
@@ -123,10 +143,7 @@ class QdqPoints:
         for ``float_model``, the graph it was quantized from (same node and tensor names); ``gates`` as above."""
         from onnx import numpy_helper
 
-        from runtime.onnxfile import graph_links
-
         init = {t.name: t for t in qdq.graph.initializer}
-        producer, _ = graph_links(qdq.graph)
         computed = {o for n in float_model.graph.node for o in n.output} | {i.name for i in float_model.graph.input}
         acts: dict[str, tuple[float, int, int, int]] = {}
         for n in qdq.graph.node:
@@ -137,18 +154,9 @@ class QdqPoints:
             zp = numpy_helper.to_array(init[n.input[2]])
             lo, hi = (0, 255) if zp.dtype == np.uint8 else (-128, 127)
             acts[n.input[0]] = (float(numpy_helper.to_array(init[n.input[1]])), int(zp), lo, hi)
-        floats = {n.name: n for n in float_model.graph.node if n.name}
-        weights: dict[str, int] = {}
-        stored: dict[str, tuple[str, str]] = {}
-        for n in qdq.graph.node:
-            twin = floats.get(n.name)
-            for k, x in enumerate(n.input):
-                dq = producer.get(x)
-                if (twin is None or dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in init
-                        or init[dq.input[0]].data_type != 3):  # 3: int8, the quantizer's weights
-                    continue
-                weights[twin.input[k]] = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-                stored[twin.input[k]] = (dq.input[0], dq.input[1])
+        found = int8_weights(qdq, float_model)
+        weights = {name: axis for name, (_, _, axis) in found.items()}
+        stored = {name: (q, scale) for name, (q, scale, _) in found.items()}
         return cls(acts, weights, gates, {i.name for i in float_model.graph.input} & set(acts), stored)
 
     def activation(self, name: str, x: Tensor, training: bool) -> Tensor:
