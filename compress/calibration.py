@@ -204,6 +204,9 @@ def add_finetune_args(p) -> None:
     p.add_argument("--int8-finetune-seed", type=int, default=0, metavar="N",
                    help="INT8 fine-tuning: seed of the batch order; two seeds measure how much the fine-tuning "
                         "itself moves accuracy (default: 0)")
+    p.add_argument("--int8-finetune-scale-lr", type=float, default=0.0, metavar="LR",
+                   help="INT8 fine-tuning: the activation scales learn too (learned step sizes), at this peak rate "
+                        "on their logarithms, cosine to zero (0: the calibrated scales stay; default: 0)")
 
 
 def finetune_options(args) -> dict:
@@ -214,9 +217,11 @@ def finetune_options(args) -> dict:
     positive("--int8-finetune-n", args.int8_finetune_n)
     non_negative("--int8-finetune-ctc", args.int8_finetune_ctc)
     positive("--int8-finetune-lr", args.int8_finetune_lr)
+    non_negative("--int8-finetune-scale-lr", args.int8_finetune_scale_lr)
     return {"finetune_steps": args.int8_finetune_steps, "finetune_n": args.int8_finetune_n,
             "finetune_data": args.int8_finetune_data, "finetune_ctc": args.int8_finetune_ctc,
-            "finetune_lr": args.int8_finetune_lr, "finetune_seed": args.int8_finetune_seed}
+            "finetune_lr": args.int8_finetune_lr, "finetune_seed": args.int8_finetune_seed,
+            "finetune_scale_lr": args.int8_finetune_scale_lr}
 
 
 def add_calibration_args(p, calib_help: str) -> None:

@@ -7,7 +7,8 @@ Q/DQ model's points with exactly its scales (``distill.models.fake_quant.QdqPoin
 per channel), trains the weights so that its frame distributions match the float model's on unlabeled LR inputs
 (KL divergence, straight-through rounding), and writes them back: float tensors by name, int8 weights re-rounded
 with their per-channel scales recomputed as the quantizer computes them. The activation scales stay the calibrated
-ones, so the file keeps the structure ONNX Runtime fuses into integer kernels."""
+ones unless ``scale_lr`` lets them learn too (learned step sizes); either way the file keeps the structure ONNX
+Runtime fuses into integer kernels, since only the values of its scale initializers change."""
 from __future__ import annotations
 
 import math
@@ -59,17 +60,22 @@ def _write_back(net, points, qdq) -> None:
             init[s_name].CopyFrom(numpy_helper.from_array(scale.numpy(), s_name))
         elif name in init and tuple(init[name].dims) == tuple(w.shape):
             init[name].CopyFrom(numpy_helper.from_array(w.numpy(), name))
+    for name, value in points.learned_scales().items():
+        init[name].CopyFrom(numpy_helper.from_array(np.array(value, np.float32).reshape(tuple(init[name].dims)), name))
 
 
 def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, batch: int = 32, seed: int = 0,
                  progress: bool = True, gates: dict[str, tuple[str, float, int]] | None = None,
-                 targets: Sequence[Sequence[int]] | None = None, ctc_weight: float = 0.0) -> tuple[float, float]:
+                 targets: Sequence[Sequence[int]] | None = None, ctc_weight: float = 0.0,
+                 scale_lr: float = 0.0) -> tuple[float, float]:
     """Fine-tune ``qdq`` (an ``onnx.ModelProto``, edited in place) on the LR inputs ``x`` (N, 3, H, W) to read like
     ``float_model`` (the graph it was quantized from, same names). ``gates``: the integer GELU gates the file will
     get (``graph_rewrites.fitted_gelu_gates``), simulated instead of exact GELU. ``ctc_weight`` > 0: CTC on
     ``targets`` (class indices per input, blank 0) is added to the KL, so the file also learns the labels where the
-    float model misreads (on the PP-OCRv6 student KL alone left most of the INT8 loss: docs/compression.md). Returns
-    the simulated frame KL to the float model on the first 256 inputs before and after."""
+    float model misreads (on the PP-OCRv6 student KL alone left most of the INT8 loss: docs/compression.md).
+    ``scale_lr`` > 0: the activation scales learn too, at that peak rate on their logarithms
+    (``QdqPoints.learn_scales``); 0 keeps the calibrated ones. Returns the simulated frame KL to the float model on
+    the first 256 inputs before and after."""
     import torch
     from tqdm import tqdm
 
@@ -96,7 +102,10 @@ def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, 
 
     before = simulated_kl()
     net.train()
-    opt = torch.optim.AdamW(list(net.params.values()), lr=lr, weight_decay=0.0)
+    groups = [{"params": list(net.params.values()), "lr": lr, "peak": lr}]
+    if scale_lr > 0:
+        groups.append({"params": points.learn_scales(), "lr": scale_lr, "peak": scale_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     for step in tqdm(range(steps), desc="int8 fine-tune", disable=not progress):
         idx = torch.randint(0, len(xs), (batch,), generator=gen)
@@ -113,7 +122,7 @@ def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, 
         loss.backward()
         opt.step()
         for g in opt.param_groups:  # cosine to zero: the last steps settle on the rounding grid
-            g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * (step + 1) / steps))
+            g["lr"] = g["peak"] * 0.5 * (1.0 + math.cos(math.pi * (step + 1) / steps))
     after = simulated_kl()
     _write_back(net, points, qdq)
     return before, after

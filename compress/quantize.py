@@ -248,7 +248,7 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
                   finetune_x: np.ndarray | None = None, float_nodes: Sequence[str] = (),
                   only_nodes: Sequence[str] | None = None, ranges_cache: str | os.PathLike | None = None,
                   finetune_targets: Sequence[Sequence[int]] | None = None, finetune_ctc: float = 0.0,
-                  finetune_lr: float = 1e-5, finetune_seed: int = 0) -> Path:
+                  finetune_lr: float = 1e-5, finetune_seed: int = 0, finetune_scale_lr: float = 0.0) -> Path:
     """``integer_activations`` (cpu target): HardSwish, GELU, squeeze-excitation gates and means between INT8 layers
     run in ONNX Runtime's integer kernels instead of float islands (``graph_rewrites.qdq_integer_activations``).
     ``float_convs``: the first that many convolutions and everything before the next one stay float
@@ -256,7 +256,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     ``finetune_steps``: then fine-tune the weights through the file's own quantization points on ``finetune_x``
     (default ``calib``), distilled from the float model (``qdq_finetune``); 0: off. ``finetune_ctc`` > 0: CTC on
     ``finetune_targets`` (class indices per ``finetune_x`` input, ``ctc_targets``) weighs in too; ``finetune_lr``:
-    the peak rate; ``finetune_seed``: the batch order. ``float_nodes``: these nodes (by name) stay float too, the
+    the peak rate; ``finetune_seed``: the batch order; ``finetune_scale_lr`` > 0: the activation scales learn too,
+    at that peak rate (``qdq_finetune``). ``float_nodes``: these nodes (by name) stay float too, the
     islands a sensitivity scan chose (``compress.sensitivity``). ``only_nodes``: quantize these nodes alone (the
     scan's one-layer files). ``ranges_cache``: a JSON file of calibrated ranges, written by the first call and read
     by later ones on the same model, data and calibrator instead of calibrating again (ONNX Runtime's
@@ -311,7 +312,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
             from .qdq_finetune import finetune_qdq
 
             finetuned = finetune_qdq(m, q, ft_x, finetune_steps, lr=finetune_lr, gates=fitted_gelu_gates(q, hist),
-                                     targets=finetune_targets, ctc_weight=finetune_ctc, seed=finetune_seed)
+                                     targets=finetune_targets, ctc_weight=finetune_ctc, seed=finetune_seed,
+                                     scale_lr=finetune_scale_lr)
             if integer:  # the weights moved: the gates are fitted to the codes the fine-tuned file gives
                 hist = _code_histograms(q, list(hist), calib[:GELU_FIT_IMAGES], batch)
     n_int = qdq_integer_activations(q, hist) if integer else {}
@@ -329,8 +331,9 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     if finetuned:
         ctc = f" with CTC on their labels at weight {finetune_ctc:g}" if finetune_ctc else ""
         seed = f", seed {finetune_seed}" if finetune_seed else ""
+        scales = f", activation scales learned at lr {finetune_scale_lr:g}" if finetune_scale_lr else ""
         meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps at lr {finetune_lr:g} on {len(ft_x)} inputs"
-                                          f"{ctc}{seed}, simulated frame KL to FP32 "
+                                          f"{ctc}{seed}{scales}, simulated frame KL to FP32 "
                                           f"{finetuned[0]:.4f} -> {finetuned[1]:.4f}")
     if n_gelu:
         meta[PREFIX + "int8_fused_gelu"] = str(n_gelu)
@@ -351,7 +354,7 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
                        float_convs: int = 0, conditions: Sequence[str] | None = None, finetune_steps: int = 0,
                        finetune_n: int = 2048, float_nodes: Sequence[str] = (), finetune_data: str | None = None,
                        finetune_ctc: float = 0.0, finetune_lr: float = 1e-5,
-                       finetune_seed: int = 0) -> tuple[Path, int]:
+                       finetune_seed: int = 0, finetune_scale_lr: float = 0.0) -> tuple[Path, int]:
     """Calibrate on ``calib`` with the model's own input size (from its metadata), then quantize.
     ``conditions``: the LR conditions HR crops go through (default ``calibration.CALIB_CONDITIONS``).
     ``finetune_steps``: fine-tune through the quantization points on up to ``finetune_n`` inputs made from
@@ -373,7 +376,8 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
                          integer_activations=integer_activations, float_convs=float_convs,
                          calib_conditions=conds if info.lr else (), finetune_steps=finetune_steps,
                          finetune_x=ft, float_nodes=float_nodes, finetune_targets=targets,
-                         finetune_ctc=finetune_ctc, finetune_lr=finetune_lr, finetune_seed=finetune_seed), len(x)
+                         finetune_ctc=finetune_ctc, finetune_lr=finetune_lr, finetune_seed=finetune_seed,
+                         finetune_scale_lr=finetune_scale_lr), len(x)
 
 
 def ctc_targets(fp32_path: str, labels: Sequence[str] | None, n: int) -> list[list[int]]:

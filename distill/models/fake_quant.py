@@ -119,13 +119,18 @@ class QdqPoints:
     Every tensor the Q/DQ model quantizes, at its own fixed scale and zero point (``activations``: name -> (scale,
     zero point, qmin, qmax)), and every weight it stores as int8 (``weights``: name -> channel axis), by the float
     model's tensor names: the simulation rounds exactly where ONNX Runtime's integer kernels will, including the
-    layer norms, attention and GELU inputs that ``FakeQuant``'s convolution-only points leave out."""
+    layer norms, attention and GELU inputs that ``FakeQuant``'s convolution-only points leave out.
+
+    ``scale_names``: tensor -> the Q/DQ model's scale initializer for it. ``learn_scales`` then makes those scales
+    trainable (``log_scales``), and ``learned_scales`` gives their values to write back."""
 
     def __init__(self, activations: dict[str, tuple[float, int, int, int]], weights: dict[str, int],
                  gates: dict[str, tuple[str, float, int]] | None = None, graph_inputs: set[str] = frozenset(),
-                 stored: dict[str, tuple[str, str]] | None = None) -> None:
+                 stored: dict[str, tuple[str, str]] | None = None, scale_names: dict[str, str] | None = None) -> None:
         self.activations, self.weights = dict(activations), dict(weights)
         self.points = set(self.activations)
+        self.scale_names = dict(scale_names or {})
+        self.log_scales: dict[str, Tensor] = {}  # scale initializer -> log of its factor on the calibrated scale
         # GELU output -> (its input, a, k): the integer gate x * sigmoid(a (x + k s_x)) that replaces exact GELU in
         # the cpu flavour (compress.graph_rewrites.fitted_gelu_gates), simulated in place of the float chain
         self.gates = dict(gates or {})
@@ -146,6 +151,7 @@ class QdqPoints:
         init = {t.name: t for t in qdq.graph.initializer}
         computed = {o for n in float_model.graph.node for o in n.output} | {i.name for i in float_model.graph.input}
         acts: dict[str, tuple[float, int, int, int]] = {}
+        names: dict[str, str] = {}
         for n in qdq.graph.node:
             if n.op_type != "QuantizeLinear" or n.input[0] in init:
                 continue
@@ -154,10 +160,29 @@ class QdqPoints:
             zp = numpy_helper.to_array(init[n.input[2]])
             lo, hi = (0, 255) if zp.dtype == np.uint8 else (-128, 127)
             acts[n.input[0]] = (float(numpy_helper.to_array(init[n.input[1]])), int(zp), lo, hi)
+            names[n.input[0]] = n.input[1]
         found = int8_weights(qdq, float_model)
         weights = {name: axis for name, (_, _, axis) in found.items()}
         stored = {name: (q, scale) for name, (q, scale, _) in found.items()}
-        return cls(acts, weights, gates, {i.name for i in float_model.graph.input} & set(acts), stored)
+        return cls(acts, weights, gates, {i.name for i in float_model.graph.input} & set(acts), stored, names)
+
+    def learn_scales(self) -> list[Tensor]:
+        """Make the activation scales trainable, as learned step sizes (LSQ, Esser et al. 2020): the calibrator picks
+        each range from statistics alone, while a tensor's best trade between clipping and rounding depends on what
+        the network does with it. One factor per scale initializer (tensors that share one keep sharing it), learned
+        in log space so one rate suits scales of any size; zero points stay. The GELU gates' tensors keep their
+        calibrated scales: each gate is fitted to them. Returns the new parameters."""
+        fixed = {self.scale_names.get(n) for y, (x, _, _) in self.gates.items() for n in (y, x)}
+        for name in sorted(set(self.scale_names.values()) - fixed):
+            self.log_scales[name] = torch.zeros(1, requires_grad=True)
+        return list(self.log_scales.values())
+
+    def learned_scales(self) -> dict[str, float]:
+        """Scale initializer -> its learned value (only those ``learn_scales`` made trainable)."""
+        first = {}
+        for tensor, init_name in self.scale_names.items():
+            first.setdefault(init_name, self.activations[tensor][0])
+        return {k: first[k] * float(torch.exp(v.detach()).item()) for k, v in self.log_scales.items()}
 
     def activation(self, name: str, x: Tensor, training: bool) -> Tensor:
         p = self.activations.get(name)
@@ -169,7 +194,14 @@ class QdqPoints:
             xq = self._seen.pop(src)
             g = torch.sigmoid(a * (xq + k * self.activations[src][0]))
             x = xq * torch.fake_quantize_per_tensor_affine(g, 1 / 255, 0, 0, 255)  # QLinearSigmoid's uint8 output
-        y = torch.fake_quantize_per_tensor_affine(x.float(), p[0], p[1], p[2], p[3]).to(x.dtype)
+        theta = self.log_scales.get(self.scale_names.get(name, ""))
+        if theta is None:
+            y = torch.fake_quantize_per_tensor_affine(x.float(), p[0], p[1], p[2], p[3])
+        else:  # straight-through for x inside the range; the scale learns from rounding and clipping alike
+            zero = torch.full((1,), float(p[1]), device=x.device)
+            y = torch._fake_quantize_learnable_per_tensor_affine(x.float(), p[0] * torch.exp(theta), zero, p[2], p[3],
+                                                                 1.0)
+        y = y.to(x.dtype)
         if name in self._gate_inputs:
             self._seen[name] = y
         return y

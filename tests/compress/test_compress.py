@@ -745,6 +745,67 @@ def test_int8_finetune_with_ctc_learns_labels_the_float_model_does_not_read(tmp_
         "2 steps at lr 1e-05 on 128 inputs with CTC on their labels at weight 0.5,")
 
 
+def test_int8_finetune_learns_activation_scales_except_the_gelu_gates(tmp_path):
+    """``--int8-finetune-scale-lr``: the activation scales train beside the weights (learned step sizes) and are
+    written back, so the file reads as its simulation did (with the calibrated scales put back it reads otherwise);
+    the tensors of a fitted integer GELU gate keep their calibrated scales; the metadata says so; a negative rate is
+    refused by option name."""
+    import argparse
+
+    from compress.calibration import add_finetune_args, finetune_options
+    from compress.graph_rewrites import fitted_gelu_gates, gelu_inputs
+    from compress.qdq_finetune import finetune_qdq, frame_kl
+    from compress.quantize import _code_histograms, quantize_int8
+    from runtime.cli import InputError
+
+    def scales(model) -> dict[str, float]:
+        init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        return {n.input[0]: float(init[n.input[1]]) for n in model.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[0] not in init}
+
+    def logp(model, x):
+        return np.log(np.clip(_ort_output(model, x, True), 1e-9, 1))
+
+    src = _deep_ctc_onnx(tmp_path / "deep.onnx")
+    fp = onnx.load(str(src))
+    x = np.random.default_rng(2).normal(0, 1, (256, 3, 16, 64)).astype(np.float32)
+    base = quantize_int8(str(src), str(tmp_path / "base.onnx"), x[:64])
+    q = onnx.load(str(base))
+    _, after = finetune_qdq(fp, q, x, steps=60, lr=3e-4, progress=False, scale_lr=3e-2)
+    s0, s1 = scales(onnx.load(str(base))), scales(q)
+    assert set(s0) == set(s1) and all(abs(s1[k] / s0[k] - 1) > 0.01 for k in s0), (s0, s1)
+    ref = logp(fp, x)
+    stale = onnx.load(str(base))  # the fine-tuned weights under the calibrated scales
+    init = {t.name: t for t in stale.graph.initializer}
+    for t in q.graph.initializer:
+        if not t.name.endswith("_scale") or t.name[:-6] not in s0:
+            init[t.name].CopyFrom(t)
+    kl_file, kl_stale = frame_kl(ref, logp(q, x)), frame_kl(ref, logp(stale, x))
+    assert abs(kl_file - after) < 0.2 * after and abs(kl_stale - after) > 2 * abs(kl_file - after), \
+        (after, kl_file, kl_stale)
+
+    gsrc = _deep_ctc_onnx(tmp_path / "gelu.onnx", gelu=True)
+    gfp = onnx.load(str(gsrc))
+    island = quantize_int8(str(gsrc), str(tmp_path / "island.onnx"), x[:64], integer_activations=False)
+    qg = onnx.load(str(island))
+    gates = fitted_gelu_gates(qg, _code_histograms(qg, gelu_inputs(qg), x[:64], 16))
+    finetune_qdq(gfp, qg, x, steps=20, lr=3e-4, progress=False, gates=gates, scale_lr=3e-2)
+    g0, g1 = scales(onnx.load(str(island))), scales(qg)
+    tied = {t for y, (src_, _, _) in gates.items() for t in (y, src_)}
+    assert tied == {"c1", "r1", "c2", "r2"} and all(g1[k] == g0[k] for k in tied)
+    assert all(g1[k] != g0[k] for k in set(g0) - tied)
+
+    f = quantize_int8(str(src), str(tmp_path / "ft.onnx"), x[:64], finetune_steps=2, finetune_x=x,
+                      finetune_scale_lr=1e-3)
+    meta = {p.key: p.value for p in onnx.load(str(f)).metadata_props}["tinytext.int8_finetune"]
+    assert meta.startswith("2 steps at lr 1e-05 on 256 inputs, activation scales learned at lr 0.001, simulated")
+    parser = argparse.ArgumentParser()
+    add_finetune_args(parser)
+    assert finetune_options(parser.parse_args([]))["finetune_scale_lr"] == 0.0
+    with pytest.raises(InputError, match="--int8-finetune-scale-lr: must be >= 0"):
+        finetune_options(parser.parse_args(["--int8-finetune-scale-lr", "-1"]))
+
+
 def test_qdq_points_simulate_the_fitted_integer_gelu_gates(tmp_path):
     """With the gates ``fitted_gelu_gates`` reads off the file before the rewrite, the simulation of a GELU network
     gives what the rewritten cpu-flavour file gives in ONNX Runtime's reference Q/DQ kernels, closer than exact GELU
