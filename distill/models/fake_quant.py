@@ -130,7 +130,10 @@ class QdqPoints:
         self.activations, self.weights = dict(activations), dict(weights)
         self.points = set(self.activations)
         self.scale_names = dict(scale_names or {})
-        self.log_scales: dict[str, Tensor] = {}  # scale initializer -> log of its factor on the calibrated scale
+        # learn_scales: a group of equal scale initializers -> log of its factor on the calibrated scale
+        self.log_scales: dict[str, Tensor] = {}
+        self._scale_key: dict[str, str] = {}  # scale initializer -> its group
+        self._tied: dict[tuple[float, int], str] = {}  # (calibrated scale, zero point) -> group
         # GELU output -> (its input, a, k): the integer gate x * sigmoid(a (x + k s_x)) that replaces exact GELU in
         # the cpu flavour (compress.graph_rewrites.fitted_gelu_gates), simulated in place of the float chain
         self.gates = dict(gates or {})
@@ -169,20 +172,29 @@ class QdqPoints:
     def learn_scales(self) -> list[Tensor]:
         """Make the activation scales trainable, as learned step sizes (LSQ, Esser et al. 2020): the calibrator picks
         each range from statistics alone, while a tensor's best trade between clipping and rounding depends on what
-        the network does with it. One factor per scale initializer (tensors that share one keep sharing it), learned
-        in log space so one rate suits scales of any size; zero points stay. The GELU gates' tensors keep their
+        the network does with it. Learned in log space, so one rate suits scales of any size; zero points stay.
+        Scales the quantizer made equal (a Transpose or Reshape between two points) learn as one: ONNX Runtime
+        drops the Q/DQ pair around such an op only while they are equal. The GELU gates' tensors keep their
         calibrated scales: each gate is fitted to them. Returns the new parameters."""
         fixed = {self.scale_names.get(n) for y, (x, _, _) in self.gates.items() for n in (y, x)}
-        for name in sorted(set(self.scale_names.values()) - fixed):
-            self.log_scales[name] = torch.zeros(1, requires_grad=True)
+        for tensor, init_name in sorted(self.scale_names.items()):
+            if init_name in fixed:
+                continue
+            scale, zero = self.activations[tensor][:2]
+            key = self._tied.setdefault((scale, zero), init_name)  # the first initializer of equal value names it
+            self._scale_key[init_name] = key
+            self.log_scales.setdefault(key, torch.zeros(1, requires_grad=True))
         return list(self.log_scales.values())
+
+    def _theta(self, name: str) -> Tensor | None:
+        return self.log_scales.get(self._scale_key.get(self.scale_names.get(name, ""), ""))
 
     def learned_scales(self) -> dict[str, float]:
         """Scale initializer -> its learned value (only those ``learn_scales`` made trainable)."""
         first = {}
         for tensor, init_name in self.scale_names.items():
             first.setdefault(init_name, self.activations[tensor][0])
-        return {k: first[k] * float(torch.exp(v.detach()).item()) for k, v in self.log_scales.items()}
+        return {k: first[k] * float(torch.exp(self.log_scales[g].detach()).item()) for k, g in self._scale_key.items()}
 
     def activation(self, name: str, x: Tensor, training: bool) -> Tensor:
         p = self.activations.get(name)
@@ -194,7 +206,7 @@ class QdqPoints:
             xq = self._seen.pop(src)
             g = torch.sigmoid(a * (xq + k * self.activations[src][0]))
             x = xq * torch.fake_quantize_per_tensor_affine(g, 1 / 255, 0, 0, 255)  # QLinearSigmoid's uint8 output
-        theta = self.log_scales.get(self.scale_names.get(name, ""))
+        theta = self._theta(name)
         if theta is None:
             y = torch.fake_quantize_per_tensor_affine(x.float(), p[0], p[1], p[2], p[3])
         else:  # straight-through for x inside the range; the scale learns from rounding and clipping alike

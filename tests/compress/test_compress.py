@@ -748,9 +748,11 @@ def test_int8_finetune_with_ctc_learns_labels_the_float_model_does_not_read(tmp_
 def test_int8_finetune_learns_activation_scales_except_the_gelu_gates(tmp_path):
     """``--int8-finetune-scale-lr``: the activation scales train beside the weights (learned step sizes) and are
     written back, so the file reads as its simulation did (with the calibrated scales put back it reads otherwise);
-    the tensors of a fitted integer GELU gate keep their calibrated scales; the metadata says so; a negative rate is
-    refused by option name."""
+    the tensors of a fitted integer GELU gate keep their calibrated scales, and scales made equal stay equal; the
+    metadata says so; a negative rate is refused by option name."""
     import argparse
+
+    import torch
 
     from compress.calibration import add_finetune_args, finetune_options
     from compress.graph_rewrites import fitted_gelu_gates, gelu_inputs
@@ -794,6 +796,20 @@ def test_int8_finetune_learns_activation_scales_except_the_gelu_gates(tmp_path):
     tied = {t for y, (src_, _, _) in gates.items() for t in (y, src_)}
     assert tied == {"c1", "r1", "c2", "r2"} and all(g1[k] == g0[k] for k in tied)
     assert all(g1[k] != g0[k] for k in set(g0) - tied)
+
+    # scales the quantizer made equal (a Transpose between two points: ONNX Runtime drops the Q/DQ pair around it
+    # only while they are) learn as one and stay equal
+    from distill.models.fake_quant import QdqPoints
+
+    pts = QdqPoints({"a": (0.1, 3, 0, 255), "b": (0.1, 3, 0, 255), "c": (0.1, 0, 0, 255)}, {},
+                    scale_names={"a": "a_s", "b": "b_s", "c": "c_s"})
+    params = pts.learn_scales()
+    assert len(params) == 2
+    with torch.no_grad():
+        for k, t in enumerate(params):
+            t.fill_(0.1 * (k + 1))
+    learned = pts.learned_scales()
+    assert learned["a_s"] == learned["b_s"] != learned["c_s"] and learned["a_s"] != 0.1
 
     f = quantize_int8(str(src), str(tmp_path / "ft.onnx"), x[:64], finetune_steps=2, finetune_x=x,
                       finetune_scale_lr=1e-3)
