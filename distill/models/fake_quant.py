@@ -210,6 +210,7 @@ class QdqPoints:
         if theta is None:
             y = torch.fake_quantize_per_tensor_affine(x.float(), p[0], p[1], p[2], p[3])
         else:  # straight-through for x inside the range; the scale learns from rounding and clipping alike
+            # PyTorch's one op with a gradient for the scale (LSQ's); its grad factor stays 1, as AdamW scales steps
             zero = torch.full((1,), float(p[1]), device=x.device)
             y = torch._fake_quantize_learnable_per_tensor_affine(x.float(), p[0] * torch.exp(theta), zero, p[2], p[3],
                                                                  1.0)
