@@ -39,10 +39,9 @@ def _log_probs(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
 
 def _write_back(net, points, qdq) -> None:
     """The trained float tensors into ``qdq`` (edited in place); int8 weights re-rounded at their new scales."""
-    import torch
     from onnx import numpy_helper
 
-    from distill.models.fake_quant import weight_scale
+    from distill.models.fake_quant import int8_codes
 
     init = {t.name: t for t in qdq.graph.initializer}
     for name, (kind, key) in net.tensor_keys.items():
@@ -51,11 +50,7 @@ def _write_back(net, points, qdq) -> None:
         w = net.params[key].detach().cpu().float()
         if name in points.stored:
             q_name, s_name = points.stored[name]
-            axis = points.weights[name] % w.dim()
-            scale = weight_scale(w, axis)
-            shape = [1] * w.dim()
-            shape[axis] = -1
-            q = torch.clamp(torch.round(w / scale.reshape(shape)), -127, 127).to(torch.int8)
+            q, scale = int8_codes(w, points.weights[name])
             init[q_name].CopyFrom(numpy_helper.from_array(q.numpy(), q_name))
             init[s_name].CopyFrom(numpy_helper.from_array(scale.numpy(), s_name))
         elif name in init and tuple(init[name].dims) == tuple(w.shape):

@@ -29,7 +29,7 @@ def float_twin(fp32_path: str, int8_path: str):
     from onnx import numpy_helper
 
     from compress.quantize import prepare_for_quantization
-    from distill.models.fake_quant import int8_weights
+    from distill.models.fake_quant import dequantize_weight, int8_weights
 
     with tempfile.TemporaryDirectory() as td:
         _, twin = prepare_for_quantization(fp32_path, td, "cpu")
@@ -40,13 +40,8 @@ def float_twin(fp32_path: str, int8_path: str):
     for name, (q_name, s_name, axis) in int8_weights(q, twin).items():
         if name not in ti:
             continue
-        w = numpy_helper.to_array(qi[q_name]).astype(np.float32)
-        s = numpy_helper.to_array(qi[s_name]).astype(np.float32)
-        if s.ndim:  # per channel along the node's axis
-            shape = [1] * w.ndim
-            shape[axis % w.ndim] = -1
-            s = s.reshape(shape)
-        ti[name].CopyFrom(numpy_helper.from_array(w * s, name))
+        w = dequantize_weight(numpy_helper.to_array(qi[q_name]), numpy_helper.to_array(qi[s_name]), axis)
+        ti[name].CopyFrom(numpy_helper.from_array(w, name))
         n_int8 += 1
     if not n_int8:
         raise InputError(f"{int8_path}: no int8 weight of {fp32_path}'s nodes (not an INT8 file made from it)")

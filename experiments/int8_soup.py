@@ -23,16 +23,6 @@ from runtime.cli import InputError, check_writable
 __all__ = ["int8_soup"]
 
 
-def _weights(model) -> dict[str, tuple[str, int]]:
-    """int8 initializer -> (its scale initializer, channel axis), read off the DequantizeLinear nodes."""
-    init = {t.name: t for t in model.graph.initializer}
-    out = {}
-    for n in model.graph.node:
-        if n.op_type == "DequantizeLinear" and n.input[0] in init and init[n.input[0]].data_type == 3:  # 3: int8
-            out[n.input[0]] = (n.input[1], next((a.i for a in n.attribute if a.name == "axis"), 1))
-    return out
-
-
 def _activation_scales(model) -> set[str]:
     init = {t.name for t in model.graph.initializer}
     return {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in init}
@@ -42,14 +32,17 @@ def int8_soup(paths: Sequence[str]):
     """(mean ``onnx.ModelProto`` on the first file's graph and metadata, int8 weights averaged, float tensors
     averaged). Files of another graph or another calibration are refused by name."""
     import onnx
+    import torch
     from onnx import numpy_helper
+
+    from distill.models.fake_quant import dequantize_weight, int8_codes, int8_initializers
 
     if len(paths) < 2:
         raise InputError(f"int8_soup: give at least two INT8 files, got {len(paths)}")
     models = [onnx.load(p) for p in paths]
     first = models[0]
     ops = [n.op_type for n in first.graph.node]
-    weights = _weights(first)
+    weights = int8_initializers(first)
     if not weights:
         raise InputError(f"{paths[0]}: no int8 weights (not an INT8 Q/DQ file)")
     inits = [{t.name: numpy_helper.to_array(t) for t in m.graph.initializer} for m in models]
@@ -66,12 +59,8 @@ def int8_soup(paths: Sequence[str]):
         codes = [i[q_name] for i in inits]
         if all(np.array_equal(c, codes[0]) for c in codes[1:]):
             continue
-        shape = [1] * codes[0].ndim
-        shape[axis % codes[0].ndim] = -1
-        w = np.mean([c.astype(np.float32) * i[s_name].reshape(shape) for c, i in zip(codes, inits)], axis=0)
-        reduce = tuple(d for d in range(w.ndim) if d != axis % w.ndim)
-        scale = np.maximum(np.abs(w).max(axis=reduce), 1e-8).astype(np.float32) / 127.0
-        q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        w = np.mean([dequantize_weight(c, i[s_name], axis) for c, i in zip(codes, inits)], axis=0)
+        q, scale = (t.numpy() for t in int8_codes(torch.from_numpy(w), axis))
         out[q_name].CopyFrom(numpy_helper.from_array(q, q_name))
         out[s_name].CopyFrom(numpy_helper.from_array(scale.reshape(inits[0][s_name].shape), s_name))
         n_int8 += 1

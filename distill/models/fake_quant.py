@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["FakeQuant", "QdqPoints", "fake_quant_weight", "int8_weights", "weight_scale"]
+__all__ = ["FakeQuant", "QdqPoints", "dequantize_weight", "fake_quant_weight", "int8_codes", "int8_initializers",
+           "int8_weights", "weight_scale"]
 
 
 def weight_scale(w: Tensor, axis: int = 0) -> Tensor:
@@ -35,12 +36,41 @@ def fake_quant_weight(w: Tensor, axis: int = 0) -> Tensor:
     return torch.fake_quantize_per_channel_affine(w, scale, zero, axis % w.dim(), -127, 127)
 
 
+def int8_codes(w: Tensor, axis: int = 0) -> tuple[Tensor, Tensor]:
+    """(int8 codes, per-channel scale) of a float weight, as ONNX Runtime's quantizer stores it."""
+    axis %= w.dim()
+    scale = weight_scale(w, axis)
+    shape = [1] * w.dim()
+    shape[axis] = -1
+    return torch.clamp(torch.round(w / scale.reshape(shape)), -127, 127).to(torch.int8), scale
+
+
+def dequantize_weight(codes: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
+    """A stored int8 weight in float: codes x scale (per channel along ``axis`` when the scale is a vector)."""
+    w = codes.astype(np.float32)
+    s = np.asarray(scale, np.float32)
+    if s.ndim:
+        shape = [1] * w.ndim
+        shape[axis % w.ndim] = -1
+        s = s.reshape(shape)
+    return w * s
+
+
+def int8_initializers(qdq) -> dict[str, tuple[str, int]]:
+    """Every int8 initializer of the Q/DQ model ``qdq`` (the quantizer's weights): (its scale initializer, channel
+    axis), read off the DequantizeLinear node that reads it."""
+    init = {t.name: t for t in qdq.graph.initializer}
+    return {n.input[0]: (n.input[1], next((a.i for a in n.attribute if a.name == "axis"), 1))
+            for n in qdq.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in init and init[n.input[0]].data_type == 3}  # 3: int8
+
+
 def int8_weights(qdq, float_model) -> dict[str, tuple[str, str, int]]:
     """Every weight the Q/DQ model ``qdq`` stores as int8, by the tensor name ``float_model`` (the graph it was
     quantized from; nodes pair by name) gives it: (int8 initializer, scale initializer, channel axis) in ``qdq``."""
     from runtime.onnxfile import graph_links
 
-    init = {t.name: t for t in qdq.graph.initializer}
+    stored = int8_initializers(qdq)
     producer, _ = graph_links(qdq.graph)
     floats = {n.name: n for n in float_model.graph.node if n.name}
     found: dict[str, tuple[str, str, int]] = {}
@@ -48,10 +78,9 @@ def int8_weights(qdq, float_model) -> dict[str, tuple[str, str, int]]:
         twin = floats.get(n.name)
         for k, x in enumerate(n.input):
             dq = producer.get(x)
-            if (twin is None or dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in init
-                    or init[dq.input[0]].data_type != 3):  # 3: int8, the quantizer's weights
+            if twin is None or dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in stored:
                 continue
-            found[twin.input[k]] = (dq.input[0], dq.input[1], next((a.i for a in dq.attribute if a.name == "axis"), 1))
+            found[twin.input[k]] = (dq.input[0], *stored[dq.input[0]])
     return found
 
 
@@ -133,7 +162,6 @@ class QdqPoints:
         # learn_scales: a group of equal scale initializers -> log of its factor on the calibrated scale
         self.log_scales: dict[str, Tensor] = {}
         self._scale_key: dict[str, str] = {}  # scale initializer -> its group
-        self._tied: dict[tuple[float, int], str] = {}  # (calibrated scale, zero point) -> group
         # GELU output -> (its input, a, k): the integer gate x * sigmoid(a (x + k s_x)) that replaces exact GELU in
         # the cpu flavour (compress.graph_rewrites.fitted_gelu_gates), simulated in place of the float chain
         self.gates = dict(gates or {})
@@ -177,11 +205,12 @@ class QdqPoints:
         drops the Q/DQ pair around such an op only while they are equal. The GELU gates' tensors keep their
         calibrated scales: each gate is fitted to them. Returns the new parameters."""
         fixed = {self.scale_names.get(n) for y, (x, _, _) in self.gates.items() for n in (y, x)}
+        tied: dict[tuple[float, int], str] = {}  # (calibrated scale, zero point) -> its group
         for tensor, init_name in sorted(self.scale_names.items()):
             if init_name in fixed:
                 continue
             scale, zero = self.activations[tensor][:2]
-            key = self._tied.setdefault((scale, zero), init_name)  # the first initializer of equal value names it
+            key = tied.setdefault((scale, zero), init_name)  # the first initializer of equal value names it
             self._scale_key[init_name] = key
             self.log_scales.setdefault(key, torch.zeros(1, requires_grad=True))
         return list(self.log_scales.values())
