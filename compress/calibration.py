@@ -25,13 +25,16 @@ from runtime.files import write_bytes_atomic
 
 __all__ = ["CalibrationError", "calibration_tensors", "finetune_tensors", "data_paths", "resolve_calib_path",
            "add_calibration_args", "add_conditions_arg", "add_finetune_args", "finetune_options", "conditions_arg",
-           "lr_conditions", "CALIB_CONDITIONS"]
+           "lr_conditions", "CALIB_CONDITIONS", "FINETUNE_VIEWS"]
 
 PREPROC_VERSION = 2  # 2: runtime.preprocess.prepare (fastpath resampler) instead of PIL
 # LR made from HR crops alternates between plain and blurred-and-compressed 16x64: the INT8 ranges then cover both
 # what a sharp and a soft camera give. Calibrated on lr16 alone, the PP-OCRv4 student's INT8 file lost 5.7 points
 # on svt_test lr16blur and 2.3 on lr16 against FP32; on both, 2.5 and 0.5 (percentile, 12 float convolutions).
 CALIB_CONDITIONS = ("lr16", "lr16blur")
+# What the INT8 fine-tuning trains on: the cached inputs (each crop under CALIB_CONDITIONS) or new augmented views
+# at every step (finetune_views.FreshViews).
+FINETUNE_VIEWS = ("fixed", "fresh")
 
 
 class CalibrationError(InputError, ValueError):
@@ -204,6 +207,13 @@ def add_finetune_args(p) -> None:
     p.add_argument("--int8-finetune-seed", type=int, default=0, metavar="N",
                    help="INT8 fine-tuning: seed of the batch order; two seeds measure how much the fine-tuning "
                         "itself moves accuracy (default: 0)")
+    p.add_argument("--int8-finetune-views", default="fixed", choices=FINETUNE_VIEWS,
+                   help="INT8 fine-tuning: fixed: the cached inputs, each crop under every --calib-conditions; "
+                        "fresh: new augmented views at every step, 40%% plain lr16 and the rest the training's camera "
+                        "chain, read by the FP32 model as they come (compress.finetune_views; default: fixed)")
+    p.add_argument("--int8-finetune-weights", default=None, metavar="W1,W2,...",
+                   help="INT8 fine-tuning with fresh views: the share of each --int8-finetune-data source "
+                        "(default: by their sizes)")
     p.add_argument("--int8-finetune-scale-lr", type=float, default=0.0, metavar="LR",
                    help="INT8 fine-tuning: the activation scales learn too (learned step sizes), at this peak rate "
                         "on their logarithms, cosine to zero (0: the calibrated scales stay; default: 0)")
@@ -218,10 +228,21 @@ def finetune_options(args) -> dict:
     non_negative("--int8-finetune-ctc", args.int8_finetune_ctc)
     positive("--int8-finetune-lr", args.int8_finetune_lr)
     non_negative("--int8-finetune-scale-lr", args.int8_finetune_scale_lr)
+    weights = None
+    if args.int8_finetune_weights is not None:
+        try:
+            weights = [float(w) for w in args.int8_finetune_weights.split(",")]
+        except ValueError:
+            raise CalibrationError(f"--int8-finetune-weights: expected comma-separated numbers, got "
+                                   f"{args.int8_finetune_weights!r}") from None
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise CalibrationError(f"--int8-finetune-weights: expected shares >= 0 with a positive sum, got "
+                                   f"{args.int8_finetune_weights!r}")
     return {"finetune_steps": args.int8_finetune_steps, "finetune_n": args.int8_finetune_n,
             "finetune_data": args.int8_finetune_data, "finetune_ctc": args.int8_finetune_ctc,
             "finetune_lr": args.int8_finetune_lr, "finetune_seed": args.int8_finetune_seed,
-            "finetune_scale_lr": args.int8_finetune_scale_lr}
+            "finetune_scale_lr": args.int8_finetune_scale_lr, "finetune_views": args.int8_finetune_views,
+            "finetune_weights": weights}
 
 
 def add_calibration_args(p, calib_help: str) -> None:

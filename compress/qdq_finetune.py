@@ -12,7 +12,7 @@ Runtime fuses into integer kernels, since only the values of its scale initializ
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,7 +24,8 @@ def frame_kl(ref_logp: np.ndarray, logp: np.ndarray) -> float:
     return float((np.exp(ref_logp) * (ref_logp - logp)).sum(-1).mean())
 
 
-def _log_probs(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
+def _float_reader(model) -> Callable[[np.ndarray], np.ndarray]:
+    """``x`` -> the float model's frame log-probabilities (ONNX Runtime), in batches of 64."""
     import onnxruntime as ort
 
     from runtime.onnxfile import ort_session
@@ -33,8 +34,12 @@ def _log_probs(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
     so.log_severity_level = 3
     s = ort_session(model.SerializeToString(), options=so)
     name = s.get_inputs()[0].name
-    p = np.concatenate([s.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
-    return np.log(np.clip(p, 1e-9, 1.0)).astype(np.float32)  # our exports end in Softmax: probabilities
+
+    def read(x: np.ndarray) -> np.ndarray:
+        p = np.concatenate([s.run(None, {name: x[i:i + 64]})[0] for i in range(0, len(x), 64)])
+        return np.log(np.clip(p, 1e-9, 1.0)).astype(np.float32)  # our exports end in Softmax: probabilities
+
+    return read
 
 
 def _write_back(net, points, qdq) -> None:
@@ -62,14 +67,18 @@ def _write_back(net, points, qdq) -> None:
 def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, batch: int = 32, seed: int = 0,
                  progress: bool = True, gates: dict[str, tuple[str, float, int]] | None = None,
                  targets: Sequence[Sequence[int]] | None = None, ctc_weight: float = 0.0,
-                 scale_lr: float = 0.0) -> tuple[float, float]:
+                 scale_lr: float = 0.0,
+                 views: Callable[[int, int], tuple[np.ndarray, Sequence[Sequence[int]]]] | None = None
+                 ) -> tuple[float, float]:
     """Fine-tune ``qdq`` (an ``onnx.ModelProto``, edited in place) on the LR inputs ``x`` (N, 3, H, W) to read like
     ``float_model`` (the graph it was quantized from, same names). ``gates``: the integer GELU gates the file will
     get (``graph_rewrites.fitted_gelu_gates``), simulated instead of exact GELU. ``ctc_weight`` > 0: CTC on
     ``targets`` (class indices per input, blank 0) is added to the KL, so the file also learns the labels where the
     float model misreads (on the PP-OCRv6 student KL alone left most of the INT8 loss: docs/compression.md).
     ``scale_lr`` > 0: the activation scales learn too, at that peak rate on their logarithms
-    (``QdqPoints.learn_scales``); 0 keeps the calibrated ones. Returns the simulated frame KL to the float model on
+    (``QdqPoints.learn_scales``); 0 keeps the calibrated ones. ``views``: ``(step, batch) -> (inputs, targets)``,
+    new inputs at every step (``finetune_views.FreshViews``) whose KL targets the float model reads as they come;
+    ``x`` then only measures. Returns the simulated frame KL to the float model on
     the first 256 inputs before and after."""
     import torch
     from tqdm import tqdm
@@ -79,15 +88,16 @@ def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, 
 
     if steps < 1:
         raise ValueError(f"--int8-finetune-steps: expected a count >= 1, got {steps}")
-    target = torch.from_numpy(_log_probs(float_model, x))
+    read_float = _float_reader(float_model)
+    target = torch.from_numpy(read_float(x[:256] if views is not None else x))
     net = OnnxNet(target.shape[-1], img_size=tuple(x.shape[2:]), graph=float_model.SerializeToString())
     points = QdqPoints.from_models(qdq, float_model, gates)
     net.fake_quant = points
     xs = torch.from_numpy(np.ascontiguousarray(x))
     probe = slice(0, min(256, len(x)))
-    if ctc_weight and (targets is None or len(targets) != len(x)):
+    if ctc_weight and views is None and (targets is None or len(targets) != len(x)):
         raise ValueError(f"CTC fine-tuning: {len(x)} inputs but {0 if targets is None else len(targets)} targets")
-    tl = [torch.as_tensor(t, dtype=torch.long) for t in targets] if ctc_weight else []
+    tl = [torch.as_tensor(t, dtype=torch.long) for t in targets] if ctc_weight and views is None else []
 
     def simulated_kl() -> float:
         net.eval()
@@ -103,12 +113,18 @@ def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, 
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     for step in tqdm(range(steps), desc="int8 fine-tune", disable=not progress):
-        idx = torch.randint(0, len(xs), (batch,), generator=gen)
-        lq = net.decode_logits(xs[idx]).log_softmax(-1)
-        lt = target[idx]
+        if views is not None:
+            xb, tb = views(step, batch)
+            lt = torch.from_numpy(read_float(xb))
+            lq = net.decode_logits(torch.from_numpy(xb)).log_softmax(-1)
+            tg = [torch.as_tensor(t, dtype=torch.long) for t in tb]
+        else:
+            idx = torch.randint(0, len(xs), (batch,), generator=gen)
+            lq = net.decode_logits(xs[idx]).log_softmax(-1)
+            lt = target[idx]
+            tg = [tl[j] for j in idx.tolist()] if ctc_weight else []
         loss = (lt.exp() * (lt - lq)).sum(-1).mean()
         if ctc_weight:  # labels too long for the frames (zero_infinity) add nothing rather than inf
-            tg = [tl[j] for j in idx.tolist()]
             lens = torch.tensor([len(t) for t in tg], dtype=torch.long)
             frames = torch.full((len(tg),), lq.shape[1], dtype=torch.long)
             loss = loss + ctc_weight * torch.nn.functional.ctc_loss(

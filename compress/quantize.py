@@ -20,14 +20,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from runtime.charset import make_tokenizer
 from runtime.modelfile import PREFIX, model_info, path_for, read_metadata
 
-from .calibration import CalibrationError
+from .calibration import FINETUNE_VIEWS, CalibrationError
 from .graph_rewrites import (conv_to_scalar_affine, erf_gelu_to_gelu, fitted_gelu_gates, gelu_inputs,
                              qdq_integer_activations)
 
@@ -248,7 +248,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
                   finetune_x: np.ndarray | None = None, float_nodes: Sequence[str] = (),
                   only_nodes: Sequence[str] | None = None, ranges_cache: str | os.PathLike | None = None,
                   finetune_targets: Sequence[Sequence[int]] | None = None, finetune_ctc: float = 0.0,
-                  finetune_lr: float = 1e-5, finetune_seed: int = 0, finetune_scale_lr: float = 0.0) -> Path:
+                  finetune_lr: float = 1e-5, finetune_seed: int = 0, finetune_scale_lr: float = 0.0,
+                  finetune_views=None) -> Path:
     """``integer_activations`` (cpu target): HardSwish, GELU, squeeze-excitation gates and means between INT8 layers
     run in ONNX Runtime's integer kernels instead of float islands (``graph_rewrites.qdq_integer_activations``).
     ``float_convs``: the first that many convolutions and everything before the next one stay float
@@ -257,7 +258,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     (default ``calib``), distilled from the float model (``qdq_finetune``); 0: off. ``finetune_ctc`` > 0: CTC on
     ``finetune_targets`` (class indices per ``finetune_x`` input, ``ctc_targets``) weighs in too; ``finetune_lr``:
     the peak rate; ``finetune_seed``: the batch order; ``finetune_scale_lr`` > 0: the activation scales learn too,
-    at that peak rate (``qdq_finetune``). ``float_nodes``: these nodes (by name) stay float too, the
+    at that peak rate (``qdq_finetune``); ``finetune_views``: ``(step, batch) -> (inputs, targets)``, new inputs at
+    every step instead of ``finetune_x`` (``finetune_views.FreshViews``). ``float_nodes``: these nodes (by name) stay float too, the
     islands a sensitivity scan chose (``compress.sensitivity``). ``only_nodes``: quantize these nodes alone (the
     scan's one-layer files). ``ranges_cache``: a JSON file of calibrated ranges, written by the first call and read
     by later ones on the same model, data and calibrator instead of calibrating again (ONNX Runtime's
@@ -313,7 +315,7 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
 
             finetuned = finetune_qdq(m, q, ft_x, finetune_steps, lr=finetune_lr, gates=fitted_gelu_gates(q, hist),
                                      targets=finetune_targets, ctc_weight=finetune_ctc, seed=finetune_seed,
-                                     scale_lr=finetune_scale_lr)
+                                     scale_lr=finetune_scale_lr, views=finetune_views)
             if integer:  # the weights moved: the gates are fitted to the codes the fine-tuned file gives
                 hist = _code_histograms(q, list(hist), calib[:GELU_FIT_IMAGES], batch)
     n_int = qdq_integer_activations(q, hist) if integer else {}
@@ -332,7 +334,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
         ctc = f" with CTC on their labels at weight {finetune_ctc:g}" if finetune_ctc else ""
         seed = f", seed {finetune_seed}" if finetune_seed else ""
         scales = f", activation scales learned at lr {finetune_scale_lr:g}" if finetune_scale_lr else ""
-        meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps at lr {finetune_lr:g} on {len(ft_x)} inputs"
+        on = str(finetune_views) if finetune_views is not None else f"{len(ft_x)} inputs"
+        meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps at lr {finetune_lr:g} on {on}"
                                           f"{ctc}{seed}{scales}, simulated frame KL to FP32 "
                                           f"{finetuned[0]:.4f} -> {finetuned[1]:.4f}")
     if n_gelu:
@@ -354,20 +357,36 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
                        float_convs: int = 0, conditions: Sequence[str] | None = None, finetune_steps: int = 0,
                        finetune_n: int = 2048, float_nodes: Sequence[str] = (), finetune_data: str | None = None,
                        finetune_ctc: float = 0.0, finetune_lr: float = 1e-5,
-                       finetune_seed: int = 0, finetune_scale_lr: float = 0.0) -> tuple[Path, int]:
+                       finetune_seed: int = 0, finetune_scale_lr: float = 0.0, finetune_views: str = "fixed",
+                       finetune_weights: Sequence[float] | None = None) -> tuple[Path, int]:
     """Calibrate on ``calib`` with the model's own input size (from its metadata), then quantize.
     ``conditions``: the LR conditions HR crops go through (default ``calibration.CALIB_CONDITIONS``).
     ``finetune_steps``: fine-tune through the quantization points on up to ``finetune_n`` inputs made from
     ``finetune_data`` (default ``calib``), every crop under every condition; ``finetune_ctc`` > 0 adds CTC on their
-    labels. Returns (Q/DQ path, number of calibration images)."""
+    labels. ``finetune_views`` ``fresh``: new augmented views of those crops at every step instead, drawn by
+    ``finetune_weights`` (``finetune_views.FreshViews``). Returns (Q/DQ path, number of calibration images)."""
     from .calibration import CALIB_CONDITIONS, calibration_tensors, finetune_tensors
 
     info = model_info(fp32_path)
     conds = tuple(conditions or CALIB_CONDITIONS)
     cache = cache_dir if cache_dir is not None else Path(fp32_path).parent
+    if finetune_views not in FINETUNE_VIEWS:
+        raise CalibrationError(f"--int8-finetune-views: expected one of {', '.join(FINETUNE_VIEWS)}, "
+                               f"got {finetune_views!r}")
+    if finetune_weights is not None and not (finetune_steps and finetune_views == "fresh"):
+        raise CalibrationError("--int8-finetune-weights: weighs the sources of --int8-finetune-views fresh only")
+    fresh = bool(finetune_steps) and finetune_views == "fresh"
+    if fresh and not info.lr:
+        raise CalibrationError(f"--int8-finetune-views fresh: makes LR views, and {fp32_path} reads HR crops")
     x = calibration_tensors(calib, (info.height, info.width), info.lr, n, 16, cache, conds)
-    ft, targets = None, None
-    if finetune_steps:
+    ft, targets, views = None, None, None
+    if fresh:
+        from .finetune_views import FreshViews
+
+        encode = ctc_tokenizer(fp32_path) if finetune_ctc else None
+        views = LabelledViews(FreshViews(finetune_data or calib, (info.height, info.width), finetune_weights,
+                                         finetune_seed), encode)
+    elif finetune_steps:
         ft, labels = finetune_tensors(finetune_data or calib, (info.height, info.width), finetune_n, cache, conds,
                                       info.lr)
         if finetune_ctc:  # refused here, before minutes of calibration, when the model cannot take them
@@ -377,21 +396,40 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
                          calib_conditions=conds if info.lr else (), finetune_steps=finetune_steps,
                          finetune_x=ft, float_nodes=float_nodes, finetune_targets=targets,
                          finetune_ctc=finetune_ctc, finetune_lr=finetune_lr, finetune_seed=finetune_seed,
-                         finetune_scale_lr=finetune_scale_lr), len(x)
+                         finetune_scale_lr=finetune_scale_lr, finetune_views=views), len(x)
 
 
 def ctc_targets(fp32_path: str, labels: Sequence[str] | None, n: int) -> list[list[int]]:
     """``labels`` as CTC class indices by the model's own tokenizer (case adapted to its charset, other characters
     dropped). Refused by option name for a model that does not decode CTC or labels that do not match the inputs
     one to one."""
-    info = model_info(fp32_path)
-    if info.decoder != "ctc":
-        raise CalibrationError(f"--int8-finetune-ctc: {fp32_path} decodes {info.decoder!r}, not CTC")
+    encode = ctc_tokenizer(fp32_path)
     if labels is None or len(labels) != n:
         got = 0 if labels is None else len(labels)
         raise CalibrationError(f"--int8-finetune-ctc: {n} fine-tuning inputs but {got} labels")
-    tok = make_tokenizer("ctc", info.charset)
-    return [tok.char_ids(label) for label in labels]
+    return [encode(label) for label in labels]
+
+
+def ctc_tokenizer(fp32_path: str) -> Callable[[str], list[int]]:
+    """A label -> the model's CTC class indices; refused by option name for a model that does not decode CTC."""
+    info = model_info(fp32_path)
+    if info.decoder != "ctc":
+        raise CalibrationError(f"--int8-finetune-ctc: {fp32_path} decodes {info.decoder!r}, not CTC")
+    return make_tokenizer("ctc", info.charset).char_ids
+
+
+class LabelledViews:
+    """``FreshViews`` with its labels as CTC targets (empty ones without ``encode``: KL alone uses none)."""
+
+    def __init__(self, views, encode: Callable[[str], list[int]] | None) -> None:
+        self.views, self.encode = views, encode
+
+    def __call__(self, step: int, batch: int) -> tuple[np.ndarray, list[list[int]]]:
+        x, labels = self.views(step, batch)
+        return x, [self.encode(lb) if self.encode else [] for lb in labels]
+
+    def __str__(self) -> str:
+        return str(self.views)
 
 
 def convert_fp16(fp32_path: str, out_path: str) -> Path:

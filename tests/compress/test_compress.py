@@ -822,6 +822,82 @@ def test_int8_finetune_learns_activation_scales_except_the_gelu_gates(tmp_path):
         finetune_options(parser.parse_args(["--int8-finetune-scale-lr", "-1"]))
 
 
+def test_int8_finetune_on_fresh_views_reads_targets_as_they_come(tmp_path):
+    """``--int8-finetune-views fresh``: every step draws new views of the labelled crops (weights respected, a rerun
+    draws the same ones, a crop's view changes from epoch to epoch); the float model reads each batch for the KL
+    targets, which brings the file closer to FP32 on inputs it never saw; the metadata names the views; weights
+    without fresh views, or of the wrong count, are refused by option name."""
+    import argparse
+
+    from compress.calibration import CalibrationError, add_finetune_args, finetune_options
+    from compress.finetune_views import FreshViews
+    from compress.qdq_finetune import finetune_qdq, frame_kl
+    from compress.quantize import quantize_from_data, quantize_int8
+    from runtime.modelfile import ModelInfo
+
+    from conftest import str_items, write_lmdb
+
+    a = write_lmdb(tmp_path / "a", str_items([f"a{i}" for i in range(20)]))
+    b = write_lmdb(tmp_path / "b", str_items([f"b{i}" for i in range(6)]))
+    views = FreshViews(f"{a},{b}", (16, 64), [1, 0], seed=3)
+    x0, l0 = views(0, 8)
+    assert x0.shape == (8, 3, 16, 64) and x0.dtype == np.float32 and all(lb.startswith("a") for lb in l0)
+    again, l_again = FreshViews(f"{a},{b}", (16, 64), [1, 0], seed=3)(0, 8)
+    assert np.array_equal(again, x0) and l_again == l0
+    seen: dict[str, list[np.ndarray]] = {}
+    for step in range(0, 2 * 4096 // 8, 64):  # across the stream's epochs
+        x, labels = views(step, 8)
+        for xi, lb in zip(x, labels):
+            seen.setdefault(lb, []).append(xi)
+    assert any(not np.array_equal(v[0], w) for v in seen.values() for w in v[1:])  # new views of one crop
+    assert str(views) == "new augmented views at every step of 26 crops (shares 1.00,0.00)"
+    with pytest.raises(CalibrationError, match="--int8-finetune-weights: 1 weights for 2 --int8-finetune-data"):
+        FreshViews(f"{a},{b}", (16, 64), [1])
+
+    src = _deep_ctc_onnx(tmp_path / "deep.onnx")
+    fp = onnx.load(str(src))
+    rng = np.random.default_rng(4)
+    x, held = (rng.normal(0, 1, (n, 3, 16, 64)).astype(np.float32) for n in (64, 128))
+    base = quantize_int8(str(src), str(tmp_path / "base.onnx"), x)
+    q0, q1 = onnx.load(str(base)), onnx.load(str(base))
+    steps_seen = []
+
+    def stream(step: int, batch: int):  # new inputs at every step, never the measured ones
+        steps_seen.append(step)
+        return np.random.default_rng(100 + step).normal(0, 1, (batch, 3, 16, 64)).astype(np.float32), []
+
+    finetune_qdq(fp, q1, x, steps=60, lr=3e-4, progress=False, views=stream)
+    assert steps_seen == list(range(60))
+    ref = np.log(np.clip(_ort_output(fp, held, True), 1e-9, 1))
+    kl0 = frame_kl(ref, np.log(np.clip(_ort_output(q0, held, True), 1e-9, 1)))
+    kl1 = frame_kl(ref, np.log(np.clip(_ort_output(q1, held, True), 1e-9, 1)))
+    assert kl1 < 0.7 * kl0, (kl0, kl1)
+
+    m = onnx.load(str(src))
+    for k, v in ModelInfo("deep", "ctc", "ab0123456789", 16, 64, lr=True).to_metadata().items():
+        e = m.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(m, str(src))
+    f, _ = quantize_from_data(str(src), str(tmp_path / "fresh.onnx"), str(a), n=20, cache_dir=tmp_path / "c",
+                              finetune_steps=2, finetune_data=f"{a},{b}", finetune_ctc=1.0, finetune_views="fresh",
+                              finetune_weights=[0.5, 0.5])
+    meta = {p.key: p.value for p in onnx.load(str(f)).metadata_props}["tinytext.int8_finetune"]
+    assert meta.startswith("2 steps at lr 1e-05 on new augmented views at every step of 26 crops (shares 0.50,0.50) "
+                           "with CTC on their labels at weight 1,")
+    parser = argparse.ArgumentParser()
+    add_finetune_args(parser)
+    opts = finetune_options(parser.parse_args(["--int8-finetune-weights", "2,1"]))
+    assert opts["finetune_views"] == "fixed" and opts["finetune_weights"] == [2.0, 1.0]
+    with pytest.raises(CalibrationError, match="--int8-finetune-weights: weighs the sources of "
+                                               "--int8-finetune-views fresh only"):
+        quantize_from_data(str(src), str(tmp_path / "x.onnx"), str(a), n=20, finetune_steps=2, **{
+            k: v for k, v in opts.items() if k.startswith("finetune_w")})
+    with pytest.raises(CalibrationError, match="--int8-finetune-weights: expected comma-separated numbers"):
+        finetune_options(parser.parse_args(["--int8-finetune-weights", "1,x"]))
+    with pytest.raises(CalibrationError, match="--int8-finetune-weights: expected shares >= 0"):
+        finetune_options(parser.parse_args(["--int8-finetune-weights", "0,-1"]))
+
+
 def test_qdq_points_simulate_the_fitted_integer_gelu_gates(tmp_path):
     """With the gates ``fitted_gelu_gates`` reads off the file before the rewrite, the simulation of a GELU network
     gives what the rewritten cpu-flavour file gives in ONNX Runtime's reference Q/DQ kernels, closer than exact GELU
