@@ -207,6 +207,10 @@ def add_finetune_args(p) -> None:
     p.add_argument("--int8-finetune-seed", type=int, default=0, metavar="N",
                    help="INT8 fine-tuning: seed of the batch order; two seeds measure how much the fine-tuning "
                         "itself moves accuracy (default: 0)")
+    p.add_argument("--int8-finetune-rounding", action="store_true",
+                   help="INT8 fine-tuning: only the int8 weights learn, each between the codes just below and just "
+                        "above its FP32 value (AdaRound's choice); float tensors keep their FP32 values "
+                        "(default: off, every weight and float tensor learns)")
     p.add_argument("--int8-finetune-views", default="fixed", choices=FINETUNE_VIEWS,
                    help="INT8 fine-tuning: fixed: the cached inputs, each crop under every --calib-conditions; "
                         "fresh: new augmented views at every step, 40%% plain lr16 and the rest the training's camera "
@@ -242,7 +246,7 @@ def finetune_options(args) -> dict:
             "finetune_data": args.int8_finetune_data, "finetune_ctc": args.int8_finetune_ctc,
             "finetune_lr": args.int8_finetune_lr, "finetune_seed": args.int8_finetune_seed,
             "finetune_scale_lr": args.int8_finetune_scale_lr, "finetune_views": args.int8_finetune_views,
-            "finetune_weights": weights}
+            "finetune_weights": weights, "finetune_rounding": args.int8_finetune_rounding}
 
 
 def add_calibration_args(p, calib_help: str) -> None:

@@ -64,12 +64,35 @@ def _write_back(net, points, qdq) -> None:
         init[name].CopyFrom(numpy_helper.from_array(np.array(value, np.float32).reshape(tuple(init[name].dims)), name))
 
 
+def _rounding_cells(net, points) -> dict:
+    """Each int8 weight's parameter key -> (low, high): the float values between the code below and the code above
+    its FP32 value at its FP32 per-channel scale; each channel's largest weight is pinned, so the scale stays."""
+    import torch
+
+    from distill.models.fake_quant import weight_scale
+
+    cells = {}
+    for name, (kind, key) in net.tensor_keys.items():
+        if kind != "p" or name not in points.stored:
+            continue
+        w = net.params[key].detach()
+        axis = points.weights[name] % w.dim()
+        shape = [1] * w.dim()
+        shape[axis] = -1
+        scale = weight_scale(w, axis).reshape(shape)
+        codes = w / scale
+        below = torch.clamp(torch.floor(codes), -127, 126)
+        edge = codes.abs() >= 127 - 1e-4  # the channel's largest weight stays: the scale is then the FP32 one
+        cells[key] = (torch.where(edge, w, below * scale), torch.where(edge, w, (below + 1) * scale))
+    return cells
+
+
 def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, batch: int = 32, seed: int = 0,
                  progress: bool = True, gates: dict[str, tuple[str, float, int]] | None = None,
                  targets: Sequence[Sequence[int]] | None = None, ctc_weight: float = 0.0,
                  scale_lr: float = 0.0,
-                 views: Callable[[int, int], tuple[np.ndarray, Sequence[Sequence[int]]]] | None = None
-                 ) -> tuple[float, float]:
+                 views: Callable[[int, int], tuple[np.ndarray, Sequence[Sequence[int]]]] | None = None,
+                 rounding_only: bool = False) -> tuple[float, float]:
     """Fine-tune ``qdq`` (an ``onnx.ModelProto``, edited in place) on the LR inputs ``x`` (N, 3, H, W) to read like
     ``float_model`` (the graph it was quantized from, same names). ``gates``: the integer GELU gates the file will
     get (``graph_rewrites.fitted_gelu_gates``), simulated instead of exact GELU. ``ctc_weight`` > 0: CTC on
@@ -78,7 +101,9 @@ def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, 
     ``scale_lr`` > 0: the activation scales learn too, at that peak rate on their logarithms
     (``QdqPoints.learn_scales``); 0 keeps the calibrated ones. ``views``: ``(step, batch) -> (inputs, targets)``,
     new inputs at every step (``finetune_views.FreshViews``) whose KL targets the float model reads as they come;
-    ``x`` then only measures. Returns the simulated frame KL to the float model on
+    ``x`` then only measures. ``rounding_only``: only the int8 weights learn, each within its rounding cell (between
+    the codes just below and just above its FP32 value, as AdaRound chooses), and every float tensor keeps its
+    FP32 value, so the file's weights stay within one int8 step of the FP32 model's. Returns the simulated frame KL to the float model on
     the first 256 inputs before and after."""
     import torch
     from tqdm import tqdm
@@ -107,7 +132,9 @@ def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, 
 
     before = simulated_kl()
     net.train()
-    groups = [{"params": list(net.params.values()), "lr": lr, "peak": lr}]
+    cells = _rounding_cells(net, points) if rounding_only else {}
+    params = [net.params[k] for k in cells] if rounding_only else list(net.params.values())
+    groups = [{"params": params, "lr": lr, "peak": lr}]
     if scale_lr > 0:
         groups.append({"params": points.learn_scales(), "lr": scale_lr, "peak": scale_lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
@@ -132,6 +159,9 @@ def finetune_qdq(float_model, qdq, x: np.ndarray, steps: int, lr: float = 1e-5, 
         opt.zero_grad()
         loss.backward()
         opt.step()
+        with torch.no_grad():
+            for key, (lo, hi) in cells.items():
+                net.params[key].copy_(torch.minimum(torch.maximum(net.params[key], lo), hi))
         for g in opt.param_groups:  # cosine to zero: the last steps settle on the rounding grid
             g["lr"] = g["peak"] * 0.5 * (1.0 + math.cos(math.pi * (step + 1) / steps))
     after = simulated_kl()

@@ -249,7 +249,7 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
                   only_nodes: Sequence[str] | None = None, ranges_cache: str | os.PathLike | None = None,
                   finetune_targets: Sequence[Sequence[int]] | None = None, finetune_ctc: float = 0.0,
                   finetune_lr: float = 1e-5, finetune_seed: int = 0, finetune_scale_lr: float = 0.0,
-                  finetune_views=None) -> Path:
+                  finetune_views=None, finetune_rounding: bool = False) -> Path:
     """``integer_activations`` (cpu target): HardSwish, GELU, squeeze-excitation gates and means between INT8 layers
     run in ONNX Runtime's integer kernels instead of float islands (``graph_rewrites.qdq_integer_activations``).
     ``float_convs``: the first that many convolutions and everything before the next one stay float
@@ -259,7 +259,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
     ``finetune_targets`` (class indices per ``finetune_x`` input, ``ctc_targets``) weighs in too; ``finetune_lr``:
     the peak rate; ``finetune_seed``: the batch order; ``finetune_scale_lr`` > 0: the activation scales learn too,
     at that peak rate (``qdq_finetune``); ``finetune_views``: ``(step, batch) -> (inputs, targets)``, new inputs at
-    every step instead of ``finetune_x`` (``finetune_views.FreshViews``). ``float_nodes``: these nodes (by name) stay float too, the
+    every step instead of ``finetune_x`` (``finetune_views.FreshViews``); ``finetune_rounding``: only the int8 weights
+    learn, each between its two nearest codes (``qdq_finetune``). ``float_nodes``: these nodes (by name) stay float too, the
     islands a sensitivity scan chose (``compress.sensitivity``). ``only_nodes``: quantize these nodes alone (the
     scan's one-layer files). ``ranges_cache``: a JSON file of calibrated ranges, written by the first call and read
     by later ones on the same model, data and calibrator instead of calibrating again (ONNX Runtime's
@@ -315,7 +316,8 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
 
             finetuned = finetune_qdq(m, q, ft_x, finetune_steps, lr=finetune_lr, gates=fitted_gelu_gates(q, hist),
                                      targets=finetune_targets, ctc_weight=finetune_ctc, seed=finetune_seed,
-                                     scale_lr=finetune_scale_lr, views=finetune_views)
+                                     scale_lr=finetune_scale_lr, views=finetune_views,
+                                     rounding_only=finetune_rounding)
             if integer:  # the weights moved: the gates are fitted to the codes the fine-tuned file gives
                 hist = _code_histograms(q, list(hist), calib[:GELU_FIT_IMAGES], batch)
     n_int = qdq_integer_activations(q, hist) if integer else {}
@@ -334,6 +336,7 @@ def quantize_int8(fp32_path: str, out_path: str, calib: np.ndarray, method: str 
         ctc = f" with CTC on their labels at weight {finetune_ctc:g}" if finetune_ctc else ""
         seed = f", seed {finetune_seed}" if finetune_seed else ""
         scales = f", activation scales learned at lr {finetune_scale_lr:g}" if finetune_scale_lr else ""
+        scales += ", int8 weights within their rounding cells, float tensors fixed" if finetune_rounding else ""
         on = str(finetune_views) if finetune_views is not None else f"{len(ft_x)} inputs"
         meta[PREFIX + "int8_finetune"] = (f"{finetune_steps} steps at lr {finetune_lr:g} on {on}"
                                           f"{ctc}{seed}{scales}, simulated frame KL to FP32 "
@@ -358,13 +361,15 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
                        finetune_n: int = 2048, float_nodes: Sequence[str] = (), finetune_data: str | None = None,
                        finetune_ctc: float = 0.0, finetune_lr: float = 1e-5,
                        finetune_seed: int = 0, finetune_scale_lr: float = 0.0, finetune_views: str = "fixed",
-                       finetune_weights: Sequence[float] | None = None) -> tuple[Path, int]:
+                       finetune_weights: Sequence[float] | None = None,
+                       finetune_rounding: bool = False) -> tuple[Path, int]:
     """Calibrate on ``calib`` with the model's own input size (from its metadata), then quantize.
     ``conditions``: the LR conditions HR crops go through (default ``calibration.CALIB_CONDITIONS``).
     ``finetune_steps``: fine-tune through the quantization points on up to ``finetune_n`` inputs made from
     ``finetune_data`` (default ``calib``), every crop under every condition; ``finetune_ctc`` > 0 adds CTC on their
     labels. ``finetune_views`` ``fresh``: new augmented views of those crops at every step instead, drawn by
-    ``finetune_weights`` (``finetune_views.FreshViews``). Returns (Q/DQ path, number of calibration images)."""
+    ``finetune_weights`` (``finetune_views.FreshViews``). ``finetune_rounding``: only the int8 weights learn, within
+    their rounding cells. Returns (Q/DQ path, number of calibration images)."""
     from .calibration import CALIB_CONDITIONS, calibration_tensors, finetune_tensors
 
     info = model_info(fp32_path)
@@ -396,7 +401,8 @@ def quantize_from_data(fp32_path: str, out_path: str, calib: str, n: int = 512, 
                          calib_conditions=conds if info.lr else (), finetune_steps=finetune_steps,
                          finetune_x=ft, float_nodes=float_nodes, finetune_targets=targets,
                          finetune_ctc=finetune_ctc, finetune_lr=finetune_lr, finetune_seed=finetune_seed,
-                         finetune_scale_lr=finetune_scale_lr, finetune_views=views), len(x)
+                         finetune_scale_lr=finetune_scale_lr, finetune_views=views,
+                         finetune_rounding=finetune_rounding), len(x)
 
 
 def ctc_targets(fp32_path: str, labels: Sequence[str] | None, n: int) -> list[list[int]]:

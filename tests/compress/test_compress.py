@@ -898,6 +898,50 @@ def test_int8_finetune_on_fresh_views_reads_targets_as_they_come(tmp_path):
         finetune_options(parser.parse_args(["--int8-finetune-weights", "0,-1"]))
 
 
+def test_int8_finetune_rounding_only_keeps_each_code_next_to_its_fp32_value(tmp_path):
+    """``--int8-finetune-rounding``: only the int8 weights learn, each code ending on the floor or the ceiling of its
+    FP32 value at the FP32 scale (scales unchanged), float tensors as they were; it still reads closer to FP32 than
+    the calibrated file, and the metadata says so."""
+    from compress.qdq_finetune import finetune_qdq, frame_kl
+    from compress.quantize import quantize_int8
+    from distill.models.fake_quant import int8_initializers
+
+    src = _deep_ctc_onnx(tmp_path / "deep.onnx")
+    fp = onnx.load(str(src))
+    rng = np.random.default_rng(5)
+    x, held = (rng.normal(0, 1, (n, 3, 16, 64)).astype(np.float32) for n in (256, 128))
+    base = quantize_int8(str(src), str(tmp_path / "base.onnx"), x[:64])
+    q0, free, cell = onnx.load(str(base)), onnx.load(str(base)), onnx.load(str(base))
+    finetune_qdq(fp, free, x, steps=60, lr=3e-3, progress=False)
+    finetune_qdq(fp, cell, x, steps=60, lr=1e-4, progress=False, rounding_only=True)
+    w_fp = {t.name: onnx.numpy_helper.to_array(t) for t in fp.graph.initializer}
+    i0, i_free, i_cell = ({t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+                          for m in (q0, free, cell))
+    moved_far = 0
+    for q_name, (s_name, axis) in int8_initializers(q0).items():
+        w = w_fp[q_name.removesuffix("_quantized")]
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        exact = w / i0[s_name].reshape(shape)
+        assert np.array_equal(i_cell[s_name], i0[s_name])
+        codes = i_cell[q_name].astype(np.float64)
+        assert np.all((codes == np.floor(exact)) | (codes == np.ceil(exact))), q_name
+        moved_far += int(np.abs(i_free[q_name].astype(int) - np.round(exact)).max() > 1)
+        assert not np.array_equal(i_cell[q_name], i0[q_name])  # it did learn
+    assert moved_far > 0  # unconstrained, some codes leave their cell at this rate
+    floats = [k for k, v in i0.items() if v.dtype == np.float32 and k in w_fp]
+    assert floats and all(np.array_equal(i_cell[k], i0[k]) for k in floats)
+    assert not all(np.array_equal(i_free[k], i0[k]) for k in floats)
+    ref = np.log(np.clip(_ort_output(fp, held, True), 1e-9, 1))
+    kl0, kl1 = (frame_kl(ref, np.log(np.clip(_ort_output(m, held, True), 1e-9, 1))) for m in (q0, cell))
+    assert kl1 < 0.5 * kl0, (kl0, kl1)
+    f = quantize_int8(str(src), str(tmp_path / "ft.onnx"), x[:64], finetune_steps=2, finetune_x=x,
+                      finetune_rounding=True)
+    meta = {p.key: p.value for p in onnx.load(str(f)).metadata_props}["tinytext.int8_finetune"]
+    assert meta.startswith("2 steps at lr 1e-05 on 256 inputs, int8 weights within their rounding cells, float "
+                           "tensors fixed, simulated")
+
+
 def test_qdq_points_simulate_the_fitted_integer_gelu_gates(tmp_path):
     """With the gates ``fitted_gelu_gates`` reads off the file before the rewrite, the simulation of a GELU network
     gives what the rewritten cpu-flavour file gives in ONNX Runtime's reference Q/DQ kernels, closer than exact GELU
