@@ -24,7 +24,7 @@ from runtime.cli import InputError
 from runtime.files import write_bytes_atomic
 
 __all__ = ["CalibrationError", "calibration_tensors", "finetune_tensors", "data_paths", "resolve_calib_path",
-           "add_calibration_args", "add_conditions_arg", "add_finetune_args", "finetune_options", "conditions_arg",
+           "existing_data", "add_calibration_args", "add_conditions_arg", "add_finetune_args", "finetune_options", "conditions_arg",
            "lr_conditions", "CALIB_CONDITIONS", "FINETUNE_VIEWS"]
 
 PREPROC_VERSION = 2  # 2: runtime.preprocess.prepare (fastpath resampler) instead of PIL
@@ -53,6 +53,14 @@ def resolve_calib_path(data: str) -> Path:
     return p
 
 
+def existing_data(data: str, option: str) -> Path:
+    """``resolve_calib_path(data)``, refused in one line naming ``option`` when there is no such dataset."""
+    path = resolve_calib_path(data)
+    if not path.exists():
+        raise CalibrationError(f"{option} {data}: no such dataset")
+    return path
+
+
 def _shares(n: int, parts: int) -> list[int]:
     """``n`` split into ``parts`` counts as equal as they come, the first ones larger by one."""
     return [n // parts + (i < n % parts) for i in range(parts)]
@@ -69,9 +77,7 @@ def _source(data: str, option: str, conditions: Sequence[str], key: str, cache_d
             prefix: str, suffix: str) -> tuple[Path, tuple[str, ...], Path | None]:
     """One dataset of ``option``: its path, the checked LR conditions, and its cache file, keyed by the data's content,
     the preprocessing, the conditions and the caller's ``key`` (None without ``cache_dir``)."""
-    path = resolve_calib_path(data)
-    if not path.exists():
-        raise CalibrationError(f"{option} {data}: no such dataset")
+    path = existing_data(data, option)
     try:
         conditions = lr_conditions(conditions)
     except ValueError as e:

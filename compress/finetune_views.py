@@ -14,7 +14,7 @@ import numpy as np
 
 from runtime.datasets import LabelPolicy, open_dataset
 
-from .calibration import CalibrationError, data_paths, resolve_calib_path
+from .calibration import CalibrationError, data_paths, existing_data
 
 __all__ = ["FreshViews", "CLEAN_SHARE"]
 
@@ -36,10 +36,7 @@ class FreshViews:
                                    f"--int8-finetune-data sources")
         self.sources = []
         for i, part in enumerate(parts):
-            path = resolve_calib_path(part)
-            if not path.exists():
-                raise CalibrationError(f"--int8-finetune-data {part}: no such dataset")
-            reader = open_dataset(path, LabelPolicy(max_len=0))
+            reader = open_dataset(existing_data(part, "--int8-finetune-data"), LabelPolicy(max_len=0))
             stored = reader.layout == "textzoom"  # a TextZoom pair keeps its own LR image
             ds = PairDataset(reader, lr_size=size, lr_mode="stored" if stored else "degrade", seed=seed + 1 + i,
                              augment=None if stored else text_augment, clean=0.0 if stored else clean)
@@ -47,7 +44,6 @@ class FreshViews:
                 raise CalibrationError(f"--int8-finetune-data {part}: no usable labelled crops")
             self.sources.append(ds)
         self.weights = list(weights) if weights is not None else [float(len(d)) for d in self.sources]
-        self.seed = seed
         self._mix = WeightedConcat(self.sources, self.weights, length=4096, seed=seed)
         self._epoch = -1
 

@@ -69,17 +69,15 @@ def _rounding_cells(net, points) -> dict:
     its FP32 value at its FP32 per-channel scale; each channel's largest weight is pinned, so the scale stays."""
     import torch
 
-    from distill.models.fake_quant import weight_scale
+    from distill.models.fake_quant import channel_shape, weight_scale
 
     cells = {}
     for name, (kind, key) in net.tensor_keys.items():
         if kind != "p" or name not in points.stored:
             continue
         w = net.params[key].detach()
-        axis = points.weights[name] % w.dim()
-        shape = [1] * w.dim()
-        shape[axis] = -1
-        scale = weight_scale(w, axis).reshape(shape)
+        axis = points.weights[name]
+        scale = weight_scale(w, axis).reshape(channel_shape(w, axis))
         codes = w / scale
         below = torch.clamp(torch.floor(codes), -127, 126)
         edge = codes.abs() >= 127 - 1e-4  # the channel's largest weight stays: the scale is then the FP32 one

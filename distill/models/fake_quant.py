@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["FakeQuant", "QdqPoints", "dequantize_weight", "fake_quant_weight", "int8_codes", "int8_initializers",
+__all__ = ["FakeQuant", "QdqPoints", "channel_shape", "dequantize_weight", "fake_quant_weight", "int8_codes", "int8_initializers",
            "int8_weights", "weight_scale"]
 
 
@@ -36,13 +36,17 @@ def fake_quant_weight(w: Tensor, axis: int = 0) -> Tensor:
     return torch.fake_quantize_per_channel_affine(w, scale, zero, axis % w.dim(), -127, 127)
 
 
+def channel_shape(w: Tensor, axis: int = 0) -> list[int]:
+    """The shape a per-channel (along ``axis``) scale takes to broadcast against ``w``."""
+    shape = [1] * w.dim()
+    shape[axis % w.dim()] = -1
+    return shape
+
+
 def int8_codes(w: Tensor, axis: int = 0) -> tuple[Tensor, Tensor]:
     """(int8 codes, per-channel scale) of a float weight, as ONNX Runtime's quantizer stores it."""
-    axis %= w.dim()
     scale = weight_scale(w, axis)
-    shape = [1] * w.dim()
-    shape[axis] = -1
-    return torch.clamp(torch.round(w / scale.reshape(shape)), -127, 127).to(torch.int8), scale
+    return torch.clamp(torch.round(w / scale.reshape(channel_shape(w, axis))), -127, 127).to(torch.int8), scale
 
 
 def dequantize_weight(codes: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
